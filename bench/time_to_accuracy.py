@@ -1,0 +1,94 @@
+"""Time to accuracy on shapes: train the default model for 2, 5 and 10 minutes (one full run per
+budget, since the learning-rate schedule follows the budget), judge each, and record training
+images/s and sampling seconds per picture in docs/benchmarks.md.
+
+    .venv/bin/python bench/time_to_accuracy.py [--budgets 2 5 10] [--prompts 64] [--out runs/bench]
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from dreamlet.evaluate import evaluate_shapes  # noqa: E402
+from dreamlet.train import TrainConfig, train  # noqa: E402
+
+START, END = "<!-- time_to_accuracy:start -->", "<!-- time_to_accuracy:end -->"
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--budgets", type=float, nargs="+", default=[2, 5, 10])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--out", default=str(ROOT / "runs" / "bench"))
+    parser.add_argument("--doc", default=str(ROOT / "docs" / "benchmarks.md"))
+    args = parser.parse_args()
+    rows = []
+    for minutes in args.budgets:
+        run = Path(args.out) / f"{minutes:g}min"
+        if (run / "checkpoint").exists():
+            import shutil
+            shutil.rmtree(run)
+        model_dir = train("diffusion", run, TrainConfig(minutes=minutes), quiet=True)
+        log = list(csv.DictReader(open(run / "train_log.csv")))
+        steps = int(log[-1]["step"])
+        images_per_s = steps * 64 / float(log[-1]["elapsed_s"])
+        report = evaluate_shapes(model_dir, prompts=args.prompts, seeds=args.seeds)
+        rows.append(dict(minutes=minutes, steps=steps, images_per_s=images_per_s,
+                         seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
+                         attributes=report["attributes"], seconds_per_image=report["seconds_per_image"],
+                         sampler=report["sampler"], sample_steps=report["steps"], guidance=report["guidance"]))
+        print(json.dumps(rows[-1]))
+    (Path(args.out) / "time_to_accuracy.json").write_text(json.dumps(rows, indent=2))
+    pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
+    lines = [START, "",
+             f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.",
+             f"Command: `{' '.join(['.venv/bin/python', 'bench/time_to_accuracy.py'] + [shlex.quote(a) for a in sys.argv[1:]])}`",
+             f"Judge: {args.prompts} prompts of each kind x {args.seeds} seeds, "
+             f"{rows[0]['sample_steps']} {rows[0]['sampler']} steps, guidance {rows[0]['guidance']}.", "",
+             "| budget | steps | train img/s | seen single | held-out single | pair | colour | shape | size | position | relation | sampling s/picture |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        a = r["attributes"]
+        lines.append(f"| {r['minutes']:g} min | {r['steps']} | {r['images_per_s']:.0f} | {pct(r['seen'])} | "
+                     f"{pct(r['heldout'])} | {pct(r['pair'])} | {pct(a['color'])} | {pct(a['shape'])} | "
+                     f"{pct(a['size'])} | {pct(a['position'])} | {pct(a['relation'])} | {r['seconds_per_image']:.3f} |")
+    lines += ["", END]
+    doc = Path(args.doc)
+    text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
+    block = "\n".join(lines)
+    if START in text:
+        text = re.sub(re.escape(START) + ".*?" + re.escape(END), lambda _: block, text, flags=re.S)
+    else:
+        text += "\n## Time to accuracy (shapes, default model)\n\n" + block + "\n"
+    doc.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,165 @@
+"""The `dreamlet` command: parse, dispatch, and turn user errors into one line and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from .checkpoint import UserError
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, no usage dump
+        raise UserError(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .data import DATASETS
+    from .models import FAMILIES
+
+    parser = Parser(prog="dreamlet", description="Train your own text-to-image model, then draw from prompts.")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    train = commands.add_parser("train", help="train a model on a captioned dataset")
+    train.add_argument("--data", default="shapes", help=f"dataset: {', '.join(DATASETS)}")
+    train.add_argument("--model", default="diffusion", help=f"model family: {', '.join(FAMILIES)}")
+    train.add_argument("--size", type=int, default=32, help="image side in pixels (shapes: 16, 32, 64, 128)")
+    budget = train.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, help="training time budget (counted across resumes)")
+    budget.add_argument("--steps", type=int, help="stop at this step, counted from the start of the run")
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
+    train.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
+    train.add_argument("--preset", default="", help="model size: tiny, small (CPU default), base (GPU default)")
+    train.add_argument("--batch-size", type=int, default=64)
+    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--sample-every", type=int, default=500, help="steps between progress grids (0: never)")
+    train.add_argument("--checkpoint-every", type=int, default=500)
+    train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+
+    sample = commands.add_parser("sample", help="draw pictures from prompts")
+    sample.add_argument("--model", required=True, help="a model directory (RUN/model)")
+    source = sample.add_mutually_exclusive_group(required=True)
+    source.add_argument("--prompt", help="one prompt")
+    source.add_argument("--prompts-file", help="a text file, one prompt a line")
+    sample.add_argument("--num", type=int, default=1, help="pictures per prompt")
+    sample.add_argument("--seed", type=int, default=0)
+    sample.add_argument("--steps", type=int, help="sampler steps (default: the model's, 20)")
+    sample.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
+    sample.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
+    sample.add_argument("--size", type=int, help="must match the size the model was trained at")
+    sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
+
+    evaluate = commands.add_parser("eval", help="judge a model on a benchmark")
+    evaluate.add_argument("--model", required=True, help="a model directory (RUN/model)")
+    evaluate.add_argument("--benchmark", default="shapes", choices=["shapes"])
+    evaluate.add_argument("--prompts", type=int, default=64, help="prompts of each kind (seen, held-out, pair)")
+    evaluate.add_argument("--seeds", type=int, default=2, help="pictures per prompt")
+    evaluate.add_argument("--steps", type=int)
+    evaluate.add_argument("--guidance", type=float)
+    evaluate.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
+    evaluate.add_argument("--size", type=int)
+    evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
+
+    demo = commands.add_parser("demo", help="train the default model on shapes, then sample and judge it")
+    demo.add_argument("--out", default="runs/demo")
+    demo.add_argument("--minutes", type=float, default=10.0)
+    demo.add_argument("--steps", type=int, help="a step budget instead of minutes (for quick checks)")
+    demo.add_argument("--prompts", type=int, default=64, help="benchmark prompts of each kind")
+    demo.add_argument("--resume", action="store_true")
+    return parser
+
+
+def run_train(args) -> None:
+    from .train import TrainConfig, train
+    for name in ("steps", "batch_size", "size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError("--minutes must be positive")
+    if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a directory")
+    from .models import get_family
+    get_family(args.model)  # fail on a bad name before any work
+    config = TrainConfig(data=args.data, size=args.size, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
+                         steps=args.steps, minutes=args.minutes, seed=args.seed, sample_every=args.sample_every,
+                         checkpoint_every=args.checkpoint_every)
+    model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device)
+    print(f"model: {model_dir}")
+
+
+def run_sample(args) -> None:
+    from .sample import read_prompts, sample
+    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
+    records = sample(args.model, prompts, args.out, num=args.num, seed=args.seed, steps=args.steps,
+                     guidance=args.guidance, size=args.size, sampler=args.sampler)
+    print(f"{len(records)} pictures in {args.out} (index: {Path(args.out) / 'index.jsonl'})")
+
+
+def run_eval(args) -> None:
+    from .evaluate import evaluate_shapes, write_report
+    report = evaluate_shapes(args.model, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
+                             guidance=args.guidance, sampler=args.sampler, size=args.size)
+    out = args.out or str(Path(args.model).parent / "eval")
+    json_path, md_path = write_report(report, out)
+    print_accuracy(report)
+    print(f"report: {json_path} and {md_path}")
+
+
+def print_accuracy(report: dict) -> None:
+    parts = [f"{label} {100 * report[k]:.1f} %" for k, label in
+             (("seen", "seen single"), ("heldout", "held-out single"), ("pair", "pair")) if k in report]
+    print("accuracy: " + ", ".join(parts))
+    print("attributes: " + ", ".join(f"{k} {100 * v:.1f} %" for k, v in report["attributes"].items()))
+
+
+def run_demo(args) -> None:
+    from .data.shapes import benchmark_prompts
+    from .evaluate import evaluate_shapes, write_report
+    from .images import captioned_grid
+    from .pipeline import Pipeline
+    from .train import TrainConfig, train
+    out = Path(args.out)
+    budget = dict(steps=args.steps) if args.steps else dict(minutes=args.minutes)
+    resume = args.resume or (out / "checkpoint" / "state.json").is_file()
+    if resume:
+        print(f"continuing the run in {out}")
+    started = time.perf_counter()
+    model_dir = train("diffusion", out, TrainConfig(**budget), resume=resume)
+    trained = time.perf_counter() - started
+    pipeline = Pipeline.load(model_dir)
+    shown = benchmark_prompts(8, 8, 8, seed=7)
+    images = pipeline([p.text for p in shown], list(range(len(shown))))
+    captioned_grid(images, [f"{p.text} ({'held-out' if p.kind == 'heldout' else p.kind})" for p in shown],
+                   columns=8).save(out / "samples.png")
+    report = evaluate_shapes(model_dir, prompts=args.prompts, seeds=2, pipeline=pipeline)
+    json_path, md_path = write_report(report, out / "eval")
+    print(f"\ntrained for {trained / 60:.1f} min")
+    print_accuracy(report)
+    print(f"model:    {model_dir}  (config.json, model.safetensors, tokenizer.json)")
+    print(f"samples:  {out / 'samples.png'}")
+    print(f"judge:    {json_path} and {md_path}")
+    print(f"log:      {out / 'train_log.csv'}  (progress grids in {out / 'progress'})")
+    print(f"next:     dreamlet sample --model {model_dir} --prompt \"a large red circle at the top left\" --out {out / 'mine'}")
+
+
+COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "demo": run_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"dreamlet: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("dreamlet: interrupted (the last checkpoint is kept)", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,19 @@
+"""Model families behind one interface.
+
+A family module exposes `Config` (a dataclass), `Model` (an nn.Module built from it, with
+`loss(images, ids, empty_ids, generator)` and `generate(ids, empty_ids, noise, ...)`) and `PRESETS`
+(named sizes as nested config overrides).
+"""
+from __future__ import annotations
+
+import importlib
+
+from ..checkpoint import UserError
+
+FAMILIES = {"diffusion": "dreamlet.models.diffusion"}
+
+
+def get_family(name: str):
+    if name not in FAMILIES:
+        raise UserError(f"unknown --model {name!r}; choose one of: {', '.join(FAMILIES)}")
+    return importlib.import_module(FAMILIES[name])

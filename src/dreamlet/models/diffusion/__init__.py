@@ -1,0 +1,3 @@
+from .model import PRESETS, DiffusionConfig, TextToImageDiffusion
+
+Config, Model = DiffusionConfig, TextToImageDiffusion

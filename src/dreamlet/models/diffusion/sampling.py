@@ -1,0 +1,54 @@
+"""Deterministic samplers: one short stateless function each, the same signature for all.
+
+`denoise(x, t) -> x0` is the model's estimate of the clean image at time t (guidance already
+applied); `times` runs from 1 down to 0 (schedule.sampling_times). Each call to denoise is one
+network evaluation, so `len(times) - 1` is the step count.
+"""
+from __future__ import annotations
+
+import torch
+
+from .schedule import alpha_sigma
+
+
+@torch.no_grad()
+def sample_ddim(denoise, x, times, callback=None):
+    """DDIM with eta = 0 (Song et al. 2021, eq. 12): move to the next time along the predicted noise."""
+    for i in range(len(times) - 1):
+        (a, s), (a_next, s_next) = alpha_sigma(times[i]), alpha_sigma(times[i + 1])
+        x0 = denoise(x, times[i])
+        eps = (x - a * x0) / s
+        x = (a_next * x0 + s_next * eps).to(x.dtype)
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+@torch.no_grad()
+def sample_dpmpp_2m(denoise, x, times, callback=None):
+    """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in log-SNR, one
+    network evaluation per step, reusing the previous step's estimate."""
+    lam = lambda t: torch.log(alpha_sigma(t)[0] / alpha_sigma(t)[1])  # noqa: E731  log-SNR / 2
+    previous, h_previous = None, None
+    for i in range(len(times) - 1):
+        t, t_next = times[i], times[i + 1]
+        x0 = denoise(x, t)
+        a_next, s_next = alpha_sigma(t_next)
+        if t_next == 0:  # the last step lands on the estimate itself
+            x = x0
+        else:
+            h = lam(t_next) - lam(t)
+            d = x0
+            if previous is not None:
+                r = h_previous / h
+                d = (1 + 1 / (2 * r)) * x0 - (1 / (2 * r)) * previous
+            x = (s_next / alpha_sigma(t)[1]) * x - a_next * torch.expm1(-h) * d
+            x = x.to(x0.dtype)
+            h_previous = h
+        previous = x0
+        if callback is not None:
+            callback(i, x, x0)
+    return x
+
+
+SAMPLERS = {"ddim": sample_ddim, "dpmpp_2m": sample_dpmpp_2m}

@@ -1,0 +1,55 @@
+"""A small transformer text encoder, trained from scratch together with the image model."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class TextEncoderConfig:
+    vocab_size: int = 512
+    max_length: int = 32   # tokens, [BOS] and [EOS] included
+    width: int = 128       # token feature size
+    layers: int = 2
+    heads: int = 4
+    pad_id: int = 0
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm transformer block with bidirectional self-attention."""
+
+    def __init__(self, width: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.norm1, self.norm2 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
+        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
+
+    def forward(self, x, keep):  # x: (B, L, D); keep: (B, 1, 1, L) True where a real token is
+        B, L, D = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(B, L, 3, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        x = x + self.proj(F.scaled_dot_product_attention(q, k, v, attn_mask=keep).transpose(1, 2).reshape(B, L, D))
+        return x + self.mlp(self.norm2(x))
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, config: TextEncoderConfig):
+        super().__init__()
+        self.config = config
+        self.token = nn.Embedding(config.vocab_size, config.width)
+        self.position = nn.Parameter(torch.randn(config.max_length, config.width) * 0.02)
+        self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.layers))
+        self.norm = nn.LayerNorm(config.width)
+
+    def forward(self, ids: torch.Tensor):
+        """ids (B, L) -> tokens (B, L, D), keep mask (B, L) bool, pooled (B, D) mean of real tokens."""
+        keep = ids != self.config.pad_id                                   # (B, L)
+        x = self.token(ids) + self.position[: ids.shape[1]]                # (B, L, D)
+        for block in self.blocks:
+            x = block(x, keep[:, None, None, :])
+        x = self.norm(x)
+        pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
+        return x, keep, pooled

@@ -1,0 +1,194 @@
+"""The training loop, written once for every model family.
+
+forward -> backward -> clip -> AdamW step -> EMA -> log -> sample grid -> checkpoint, until a step
+count or a time budget runs out. The data stream is indexed by step and every random draw comes
+from one saved generator, so a resumed run continues exactly where the saved one stopped.
+"""
+from __future__ import annotations
+
+import copy
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm import tqdm
+
+from .checkpoint import (UserError, load_optimizer_state, load_tensors, optimizer_state, read_json, save_json,
+                         save_tensors, write_dir_atomically)
+from .config import from_dict, to_dict, updated
+from .data import get_dataset
+from .data.shapes import benchmark_prompts
+from .images import captioned_grid, to_tensor
+from .models import get_family
+from .pipeline import Pipeline, pick_device
+from .text.tokenizer import CaptionTokenizer
+
+
+@dataclass
+class TrainConfig:
+    data: str = "shapes"
+    size: int = 32                 # image side in pixels
+    preset: str = ""               # model size preset; "" picks "small" on CPU, "base" on a GPU
+    batch_size: int = 64
+    lr: float = 2e-3               # peak AdamW learning rate
+    warmup: int = 100              # linear warmup steps
+    min_lr_ratio: float = 0.1      # cosine decay ends at lr * min_lr_ratio when the budget is spent
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float = 0.995
+    steps: int | None = None       # stop at this step (counted from the start of the run) ...
+    minutes: float | None = None   # ... or after this much training time (also counted across resumes)
+    seed: int = 0
+    tokenizer_captions: int = 20000
+    log_every: int = 20
+    sample_every: int = 500        # steps between progress grids (0: never)
+    checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
+
+
+def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
+    """Linear warmup, then cosine decay over the budget's progress (0..1)."""
+    if step < config.warmup:
+        return config.lr * (step + 1) / config.warmup
+    cosine = 0.5 * (1 + math.cos(math.pi * min(progress, 1.0)))
+    return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
+
+
+def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool = False,
+          model_overrides: dict | None = None, device: str | None = None, quiet: bool = False) -> Path:
+    """Train a model and write OUT/model (EMA weights, config, tokenizer); returns that directory."""
+    out, device = Path(out), pick_device(device)
+    if config.steps is None and config.minutes is None:
+        raise UserError("give a budget: --steps N or --minutes M")
+    family = get_family(family_name)
+    dataset = get_dataset(config.data, config.size, config.seed)
+    checkpoint_dir = out / "checkpoint"
+    generator = torch.Generator().manual_seed(config.seed)
+    step, elapsed = 0, 0.0
+
+    if resume:
+        if not (checkpoint_dir / "state.json").is_file():
+            raise UserError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
+        state = read_json(checkpoint_dir / "state.json")
+        if state["family"] != family_name:
+            raise UserError(f"{out} holds a {state['family']} run, not {family_name}")
+        saved = from_dict(TrainConfig, state["train"])
+        if saved.size != config.size or saved.data != config.data:
+            raise UserError(f"{out} was trained on {saved.data} at {saved.size} px; resume with the same --data and --size")
+        model_config = from_dict(family.Config, state["model"])
+        tokenizer = CaptionTokenizer.load(checkpoint_dir / "tokenizer.json", model_config.text.max_length)
+        step, elapsed = state["step"], state["elapsed"]
+    else:
+        if (checkpoint_dir / "state.json").is_file():
+            raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        preset = config.preset or ("base" if device.type == "cuda" else "small")
+        if preset not in family.PRESETS:
+            raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.PRESETS)}")
+        tokenizer = CaptionTokenizer.train(dataset.captions(config.tokenizer_captions))
+        overrides = copy.deepcopy(family.PRESETS[preset])
+        overrides.setdefault("unet", {})["image_size"] = config.size
+        overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+        model_config = updated(updated(family.Config(), overrides), model_overrides or {})
+
+    torch.manual_seed(config.seed)
+    model = family.Model(model_config).to(device)
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    decay, no_decay = [], []
+    for p in model.parameters():
+        (decay if p.ndim >= 2 else no_decay).append(p)
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.99))
+    if resume:
+        tensors = load_tensors(checkpoint_dir / "state.safetensors")
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        load_optimizer_state(optimizer, {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")},
+                             state["optimizer"])
+        generator.set_state(tensors["rng"])
+
+    meta = {"data": config.data, "size": config.size, "train": to_dict(config)}
+    pipeline = Pipeline(family_name, ema, tokenizer, meta)
+    empty = tokenizer([""]).to(device)
+    preview = benchmark_prompts(4, 4, 4, seed=1)
+    log_path = out / "train_log.csv"
+    out.mkdir(parents=True, exist_ok=True)
+    if not resume or not log_path.exists():
+        log_path.write_text("step,loss,lr,images_per_s,elapsed_s\n")
+    parameters = sum(p.numel() for p in model.parameters())
+
+    def save_checkpoint():
+        def write(tmp: Path):
+            tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+            tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
+            opt_tensors, opt_meta = optimizer_state(optimizer)
+            tensors |= {f"opt.{k}": v for k, v in opt_tensors.items()} | {"rng": generator.get_state()}
+            save_tensors(tmp / "state.safetensors", tensors)
+            save_json(tmp / "state.json", {"family": family_name, "step": step, "elapsed": elapsed,
+                                           "train": to_dict(config), "model": to_dict(model_config),
+                                           "optimizer": opt_meta})
+            tokenizer.save(tmp / "tokenizer.json")
+        write_dir_atomically(checkpoint_dir, write)
+        pipeline.save(out / "model")
+
+    def budget_progress() -> float:
+        if config.steps is not None:
+            return step / max(config.steps, 1)
+        return elapsed / (60 * config.minutes)
+
+    def done() -> bool:
+        return (config.steps is not None and step >= config.steps) or \
+               (config.minutes is not None and elapsed >= 60 * config.minutes)
+
+    total = config.steps if config.steps is not None else None
+    bar = tqdm(total=total, initial=step if total else 0, disable=quiet, dynamic_ncols=True,
+               desc=f"train {family_name} {parameters / 1e6:.1f}M params",
+               bar_format="{desc}: {n_fmt}/{total_fmt} steps{postfix} [{elapsed}<{remaining}]" if total else
+               "{desc}: {n_fmt} steps{postfix} [{elapsed}]")
+    window_loss, window_images, window_time = 0.0, 0, 0.0
+    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    while not done():
+        started = time.perf_counter()
+        images, captions = dataset.batch(step * config.batch_size, config.batch_size)
+        images, ids = to_tensor(images).to(device), tokenizer(captions).to(device)
+        lr = learning_rate(config, step, budget_progress())
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        with autocast:
+            loss = model.loss(images, ids, empty, generator)
+        if not torch.isfinite(loss):
+            raise UserError(f"loss became {loss.item()} at step {step}; lower --lr (the last checkpoint is kept)")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        optimizer.step()
+        with torch.no_grad():  # EMA with a warmup, so early averages are not dominated by the init
+            d = min(config.ema_decay, (1 + step) / (10 + step))
+            for e, p in zip(ema.parameters(), model.parameters()):
+                e.lerp_(p, 1 - d)
+            for e, b in zip(ema.buffers(), model.buffers()):
+                e.copy_(b)
+        step += 1
+        spent = time.perf_counter() - started
+        elapsed += spent
+        window_loss, window_images, window_time = window_loss + loss.item(), window_images + len(images), window_time + spent
+        if step % config.log_every == 0 or done():
+            n = step % config.log_every or config.log_every
+            rate = window_images / window_time
+            with open(log_path, "a", newline="") as f:
+                csv.writer(f).writerow([step, f"{window_loss / n:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.1f}"])
+            left = f" {max(0.0, 60 * config.minutes - elapsed) / 60:.1f} min left" if total is None else ""
+            bar.set_postfix_str(f"loss {window_loss / n:.4f} {rate:.0f} img/s{left}")
+            window_loss, window_images, window_time = 0.0, 0, 0.0
+        bar.update(1)
+        if config.sample_every and step % config.sample_every == 0 and not done():
+            grid_dir = out / "progress"
+            grid_dir.mkdir(exist_ok=True)
+            images = pipeline([p.text for p in preview], list(range(len(preview))), steps=10)
+            captioned_grid(images, [p.text for p in preview], columns=6).save(grid_dir / f"step_{step:06d}.png")
+        if config.checkpoint_every and step % config.checkpoint_every == 0 and not done():
+            save_checkpoint()
+    bar.close()
+    save_checkpoint()
+    return out / "model"

@@ -1,0 +1,73 @@
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from dreamlet.cli import main
+
+TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--checkpoint-every", "0"]
+
+
+def test_train_sample_index_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--data", "shapes", "--model", "diffusion", "--size", "16", "--steps", "4",
+                 "--out", str(run), *TINY]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["family"] == "diffusion" and config["model"]["unet"]["image_size"] == 16
+    assert (run / "train_log.csv").read_text().startswith("step,loss,lr,images_per_s")
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a small red circle at the top left\n\na green square below a blue circle\n")
+    out = tmp_path / "samples"
+    assert main(["sample", "--model", str(run / "model"), "--prompts-file", str(prompts), "--num", "2",
+                 "--seed", "5", "--steps", "3", "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    assert sorted(r["seed"] for r in records) == [5, 6, 7, 8]
+    assert {r["prompt"] for r in records} == {"a small red circle at the top left", "a green square below a blue circle"}
+    for r in records:
+        assert (out / r["file"]).is_file()
+    report = tmp_path / "report"
+    assert main(["eval", "--model", str(run / "model"), "--benchmark", "shapes", "--prompts", "3", "--seeds", "1",
+                 "--steps", "2", "--out", str(report)]) == 0
+    data = json.loads((tmp_path / "report.json").read_text())
+    assert set(data["counts"]) == {"seen", "heldout", "pair"} and data["counts"]["pair"] == 3
+    assert {"color", "shape", "size", "position", "relation"} <= set(data["attributes"])
+    assert (tmp_path / "report.md").read_text().startswith("# Shapes benchmark")
+
+
+def test_resume_continues_exactly(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    args = ["train", "--size", "16", *TINY]
+    assert main([*args, "--steps", "6", "--out", str(straight)]) == 0
+    assert main([*args, "--steps", "3", "--out", str(split)]) == 0
+    assert json.loads((split / "checkpoint" / "state.json").read_text())["step"] == 3
+    assert main([*args, "--steps", "6", "--out", str(split), "--resume"]) == 0
+    assert json.loads((split / "checkpoint" / "state.json").read_text())["step"] == 6
+    a, b = load_file(straight / "model" / "model.safetensors"), load_file(split / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        assert (a[key] == b[key]).all(), key
+    # a second fresh run into the same directory is refused rather than overwriting it
+    assert main([*args, "--steps", "6", "--out", str(split)]) == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["sample", "--model", "{tmp}/missing", "--prompt", "a red circle", "--out", "{tmp}/o"], "model directory not found"),
+    (["sample", "--model", "{model}", "--prompts-file", "{tmp}/nope.txt", "--out", "{tmp}/o"], "prompts file not found"),
+    (["sample", "--model", "{model}", "--prompt", "   ", "--out", "{tmp}/o"], "empty prompt"),
+    (["train", "--model", "gpt", "--steps", "1", "--out", "{tmp}/r"], "unknown --model 'gpt'"),
+    (["train", "--data", "imagenet", "--steps", "1", "--out", "{tmp}/r"], "unknown --data 'imagenet'"),
+    (["sample", "--model", "{model}", "--prompt", "a red circle", "--size", "64", "--out", "{tmp}/o"], "trained at 32 px"),
+    (["eval", "--model", "{model}", "--size", "16"], "trained at 32 px"),
+    (["train", "--steps", "1", "--out", "{tmp}/r", "--frobnicate"], "unrecognized arguments"),
+    (["sample", "--model", "{model}", "--prompt", "x", "--num", "0", "--out", "{tmp}/o"], "--num must be at least 1"),
+])
+def test_errors_are_one_line_with_exit_2(argv, message, tiny_run, tmp_path):
+    argv = [a.format(tmp=tmp_path, model=tiny_run / "model") for a in argv]
+    result = subprocess.run([sys.executable, "-m", "dreamlet", *argv], capture_output=True, text=True)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.stderr
+    assert "Traceback" not in result.stderr

@@ -1,0 +1,71 @@
+import numpy as np
+import pytest
+import torch
+
+from dreamlet.config import updated
+from dreamlet.models.diffusion import PRESETS, DiffusionConfig, TextToImageDiffusion
+from dreamlet.models.diffusion.sampling import SAMPLERS
+from dreamlet.models.diffusion.schedule import sampling_times
+from dreamlet.pipeline import Pipeline
+
+
+def tiny(size=32):
+    overrides = dict(PRESETS["tiny"])
+    overrides = {"unet": dict(overrides["unet"], image_size=size), "text": dict(overrides["text"], vocab_size=64)}
+    return updated(DiffusionConfig(), overrides)
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_model_output_shapes(size):
+    torch.manual_seed(0)
+    model = TextToImageDiffusion(tiny(size))
+    x, t = torch.randn(2, 3, size, size), torch.rand(2)
+    ids = torch.randint(4, 64, (2, 32))
+    assert model.velocity(x, t, ids).shape == (2, 3, size, size)
+    loss = model.loss(x, ids, ids[:1], torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+@pytest.mark.parametrize("name", list(SAMPLERS))
+def test_samplers_recover_a_perfect_denoiser(name):
+    target = torch.rand(2, 3, 8, 8) * 2 - 1
+    out = SAMPLERS[name](lambda x, t: target, torch.randn(2, 3, 8, 8), sampling_times(10))
+    assert torch.allclose(out, target, atol=1e-5)
+
+
+def test_overfits_one_batch():
+    torch.manual_seed(0)
+    model = TextToImageDiffusion(tiny(16))
+    x = torch.rand(8, 3, 16, 16) * 2 - 1
+    ids = torch.randint(4, 64, (8, 32))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(150):
+        loss = model.loss(x, ids, ids[:1], g)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:10])
+
+
+def test_seeded_sampling_is_deterministic_and_guidance_and_steps_matter(tiny_run):
+    pipe = Pipeline.load(tiny_run / "model")
+    prompts = ["a small red circle at the top left", "a blue circle above a red square"]
+    a = pipe(prompts, [1, 2], steps=5)
+    assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8
+    assert (a == pipe(prompts, [1, 2], steps=5)).all()
+    assert not (a == pipe(prompts, [3, 4], steps=5)).all()
+    assert not (a == pipe(prompts, [1, 2], steps=5, guidance=8.0)).all()
+    assert not (a == pipe(prompts, [1, 2], steps=3)).all()
+
+
+def test_save_load_gives_identical_samples(tiny_run, tmp_path):
+    pipe = Pipeline.load(tiny_run / "model")
+    pipe.save(tmp_path / "copy")
+    again = Pipeline.load(tmp_path / "copy")
+    prompts = ["a large green diamond at the center"]
+    assert (pipe(prompts, [7], steps=4) == again(prompts, [7], steps=4)).all()
+    assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tiny_run / "model").iterdir())
