@@ -9,18 +9,20 @@ from dreamlet.models.diffusion.schedule import sampling_times
 from dreamlet.pipeline import Pipeline
 
 
-def tiny(size=32):
+def tiny(size=32, network="dit"):
     overrides = dict(PRESETS["tiny"])
-    overrides = {"unet": dict(overrides["unet"], image_size=size), "text": dict(overrides["text"], vocab_size=64)}
+    overrides = {"network": network, "unet": dict(overrides["unet"], image_size=size),
+                 "dit": dict(overrides["dit"], image_size=size), "text": dict(overrides["text"], vocab_size=64)}
     return updated(DiffusionConfig(), overrides)
 
 
+@pytest.mark.parametrize("network", ["unet", "dit"])
 @pytest.mark.parametrize("size", [16, 32, 64])
-def test_model_output_shapes(size):
+def test_model_output_shapes(size, network):
     torch.manual_seed(0)
-    model = TextToImageDiffusion(tiny(size))
+    model = TextToImageDiffusion(tiny(size, network))
     x, t = torch.randn(2, 3, size, size), torch.rand(2)
-    ids = torch.randint(4, 64, (2, 32))
+    ids = torch.randint(4, 64, (2, 24))
     assert model.velocity(x, t, ids).shape == (2, 3, size, size)
     loss = model.loss(x, ids, ids[:1], torch.Generator().manual_seed(0))
     loss.backward()
@@ -38,17 +40,16 @@ def test_overfits_one_batch():
     torch.manual_seed(0)
     model = TextToImageDiffusion(tiny(16))
     x = torch.rand(8, 3, 16, 16) * 2 - 1
-    ids = torch.randint(4, 64, (8, 32))
+    ids = torch.randint(4, 64, (8, 24))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
     losses = []
-    for _ in range(150):
-        loss = model.loss(x, ids, ids[:1], g)
+    for _ in range(100):  # the same noise and timesteps every step: a pure memorisation check
+        loss = model.loss(x, ids, ids[:1], torch.Generator().manual_seed(0))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert np.mean(losses[-20:]) < 0.6 * np.mean(losses[:10])
+    assert losses[-1] < 0.2 * losses[0]
 
 
 def test_seeded_sampling_is_deterministic_and_guidance_and_steps_matter(tiny_run):

@@ -88,9 +88,11 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
             raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.PRESETS)}")
         tokenizer = CaptionTokenizer.train(dataset.captions(config.tokenizer_captions))
         overrides = copy.deepcopy(family.PRESETS[preset])
-        overrides.setdefault("unet", {})["image_size"] = config.size
+        for network in ("unet", "dit"):
+            overrides.setdefault(network, {})["image_size"] = config.size
         overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
         model_config = updated(updated(family.Config(), overrides), model_overrides or {})
+        tokenizer = CaptionTokenizer(tokenizer.tokenizer, model_config.text.max_length)
 
     torch.manual_seed(config.seed)
     model = family.Model(model_config).to(device)

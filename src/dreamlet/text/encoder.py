@@ -11,7 +11,7 @@ import torch.nn.functional as F
 @dataclass
 class TextEncoderConfig:
     vocab_size: int = 512
-    max_length: int = 32   # tokens, [BOS] and [EOS] included
+    max_length: int = 24   # tokens, [BOS] and [EOS] included (captions here use at most ~16)
     width: int = 128       # token feature size
     layers: int = 2
     heads: int = 4

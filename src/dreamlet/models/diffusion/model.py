@@ -12,12 +12,15 @@ import torch.nn.functional as F
 from ...text.encoder import TextEncoder, TextEncoderConfig
 from .sampling import SAMPLERS
 from .schedule import alpha_sigma, sample_timesteps, sampling_times
+from .dit import DiT, DiTConfig
 from .unet import UNet, UNetConfig
 
 
 @dataclass
 class DiffusionConfig:
+    network: str = "unet"             # the denoiser: unet | dit
     unet: UNetConfig = field(default_factory=UNetConfig)
+    dit: DiTConfig = field(default_factory=DiTConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     cond_drop: float = 0.1            # share of captions replaced by the empty one in training (for CFG)
     timesteps: str = "logit_normal"   # training timestep distribution: logit_normal | uniform
@@ -26,13 +29,20 @@ class DiffusionConfig:
     guidance: float = 3.0             # default classifier-free guidance scale (1 = no guidance)
 
     @property
+    def denoiser(self) -> UNetConfig | DiTConfig:
+        if self.network not in ("unet", "dit"):
+            raise ValueError(f"unknown network {self.network!r}; expected unet or dit")
+        return getattr(self, self.network)
+
+    @property
     def image_size(self) -> int:
-        return self.unet.image_size
+        return self.denoiser.image_size
 
 
 # Named sizes (DiT-style): the CPU demo default, a tiny one for tests, a larger one for a GPU.
 PRESETS = {
     "tiny": dict(unet=dict(widths=(16, 32), blocks=1, attention_levels=(1,), heads=2, text_width=32, time_width=32),
+                 dit=dict(width=32, depth=2, heads=2, text_width=32, time_width=32),
                  text=dict(width=32, layers=1, heads=2)),
     "small": dict(unet=dict(widths=(48, 96, 128), blocks=1, attention_levels=(1, 2))),
     "base": dict(unet=dict(widths=(128, 256, 384), blocks=2, attention_levels=(1, 2), heads=8, text_width=256,
@@ -44,16 +54,16 @@ PRESETS = {
 class TextToImageDiffusion(nn.Module):
     def __init__(self, config: DiffusionConfig):
         super().__init__()
-        if config.text.width != config.unet.text_width:
-            raise ValueError("text encoder width and unet.text_width differ")
+        if config.text.width != config.denoiser.text_width:
+            raise ValueError(f"text encoder width and {config.network}.text_width differ")
         self.config = config
         self.text_encoder = TextEncoder(config.text)
-        self.unet = UNet(config.unet)
+        self.net = UNet(config.unet) if config.network == "unet" else DiT(config.dit)
 
     def velocity(self, x, t, ids):
         """The network: noisy images (B, 3, S, S), times (B,), token ids (B, L) -> predicted v."""
         text, keep, pooled = self.text_encoder(ids)
-        return self.unet(x, t, text, keep, pooled)
+        return self.net(x, t, text, keep, pooled)
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:

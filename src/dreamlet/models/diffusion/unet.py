@@ -61,13 +61,25 @@ class ResBlock(nn.Module):
         return self.skip(x) + h
 
 
+def position_embedding(grid: int, channels: int) -> torch.Tensor:
+    """2D sine-cosine features of each cell of a grid x grid map (as in MAE): (grid * grid, channels)."""
+    quarter = channels // 4
+    freqs = 1.0 / 100 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    ys, xs = torch.meshgrid(torch.arange(grid, dtype=torch.float32), torch.arange(grid, dtype=torch.float32), indexing="ij")
+    parts = [f(c.reshape(-1, 1) * freqs) for c in (xs, ys) for f in (torch.sin, torch.cos)]
+    out = torch.cat(parts, dim=1)
+    return F.pad(out, (0, channels - out.shape[1]))
+
+
 class AttentionBlock(nn.Module):
-    """Self-attention over the grid (with learned positions), then cross-attention to the caption."""
+    """Self-attention over the grid, then cross-attention to the caption. Both see where each cell
+    is (a learnable embedding that starts as 2D sine-cosine), so a caption's "top left" can be
+    matched to a place, not only to a look."""
 
     def __init__(self, channels: int, text_width: int, heads: int, grid: int):
         super().__init__()
         self.heads = heads
-        self.position = nn.Parameter(torch.randn(grid * grid, channels) * 0.02)
+        self.position = nn.Parameter(position_embedding(grid, channels))
         self.norm_self, self.qkv, self.out_self = norm(channels), nn.Linear(channels, 3 * channels), nn.Linear(channels, channels)
         self.norm_cross, self.q = nn.LayerNorm(channels), nn.Linear(channels, channels)
         self.kv = nn.Linear(text_width, 2 * channels)
@@ -83,7 +95,7 @@ class AttentionBlock(nn.Module):
         q, k, v = map(self.split, self.qkv(h).chunk(3, dim=-1))
         a = F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, H * W, C)
         tokens = x.flatten(2).transpose(1, 2) + self.out_self(a)             # (B, HW, C)
-        q = self.split(self.q(self.norm_cross(tokens)))
+        q = self.split(self.q(self.norm_cross(tokens) + self.position))
         k, v = map(self.split, self.kv(text).chunk(2, dim=-1))               # (B, heads, L, C/heads)
         a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
         tokens = tokens + self.out_cross(a.transpose(1, 2).reshape(B, H * W, C))
