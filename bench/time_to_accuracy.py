@@ -55,10 +55,11 @@ def main():
         if (run / "checkpoint").exists():
             import shutil
             shutil.rmtree(run)
-        model_dir = train("diffusion", run, TrainConfig(minutes=minutes), quiet=True)
+        config = TrainConfig(minutes=minutes)
+        model_dir = train("diffusion", run, config, quiet=True)
         log = list(csv.DictReader(open(run / "train_log.csv")))
         steps = int(log[-1]["step"])
-        images_per_s = steps * 64 / float(log[-1]["elapsed_s"])
+        images_per_s = steps * config.batch_size / float(log[-1]["elapsed_s"])
         report = evaluate_shapes(model_dir, prompts=args.prompts, seeds=args.seeds)
         rows.append(dict(minutes=minutes, steps=steps, images_per_s=images_per_s,
                          seen=report["seen"], heldout=report["heldout"], pair=report["pair"],

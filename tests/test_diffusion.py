@@ -11,12 +11,13 @@ from dreamlet.pipeline import Pipeline
 
 def tiny(size=32, network="dit"):
     overrides = dict(PRESETS["tiny"])
-    overrides = {"network": network, "unet": dict(overrides["unet"], image_size=size),
-                 "dit": dict(overrides["dit"], image_size=size), "text": dict(overrides["text"], vocab_size=64)}
+    conv = {"dit-plain": {"conv_width": 0}}.get(network, {})  # dit-plain: linear patches, no conv stem
+    overrides = {"network": network.split("-")[0], "unet": dict(overrides["unet"], image_size=size),
+                 "dit": dict(overrides["dit"], image_size=size, **conv), "text": dict(overrides["text"], vocab_size=64)}
     return updated(DiffusionConfig(), overrides)
 
 
-@pytest.mark.parametrize("network", ["unet", "dit"])
+@pytest.mark.parametrize("network", ["unet", "dit", "dit-plain"])
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_model_output_shapes(size, network):
     torch.manual_seed(0)

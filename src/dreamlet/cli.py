@@ -17,6 +17,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import FAMILIES
+    from .train import TrainConfig
 
     parser = Parser(prog="dreamlet", description="Train your own text-to-image model, then draw from prompts.")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -32,8 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
     train.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
     train.add_argument("--preset", default="", help="model size: tiny, small (CPU default), base (GPU default)")
-    train.add_argument("--batch-size", type=int, default=64)
-    train.add_argument("--lr", type=float, default=2e-3)
+    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
+    train.add_argument("--lr", type=float, default=TrainConfig.lr)
     train.add_argument("--sample-every", type=int, default=500, help="steps between progress grids (0: never)")
     train.add_argument("--checkpoint-every", type=int, default=500)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")

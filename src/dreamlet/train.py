@@ -32,7 +32,7 @@ class TrainConfig:
     data: str = "shapes"
     size: int = 32                 # image side in pixels
     preset: str = ""               # model size preset; "" picks "small" on CPU, "base" on a GPU
-    batch_size: int = 64
+    batch_size: int = 32           # small batches, more steps: better in a short CPU budget (docs/benchmarks.md)
     lr: float = 2e-3               # peak AdamW learning rate
     warmup: int = 100              # linear warmup steps
     min_lr_ratio: float = 0.1      # cosine decay ends at lr * min_lr_ratio when the budget is spent

@@ -10,7 +10,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .unet import position_embedding, timestep_embedding
+from .unet import ResBlock, position_embedding, timestep_embedding
 
 
 @dataclass
@@ -19,11 +19,13 @@ class DiTConfig:
     channels: int = 3
     patch: int = 4          # each token is a patch x patch square of pixels
     width: int = 192
-    depth: int = 6
+    depth: int = 4
     heads: int = 4
     mlp_ratio: float = 3.0
     text_width: int = 128
     time_width: int = 256
+    conv_width: int = 64    # > 0: a convolutional stem and head at twice the token resolution (see DiT);
+                            # 0: plain linear patch embedding
 
 
 def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
@@ -62,14 +64,28 @@ class DiTBlock(nn.Module):
 
 
 class DiT(nn.Module):
+    """Patches -> transformer blocks -> patches. With `conv_width`, the picture is first folded by 2
+    and passed through a residual conv block at that resolution, and the transformer's output is
+    unfolded back to it and merged with a skip connection (a small U-ViT / HDiT-style hybrid):
+    the transformer lays the scene out, the convolutions draw crisp edges inside each patch."""
+
     def __init__(self, config: DiTConfig):
         super().__init__()
         self.config = c = config
-        if c.image_size % c.patch:
-            raise ValueError(f"image size {c.image_size} is not divisible by patch {c.patch}")
+        if c.image_size % c.patch or (c.conv_width and c.patch % 2):
+            raise ValueError(f"image size {c.image_size} does not split into patches of {c.patch}")
         self.grid = c.image_size // c.patch
         folded = c.channels * c.patch ** 2
-        self.embed = nn.Linear(folded, c.width)
+        if c.conv_width:
+            fine = c.channels * 4  # the picture folded by 2
+            self.stem = nn.Conv2d(fine, c.conv_width, 3, padding=1)
+            self.stem_block = ResBlock(c.conv_width, c.conv_width, c.time_width, 0.0)
+            self.embed = nn.Conv2d(c.conv_width, c.width, c.patch // 2, stride=c.patch // 2)
+            self.unembed = nn.ConvTranspose2d(c.width, c.conv_width, c.patch // 2, stride=c.patch // 2)
+            self.head_block = ResBlock(2 * c.conv_width, c.conv_width, c.time_width, 0.0)
+            self.head = nn.Conv2d(c.conv_width, fine, 3, padding=1)
+        else:
+            self.embed = nn.Linear(folded, c.width)
         self.position = nn.Parameter(position_embedding(self.grid, c.width))
         self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(), nn.Linear(c.time_width, c.time_width))
         self.pooled = nn.Linear(c.text_width, c.time_width)
@@ -77,7 +93,8 @@ class DiT(nn.Module):
                                     for _ in range(c.depth))
         self.norm_out = nn.LayerNorm(c.width, elementwise_affine=False)
         self.ada_out = nn.Linear(c.time_width, 2 * c.width)
-        self.out = nn.Linear(c.width, folded)
+        if not c.conv_width:
+            self.out = nn.Linear(c.width, folded)
         self.initialize()
 
     def initialize(self):
@@ -86,17 +103,30 @@ class DiT(nn.Module):
         for block in self.blocks:
             for layer in (block.ada, block.proj_cross):
                 nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
-        for layer in (self.ada_out, self.out):
-            nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+        nn.init.zeros_(self.ada_out.weight), nn.init.zeros_(self.ada_out.bias)
+        if not self.config.conv_width:
+            nn.init.zeros_(self.out.weight), nn.init.zeros_(self.out.bias)
+        else:
+            for layer in (self.stem_block.conv2, self.head_block.conv2, self.head):
+                nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
 
     def forward(self, x, t, text, keep, pooled):
         """x (B, 3, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
         c, p, g = self.config, self.config.patch, self.grid
         cond = self.time(timestep_embedding(t, c.time_width)) + self.pooled(pooled)      # (B, E)
-        h = F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2)                         # (B, N, 3 p p)
-        h = self.embed(h) + self.position                                              # (B, N, D)
+        if c.conv_width:
+            skip = self.stem_block(self.stem(F.pixel_unshuffle(x, 2)), cond)           # (B, Cc, S/2, S/2)
+            h = self.embed(skip).flatten(2).transpose(1, 2)                            # (B, N, D)
+        else:
+            h = self.embed(F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2))         # (B, N, D)
+        h = h + self.position
         for block in self.blocks:
             h = block(h, cond, text, keep)
         shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=1)
-        h = self.out(modulate(self.norm_out(h), shift, scale))                         # (B, N, 3 p p)
+        h = modulate(self.norm_out(h), shift, scale)                                   # (B, N, D)
+        if c.conv_width:
+            h = self.unembed(h.transpose(1, 2).reshape(len(x), c.width, g, g))         # (B, Cc, S/2, S/2)
+            h = self.head(F.silu(self.head_block(torch.cat([h, skip], dim=1), cond)))  # (B, 12, S/2, S/2)
+            return F.pixel_shuffle(h, 2)                                               # (B, 3, S, S)
+        h = self.out(h)                                                                # (B, N, 3 p p)
         return F.pixel_shuffle(h.transpose(1, 2).reshape(len(x), -1, g, g), p)          # (B, 3, S, S)

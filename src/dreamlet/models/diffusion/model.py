@@ -18,7 +18,7 @@ from .unet import UNet, UNetConfig
 
 @dataclass
 class DiffusionConfig:
-    network: str = "unet"             # the denoiser: unet | dit
+    network: str = "dit"              # the denoiser: dit (default) | unet (the ablation baseline)
     unet: UNetConfig = field(default_factory=UNetConfig)
     dit: DiTConfig = field(default_factory=DiTConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -26,7 +26,7 @@ class DiffusionConfig:
     timesteps: str = "logit_normal"   # training timestep distribution: logit_normal | uniform
     sampler: str = "dpmpp_2m"         # default sampler: dpmpp_2m | ddim
     steps: int = 20                   # default sampling steps
-    guidance: float = 3.0             # default classifier-free guidance scale (1 = no guidance)
+    guidance: float = 5.0             # default classifier-free guidance scale (1 = no guidance)
 
     @property
     def denoiser(self) -> UNetConfig | DiTConfig:
@@ -39,14 +39,14 @@ class DiffusionConfig:
         return self.denoiser.image_size
 
 
-# Named sizes (DiT-style): the CPU demo default, a tiny one for tests, a larger one for a GPU.
+# Named sizes (DiT-style): a tiny one for tests, the CPU demo default, a larger one for a GPU.
+# "small" is what the ablations in docs/benchmarks.md chose for 10 minutes on 2 CPU cores.
 PRESETS = {
-    "tiny": dict(unet=dict(widths=(16, 32), blocks=1, attention_levels=(1,), heads=2, text_width=32, time_width=32),
-                 dit=dict(width=32, depth=2, heads=2, text_width=32, time_width=32),
+    "tiny": dict(dit=dict(width=32, depth=2, heads=2, conv_width=16, text_width=32, time_width=32),
+                 unet=dict(widths=(16, 32), blocks=1, attention_levels=(1,), heads=2, text_width=32, time_width=32),
                  text=dict(width=32, layers=1, heads=2)),
-    "small": dict(unet=dict(widths=(48, 96, 128), blocks=1, attention_levels=(1, 2))),
-    "base": dict(unet=dict(widths=(128, 256, 384), blocks=2, attention_levels=(1, 2), heads=8, text_width=256,
-                           time_width=512),
+    "small": dict(),
+    "base": dict(dit=dict(width=384, depth=8, heads=6, conv_width=128, text_width=256, time_width=512),
                  text=dict(width=256, layers=4, heads=8)),
 }
 

@@ -21,8 +21,8 @@ class UNetConfig:
     image_size: int = 32                 # pixels; the model is built for this size
     channels: int = 3
     patch: int = 2                       # pixel-unshuffle factor of the stem
-    widths: tuple[int, ...] = (64, 128, 192)   # channels at each level; each level halves the grid
-    blocks: int = 2                      # residual blocks per level, on the way down and again on the way up
+    widths: tuple[int, ...] = (48, 96, 128)    # channels at each level; each level halves the grid
+    blocks: int = 1                      # residual blocks per level, on the way down and again on the way up
     attention_levels: tuple[int, ...] = (1, 2)  # levels with self- and cross-attention
     heads: int = 4
     text_width: int = 128                # width of the text encoder's tokens
