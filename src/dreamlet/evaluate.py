@@ -40,7 +40,6 @@ def evaluate_shapes(model_dir: str | Path, prompts: int = 64, seeds: int = 2, st
         "failures": [{"prompt": p.text, "seed": seed, "found": r["found"]}
                      for (p, seed), (_, r) in zip(jobs, results) if not r["correct"]][:40],
     }
-    report["_images"], report["_jobs"] = images, jobs
     return report
 
 
@@ -49,9 +48,8 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     out = Path(out)
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     json_path.parent.mkdir(parents=True, exist_ok=True)
-    public = {k: v for k, v in report.items() if not k.startswith("_")}
-    json_path.write_text(json.dumps(public, indent=2) + "\n")
-    md_path.write_text(markdown(public))
+    json_path.write_text(json.dumps(report, indent=2) + "\n")
+    md_path.write_text(markdown(report))
     return json_path, md_path
 
 

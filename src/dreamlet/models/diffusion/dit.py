@@ -24,6 +24,8 @@ class DiTConfig:
     mlp_ratio: float = 3.0
     text_width: int = 128
     time_width: int = 256
+    pooled_text: bool = True  # add the pooled caption to the timestep embedding (adaLN); False: text
+                              # reaches the picture only through cross-attention (as PixArt-alpha)
     conv_width: int = 64    # > 0: a convolutional stem and head at twice the token resolution (see DiT);
                             # 0: plain linear patch embedding
 
@@ -88,7 +90,7 @@ class DiT(nn.Module):
             self.embed = nn.Linear(folded, c.width)
         self.position = nn.Parameter(position_embedding(self.grid, c.width))
         self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(), nn.Linear(c.time_width, c.time_width))
-        self.pooled = nn.Linear(c.text_width, c.time_width)
+        self.pooled = nn.Linear(c.text_width, c.time_width) if c.pooled_text else None
         self.blocks = nn.ModuleList(DiTBlock(c.width, c.heads, c.text_width, c.mlp_ratio, c.time_width)
                                     for _ in range(c.depth))
         self.norm_out = nn.LayerNorm(c.width, elementwise_affine=False)
@@ -113,7 +115,9 @@ class DiT(nn.Module):
     def forward(self, x, t, text, keep, pooled):
         """x (B, 3, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
         c, p, g = self.config, self.config.patch, self.grid
-        cond = self.time(timestep_embedding(t, c.time_width)) + self.pooled(pooled)      # (B, E)
+        cond = self.time(timestep_embedding(t, c.time_width))                          # (B, E)
+        if self.pooled is not None:
+            cond = cond + self.pooled(pooled)
         if c.conv_width:
             skip = self.stem_block(self.stem(F.pixel_unshuffle(x, 2)), cond)           # (B, Cc, S/2, S/2)
             h = self.embed(skip).flatten(2).transpose(1, 2)                            # (B, N, D)

@@ -1,4 +1,6 @@
-"""A text-conditional UNet that works behind a pixel-unshuffle stem.
+"""A text-conditional UNet that works behind a pixel-unshuffle stem: the measured baseline
+(`network="unet"`; docs/benchmarks.md says why the DiT in dit.py is the default), and the home of
+the layers both networks share (timestep and position embeddings, the FiLM residual block).
 
 The picture is folded into `patch x patch` blocks first (32 px RGB -> 16 x 16 x 12 for patch 2), so
 every convolution runs at a quarter of the pixels: on a CPU this is what buys enough training steps
