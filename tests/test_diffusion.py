@@ -9,15 +9,21 @@ from dreamlet.models.diffusion.schedule import sampling_times
 from dreamlet.pipeline import Pipeline
 
 
+# Network variants: dit-plain has linear patches (no conv stem), dit-joint reads the caption in
+# self-attention, dit-nolayout has no layout path; "+sc" adds self-conditioning.
+VARIANTS = {"dit-plain": {"conv_width": 0}, "dit-joint": {"text_mode": "joint"}, "dit-nolayout": {"layout_rank": 0}}
+
+
 def tiny(size=32, network="dit"):
     overrides = dict(PRESETS["tiny"])
-    conv = {"dit-plain": {"conv_width": 0}}.get(network, {})  # dit-plain: linear patches, no conv stem
-    overrides = {"network": network.split("-")[0], "unet": dict(overrides["unet"], image_size=size),
-                 "dit": dict(overrides["dit"], image_size=size, **conv), "text": dict(overrides["text"], vocab_size=64)}
+    name, self_condition = network.removesuffix("+sc"), network.endswith("+sc")
+    overrides = {"network": name.split("-")[0], "unet": dict(overrides["unet"], image_size=size),
+                 "dit": dict(overrides["dit"], image_size=size, **VARIANTS.get(name, {})),
+                 "text": dict(overrides["text"], vocab_size=64), "self_condition": self_condition}
     return updated(DiffusionConfig(), overrides)
 
 
-@pytest.mark.parametrize("network", ["unet", "dit", "dit-plain"])
+@pytest.mark.parametrize("network", ["unet", "dit", "dit-plain", "dit-joint", "dit-nolayout", "dit+sc", "unet+sc"])
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_model_output_shapes(size, network):
     torch.manual_seed(0)
@@ -35,6 +41,32 @@ def test_samplers_recover_a_perfect_denoiser(name):
     target = torch.rand(2, 3, 8, 8) * 2 - 1
     out = SAMPLERS[name](lambda x, t: target, torch.randn(2, 3, 8, 8), sampling_times(10))
     assert torch.allclose(out, target, atol=1e-5)
+
+
+def randomized(model):
+    """Leave the zero-initialised starting point (which predicts 0 for any input), so inputs matter."""
+    torch.manual_seed(1)
+    for p in model.parameters():
+        torch.nn.init.normal_(p, std=0.05)
+    return model
+
+
+def test_layout_path_writes_a_caption_dependent_bias_that_reaches_the_output():
+    model = randomized(TextToImageDiffusion(tiny(16)))
+    text, _, pooled = model.text_encoder(torch.randint(4, 64, (2, 24)))
+    bias = model.net.layout_in(pooled)                        # (2, grid * grid * rank)
+    assert bias.shape == (2, 4 * 4 * 4) and not torch.allclose(bias[0], bias[1])
+    x, t, ids = torch.randn(1, 3, 16, 16), torch.rand(1), torch.randint(4, 64, (1, 24))
+    with_layout = model.velocity(x, t, ids)
+    torch.nn.init.zeros_(model.net.layout_out.weight), torch.nn.init.zeros_(model.net.layout_out.bias)
+    assert not torch.allclose(with_layout, model.velocity(x, t, ids))
+
+
+def test_self_conditioning_uses_the_previous_estimate():
+    model = randomized(TextToImageDiffusion(tiny(16, "dit+sc")))
+    x, t, ids = torch.randn(1, 3, 16, 16), torch.rand(1), torch.randint(4, 64, (1, 24))
+    assert not torch.allclose(model.velocity(x, t, ids), model.velocity(x, t, ids, torch.ones_like(x)))
+    assert torch.equal(model.velocity(x, t, ids), model.velocity(x, t, ids, torch.zeros_like(x)))
 
 
 def test_overfits_one_batch():

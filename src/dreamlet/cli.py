@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-every", type=int, default=500, help="steps between progress grids (0: never)")
     train.add_argument("--checkpoint-every", type=int, default=500)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    train.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                       help="auto: bf16 autocast on a GPU, fp32 on a CPU")
 
     sample = commands.add_parser("sample", help="draw pictures from prompts")
     sample.add_argument("--model", required=True, help="a model directory (RUN/model)")
@@ -65,7 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = commands.add_parser("demo", help="train the default model on shapes, then sample and judge it")
     demo.add_argument("--out", default="runs/demo")
-    demo.add_argument("--minutes", type=float, default=10.0)
+    demo.add_argument("--minutes", type=float, default=12.0)
     demo.add_argument("--steps", type=int, help="a step budget instead of minutes (for quick checks)")
     demo.add_argument("--prompts", type=int, default=64, help="benchmark prompts of each kind")
     demo.add_argument("--resume", action="store_true")
@@ -86,7 +88,7 @@ def run_train(args) -> None:
     get_family(args.model)  # fail on a bad name before any work
     config = TrainConfig(data=args.data, size=args.size, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
                          steps=args.steps, minutes=args.minutes, seed=args.seed, sample_every=args.sample_every,
-                         checkpoint_every=args.checkpoint_every)
+                         checkpoint_every=args.checkpoint_every, precision=args.precision)
     model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device)
     print(f"model: {model_dir}")
 

@@ -20,9 +20,21 @@ def pick_device(device: str | None = None) -> torch.device:
     return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
+PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def autocast(device: torch.device, precision: str = "auto"):
+    """bf16 autocast where asked, or on a GPU by default ("auto"); fp32 otherwise (safe on any CPU)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    bf16 = precision == "bf16" or (precision == "auto" and device.type == "cuda")
+    return torch.autocast(device.type, torch.bfloat16, enabled=bf16)
+
+
 class Pipeline:
-    def __init__(self, family: str, model, tokenizer: CaptionTokenizer, meta: dict):
+    def __init__(self, family: str, model, tokenizer: CaptionTokenizer, meta: dict, precision: str = "auto"):
         self.family, self.model, self.tokenizer, self.meta = family, model, tokenizer, meta
+        self.precision = precision
 
     @property
     def image_size(self) -> int:
@@ -80,7 +92,7 @@ class Pipeline:
             ids = self.tokenizer(prompts[i:i + batch_size]).to(self.device)
             noise = torch.stack([torch.randn(3, S, S, generator=torch.Generator().manual_seed(int(s)))
                                  for s in seeds[i:i + batch_size]]).to(self.device)
-            with torch.autocast(self.device.type, torch.bfloat16, enabled=self.device.type == "cuda"):
+            with autocast(self.device, self.precision):
                 images = self.model.generate(ids, empty, noise, steps=steps, guidance=guidance, sampler=sampler)
             out.append(to_uint8(images))
         return np.concatenate(out)

@@ -23,7 +23,7 @@ from .data import get_dataset
 from .data.shapes import benchmark_prompts
 from .images import captioned_grid, to_tensor
 from .models import get_family
-from .pipeline import Pipeline, pick_device
+from .pipeline import Pipeline, autocast, pick_device
 from .text.tokenizer import CaptionTokenizer
 
 
@@ -42,6 +42,7 @@ class TrainConfig:
     steps: int | None = None       # stop at this step (counted from the start of the run) ...
     minutes: float | None = None   # ... or after this much training time (also counted across resumes)
     seed: int = 0
+    precision: str = "auto"        # auto: bf16 autocast on a GPU, fp32 on a CPU | fp32 | bf16
     tokenizer_captions: int = 20000
     log_every: int = 20
     sample_every: int = 500        # steps between progress grids (0: never)
@@ -111,7 +112,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         generator.set_state(tensors["rng"])
 
     meta = {"data": config.data, "size": config.size, "train": to_dict(config)}
-    pipeline = Pipeline(family_name, ema, tokenizer, meta)
+    pipeline = Pipeline(family_name, ema, tokenizer, meta, config.precision)
     empty = tokenizer([""]).to(device)
     preview = benchmark_prompts(4, 4, 4, seed=1)
     log_path = out / "train_log.csv"
@@ -149,7 +150,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
                bar_format="{desc}: {n_fmt}/{total_fmt} steps{postfix} [{elapsed}<{remaining}]" if total else
                "{desc}: {n_fmt} steps{postfix} [{elapsed}]")
     window_loss, window_images, window_time = 0.0, 0, 0.0
-    autocast = torch.autocast(device.type, torch.bfloat16, enabled=device.type == "cuda")
+    mixed = autocast(device, config.precision)
     while not done():
         started = time.perf_counter()
         images, captions = dataset.batch(step * config.batch_size, config.batch_size)
@@ -157,7 +158,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         lr = learning_rate(config, step, budget_progress())
         for group in optimizer.param_groups:
             group["lr"] = lr
-        with autocast:
+        with mixed:
             loss = model.loss(images, ids, empty, generator)
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} at step {step}; lower --lr (the last checkpoint is kept)")

@@ -1,6 +1,12 @@
 """A diffusion transformer on image patches (DiT, Peebles & Xie 2023) with text cross-attention
 (as PixArt-alpha): every block attends over the whole picture and reads the caption, and every
 patch knows where it is, which is what placing objects by a caption's words needs.
+
+The layout path is dreamlet's own addition: before the first block, the pooled caption writes a
+bias on every patch through a low-rank linear map. Cross-attention has to align queries and keys
+(a product of two learned maps starting from a closed gate) before "top left" means a place; the
+linear path learns it in a few hundred steps, and with it position accuracy went from 85 % to
+100 % in the same budget (docs/benchmarks.md).
 """
 from __future__ import annotations
 
@@ -18,7 +24,7 @@ class DiTConfig:
     image_size: int = 32
     channels: int = 3
     patch: int = 4          # each token is a patch x patch square of pixels
-    width: int = 192
+    width: int = 128        # 128 beat 192 in a 10-minute CPU budget: more steps (docs/benchmarks.md)
     depth: int = 4
     heads: int = 4
     mlp_ratio: float = 3.0
@@ -28,6 +34,10 @@ class DiTConfig:
                               # reaches the picture only through cross-attention (as PixArt-alpha)
     conv_width: int = 64    # > 0: a convolutional stem and head at twice the token resolution (see DiT);
                             # 0: plain linear patch embedding
+    layout_rank: int = 32   # > 0: the pooled caption also writes a bias on every patch through a rank-r
+                            # linear map: a direct path from words like "top left" to places (0: none)
+    text_mode: str = "cross"  # cross: patches read the caption by cross-attention (PixArt-alpha);
+                              # joint: caption tokens join the patches in self-attention (U-ViT, SD3)
 
 
 def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
@@ -37,13 +47,14 @@ def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
 class DiTBlock(nn.Module):
     """adaLN-Zero block: self-attention, cross-attention to the caption, MLP."""
 
-    def __init__(self, width: int, heads: int, text_width: int, mlp_ratio: float, cond: int):
+    def __init__(self, width: int, heads: int, text_width: int, mlp_ratio: float, cond: int, cross: bool = True):
         super().__init__()
-        self.heads = heads
+        self.heads, self.cross = heads, cross
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        self.norm_cross = nn.LayerNorm(width)
-        self.q, self.kv, self.proj_cross = nn.Linear(width, width), nn.Linear(text_width, 2 * width), nn.Linear(width, width)
+        if cross:
+            self.norm_cross = nn.LayerNorm(width)
+            self.q, self.kv, self.proj_cross = nn.Linear(width, width), nn.Linear(text_width, 2 * width), nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
@@ -53,15 +64,19 @@ class DiTBlock(nn.Module):
         B, N, D = x.shape
         return x.view(B, N, self.heads, D // self.heads).transpose(1, 2)
 
-    def forward(self, x, c, text, keep):  # x: (B, N, D); c: (B, E); text: (B, L, T); keep: (B, L)
+    def forward(self, x, c, text, keep, mask=None):
+        """x (B, N, D); c (B, E); text (B, L, T) and keep (B, L) for cross-attention; mask (B, 1, 1, N)
+        hides padding from self-attention when caption tokens are among the N (joint mode)."""
         B, N, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=1)
         q, k, v = map(self.split, self.qkv(modulate(self.norm1(x), shift1, scale1)).chunk(3, dim=-1))
-        x = x + gate1[:, None] * self.proj(F.scaled_dot_product_attention(q, k, v).transpose(1, 2).reshape(B, N, D))
-        q = self.split(self.q(self.norm_cross(x)))
-        k, v = map(self.split, self.kv(text).chunk(2, dim=-1))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-        x = x + self.proj_cross(a.transpose(1, 2).reshape(B, N, D))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        x = x + gate1[:, None] * self.proj(a.transpose(1, 2).reshape(B, N, D))
+        if self.cross:
+            q = self.split(self.q(self.norm_cross(x)))
+            k, v = map(self.split, self.kv(text).chunk(2, dim=-1))
+            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+            x = x + self.proj_cross(a.transpose(1, 2).reshape(B, N, D))
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
@@ -71,28 +86,36 @@ class DiT(nn.Module):
     unfolded back to it and merged with a skip connection (a small U-ViT / HDiT-style hybrid):
     the transformer lays the scene out, the convolutions draw crisp edges inside each patch."""
 
-    def __init__(self, config: DiTConfig):
+    def __init__(self, config: DiTConfig, in_channels: int | None = None):
+        """`in_channels` > config.channels when more maps are stacked on the noisy picture (self-conditioning)."""
         super().__init__()
         self.config = c = config
         if c.image_size % c.patch or (c.conv_width and c.patch % 2):
             raise ValueError(f"image size {c.image_size} does not split into patches of {c.patch}")
+        if c.text_mode not in ("cross", "joint"):
+            raise ValueError(f"unknown text_mode {c.text_mode!r}; expected cross or joint")
         self.grid = c.image_size // c.patch
-        folded = c.channels * c.patch ** 2
+        folded, in_channels = c.channels * c.patch ** 2, in_channels or c.channels
         if c.conv_width:
             fine = c.channels * 4  # the picture folded by 2
-            self.stem = nn.Conv2d(fine, c.conv_width, 3, padding=1)
+            self.stem = nn.Conv2d(in_channels * 4, c.conv_width, 3, padding=1)
             self.stem_block = ResBlock(c.conv_width, c.conv_width, c.time_width, 0.0)
             self.embed = nn.Conv2d(c.conv_width, c.width, c.patch // 2, stride=c.patch // 2)
             self.unembed = nn.ConvTranspose2d(c.width, c.conv_width, c.patch // 2, stride=c.patch // 2)
             self.head_block = ResBlock(2 * c.conv_width, c.conv_width, c.time_width, 0.0)
             self.head = nn.Conv2d(c.conv_width, fine, 3, padding=1)
         else:
-            self.embed = nn.Linear(folded, c.width)
+            self.embed = nn.Linear(in_channels * c.patch ** 2, c.width)
+        if c.text_mode == "joint":
+            self.text_in = nn.Linear(c.text_width, c.width)
         self.position = nn.Parameter(position_embedding(self.grid, c.width))
+        if c.layout_rank:
+            self.layout_in = nn.Linear(c.text_width, self.grid ** 2 * c.layout_rank)
+            self.layout_out = nn.Linear(c.layout_rank, c.width)
         self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(), nn.Linear(c.time_width, c.time_width))
         self.pooled = nn.Linear(c.text_width, c.time_width) if c.pooled_text else None
-        self.blocks = nn.ModuleList(DiTBlock(c.width, c.heads, c.text_width, c.mlp_ratio, c.time_width)
-                                    for _ in range(c.depth))
+        self.blocks = nn.ModuleList(DiTBlock(c.width, c.heads, c.text_width, c.mlp_ratio, c.time_width,
+                                             cross=c.text_mode == "cross") for _ in range(c.depth))
         self.norm_out = nn.LayerNorm(c.width, elementwise_affine=False)
         self.ada_out = nn.Linear(c.time_width, 2 * c.width)
         if not c.conv_width:
@@ -103,9 +126,11 @@ class DiT(nn.Module):
         """Zero every adaLN modulation, the cross-attention outputs and the output layer (DiT's
         adaLN-Zero): each block starts as the identity."""
         for block in self.blocks:
-            for layer in (block.ada, block.proj_cross):
+            for layer in (block.ada, block.proj_cross) if block.cross else (block.ada,):
                 nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.ada_out.weight), nn.init.zeros_(self.ada_out.bias)
+        if self.config.layout_rank:
+            nn.init.zeros_(self.layout_out.weight), nn.init.zeros_(self.layout_out.bias)
         if not self.config.conv_width:
             nn.init.zeros_(self.out.weight), nn.init.zeros_(self.out.bias)
         else:
@@ -113,7 +138,7 @@ class DiT(nn.Module):
                 nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
 
     def forward(self, x, t, text, keep, pooled):
-        """x (B, 3, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
+        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
         c, p, g = self.config, self.config.patch, self.grid
         cond = self.time(timestep_embedding(t, c.time_width))                          # (B, E)
         if self.pooled is not None:
@@ -123,9 +148,15 @@ class DiT(nn.Module):
             h = self.embed(skip).flatten(2).transpose(1, 2)                            # (B, N, D)
         else:
             h = self.embed(F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2))         # (B, N, D)
-        h = h + self.position
+        h, N, mask = h + self.position, g * g, None
+        if c.layout_rank:
+            h = h + self.layout_out(self.layout_in(pooled).view(len(x), N, c.layout_rank))  # (B, N, D)
+        if c.text_mode == "joint":  # caption tokens ride along with the patches, then are dropped
+            h = torch.cat([h, self.text_in(text)], dim=1)                              # (B, N + L, D)
+            mask = F.pad(keep, (N, 0), value=True)[:, None, None, :]                   # (B, 1, 1, N + L)
         for block in self.blocks:
-            h = block(h, cond, text, keep)
+            h = block(h, cond, text, keep, mask)
+        h = h[:, :N]
         shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=1)
         h = modulate(self.norm_out(h), shift, scale)                                   # (B, N, D)
         if c.conv_width:

@@ -24,6 +24,10 @@ class DiffusionConfig:
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     cond_drop: float = 0.1            # share of captions replaced by the empty one in training (for CFG)
     timesteps: str = "logit_normal"   # training timestep distribution: logit_normal | uniform
+    timestep_mean: float = 0.5        # logit_normal's centre in logit space (> 0: more training at high noise,
+                                      # which lifted shape accuracy in a short budget: docs/benchmarks.md)
+    self_condition: bool = False      # feed the network its previous estimate of the clean picture
+                                      # (Chen et al. 2022, "Analog Bits"): half of training, every sampling step
     sampler: str = "dpmpp_2m"         # default sampler: dpmpp_2m | ddim
     steps: int = 20                   # default sampling steps
     guidance: float = 5.0             # default classifier-free guidance scale (1 = no guidance)
@@ -40,9 +44,10 @@ class DiffusionConfig:
 
 
 # Named sizes (DiT-style): a tiny one for tests, the CPU demo default, a larger one for a GPU.
-# "small" is what the ablations in docs/benchmarks.md chose for 10 minutes on 2 CPU cores.
+# "small" (the config defaults) is what the experiments in docs/benchmarks.md chose for 10 minutes
+# on 2 CPU cores.
 PRESETS = {
-    "tiny": dict(dit=dict(width=32, depth=2, heads=2, conv_width=16, text_width=32, time_width=32),
+    "tiny": dict(dit=dict(width=32, depth=2, heads=2, conv_width=16, text_width=32, time_width=32, layout_rank=4),
                  unet=dict(widths=(16, 32), blocks=1, attention_levels=(1,), heads=2, text_width=32, time_width=32),
                  text=dict(width=32, layers=1, heads=2)),
     "small": dict(),
@@ -58,11 +63,15 @@ class TextToImageDiffusion(nn.Module):
             raise ValueError(f"text encoder width and {config.network}.text_width differ")
         self.config = config
         self.text_encoder = TextEncoder(config.text)
-        self.net = UNet(config.unet) if config.network == "unet" else DiT(config.dit)
+        in_channels = 2 * config.denoiser.channels if config.self_condition else None
+        self.net = (UNet if config.network == "unet" else DiT)(config.denoiser, in_channels)
 
-    def velocity(self, x, t, ids):
-        """The network: noisy images (B, 3, S, S), times (B,), token ids (B, L) -> predicted v."""
+    def velocity(self, x, t, ids, x0_previous=None):
+        """The network: noisy images (B, 3, S, S), times (B,), token ids (B, L) and, with
+        self-conditioning, the previous clean estimate (B, 3, S, S; zeros for none) -> predicted v."""
         text, keep, pooled = self.text_encoder(ids)
+        if self.config.self_condition:
+            x = torch.cat([x, torch.zeros_like(x) if x0_previous is None else x0_previous], dim=1)
         return self.net(x, t, text, keep, pooled)
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
@@ -71,12 +80,20 @@ class TextToImageDiffusion(nn.Module):
         B, device = images.shape[0], images.device
         drop = torch.rand(B, generator=generator).to(device) < self.config.cond_drop
         ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
-        t = sample_timesteps(B, self.config.timesteps, generator, device)
+        t = sample_timesteps(B, self.config.timesteps, generator, device, self.config.timestep_mean)
         noise = torch.randn(images.shape, generator=generator).to(device)
         a, s = (v.view(B, 1, 1, 1) for v in alpha_sigma(t))
         x_t = a * images + s * noise
         target = a * noise - s * images
-        return F.mse_loss(self.velocity(x_t, t, ids).float(), target)
+        x0_previous = None
+        if self.config.self_condition:  # half the batch first makes an estimate without gradient, then refines it
+            x0_previous = torch.zeros_like(images)
+            use = (torch.rand(B, generator=generator) < 0.5).to(device)
+            if use.any():
+                with torch.no_grad():
+                    v = self.velocity(x_t[use], t[use], ids[use]).float()
+                    x0_previous[use] = (a[use] * x_t[use] - s[use] * v).clamp(-1, 1)
+        return F.mse_loss(self.velocity(x_t, t, ids, x0_previous).float(), target)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,
@@ -87,13 +104,15 @@ class TextToImageDiffusion(nn.Module):
         sample = SAMPLERS[sampler or self.config.sampler]
         B = ids.shape[0]
         both = torch.cat([ids, empty_ids.expand(B, -1)]) if guidance != 1 else ids
+        previous = {}  # self-conditioning: each branch's last clean estimate
 
         def denoise(x, t):
             t_batch = torch.full((len(both),), float(t), device=x.device)
             xx = torch.cat([x, x]) if guidance != 1 else x
-            v = self.velocity(xx, t_batch, both).float()
+            v = self.velocity(xx, t_batch, both, previous.get("x0")).float()
             a, s = alpha_sigma(t_batch.double())
             x0 = (a.view(-1, 1, 1, 1) * xx - s.view(-1, 1, 1, 1) * v).float()
+            previous["x0"] = x0.clamp(-1, 1).to(x.dtype)
             if guidance != 1:
                 cond, uncond = x0.chunk(2)
                 x0 = uncond + guidance * (cond - uncond)

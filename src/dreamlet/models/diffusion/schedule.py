@@ -16,13 +16,14 @@ def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def sample_timesteps(batch: int, mode: str, generator: torch.Generator | None = None,
-                     device="cpu") -> torch.Tensor:
+                     device="cpu", mean: float = 0.0) -> torch.Tensor:
     """Training timesteps (B,). "logit_normal" puts more weight on middle noise levels, where
-    layout and shape are decided (Esser et al. 2024, SD3); "uniform" is the classic choice."""
+    layout and shape are decided (Esser et al. 2024, SD3), centred on sigmoid(mean); "uniform" is
+    the classic choice."""
     if mode == "uniform":
         return torch.rand(batch, generator=generator).to(device)
     if mode == "logit_normal":
-        return torch.sigmoid(torch.randn(batch, generator=generator)).to(device)
+        return torch.sigmoid(mean + torch.randn(batch, generator=generator)).to(device)
     raise ValueError(f"unknown timestep sampling {mode!r}; expected uniform or logit_normal")
 
 

@@ -105,7 +105,8 @@ class AttentionBlock(nn.Module):
 
 
 class UNet(nn.Module):
-    def __init__(self, config: UNetConfig):
+    def __init__(self, config: UNetConfig, in_channels: int | None = None):
+        """`in_channels` > config.channels when more maps are stacked on the noisy picture (self-conditioning)."""
         super().__init__()
         self.config = c = config
         if c.image_size % (c.patch * 2 ** (len(c.widths) - 1)):
@@ -114,7 +115,7 @@ class UNet(nn.Module):
         folded = c.channels * c.patch ** 2
         self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(), nn.Linear(c.time_width, c.time_width))
         self.pooled = nn.Linear(c.text_width, c.time_width)
-        self.stem = nn.Conv2d(folded, c.widths[0], 3, padding=1)
+        self.stem = nn.Conv2d((in_channels or c.channels) * c.patch ** 2, c.widths[0], 3, padding=1)
         grid = c.image_size // c.patch
 
         def attention(level, width):
@@ -157,7 +158,7 @@ class UNet(nn.Module):
         nn.init.zeros_(self.out.weight), nn.init.zeros_(self.out.bias)
 
     def forward(self, x, t, text, keep, pooled):
-        """x (B, 3, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
+        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
         c = self.config
         emb = self.time(timestep_embedding(t, c.time_width)) + self.pooled(pooled)  # (B, E)
         h = self.stem(F.pixel_unshuffle(x, c.patch))                                # (B, C0, S/p, S/p)

@@ -1,0 +1,93 @@
+"""Step-matched design experiments on shapes, run side by side, one thread each.
+
+A time budget on a CPU is a fixed number of optimizer steps for a given design (measure it with
+`bench/throughput.py`). Running each experiment for its step count, not for minutes, makes results
+independent of what else the machine is doing, so two 1-thread experiments can share 2 cores
+(together ~1.3x the images/s of one 2-thread run). On a GPU the same file runs many at once.
+Training and sampling are fp32 everywhere.
+
+    .venv/bin/python bench/sweep.py experiments.json --out runs/sweep [--parallel 2]
+
+experiments.json is a list of {"name", "steps", "model": {...}, "train": {...},
+"data": {"pair_fraction": ..., "canonical_prob": ...}, "guidance": [3, 5], "prompts": 32}.
+Results: one JSON line per (experiment, guidance) in OUT/results.jsonl; docs/benchmarks.md
+records what each experiment showed.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(spec: dict, out: Path) -> None:
+    sys.path.insert(0, str(ROOT / "src"))
+    import torch
+    torch.set_num_threads(1)
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+    from dreamlet.data import shapes
+    from dreamlet.evaluate import evaluate_shapes
+    from dreamlet.pipeline import Pipeline
+    from dreamlet.train import TrainConfig, train
+
+    data = spec.get("data", {})
+    if data:  # the dataset's mix (share of pair scenes, of canonical captions) for this experiment
+        init = shapes.ShapesDataset.__init__
+        shapes.ShapesDataset.__init__ = lambda self, size=32, seed=0, **kw: init(self, size, seed, **(data | kw))
+    run = out / spec["name"]
+    config = TrainConfig(steps=spec["steps"], sample_every=0, checkpoint_every=0, precision="fp32",
+                         **spec.get("train", {}))
+    started = time.perf_counter()
+    model_dir = train("diffusion", run, config, model_overrides=spec.get("model", {}), quiet=True)
+    seconds = time.perf_counter() - started
+    pipeline = Pipeline.load(model_dir)
+    pipeline.precision = "fp32"
+    for guidance in spec.get("guidance", [None]):
+        for steps in spec.get("sample_steps", [None]):
+            report = evaluate_shapes(model_dir, prompts=spec.get("prompts", 64), seeds=2, guidance=guidance,
+                                     steps=steps, pipeline=pipeline)
+            row = dict(name=spec["name"], steps=spec["steps"], model=spec.get("model", {}),
+                       train=spec.get("train", {}), data=data, guidance=report["guidance"],
+                       sample_steps=report["steps"], seen=report["seen"], heldout=report["heldout"],
+                       pair=report["pair"], attributes=report["attributes"], train_seconds=seconds)
+            with open(out / "results.jsonl", "a") as f:
+                f.write(json.dumps(row) + "\n")
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("experiments")
+    parser.add_argument("--out", default=str(ROOT / "runs" / "sweep"))
+    parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one experiment (JSON)
+    args = parser.parse_args()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        return run_one(json.loads(args.one), out)
+    specs = json.loads(Path(args.experiments).read_text())
+    waiting, running = list(specs), []
+    started = time.time()
+    while waiting or running:
+        while waiting and len(running) < args.parallel:
+            spec = waiting.pop(0)
+            log = open(out / f"{spec['name']}.log", "w")
+            running.append((spec, subprocess.Popen([sys.executable, __file__, args.experiments, "--out", str(out),
+                                                    "--one", json.dumps(spec)], stdout=log, stderr=log,
+                                                   env=os.environ | {"OMP_NUM_THREADS": "1"})))
+        for spec, proc in list(running):
+            if proc.poll() is not None:
+                running.remove((spec, proc))
+                print(f"{time.time() - started:6.0f}s {spec['name']} exit {proc.returncode}", flush=True)
+        time.sleep(1)
+
+
+if __name__ == "__main__":
+    main()

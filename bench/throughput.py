@@ -1,0 +1,59 @@
+"""Training images/s of model designs on this machine (the step budget a time budget buys).
+
+    .venv/bin/python bench/throughput.py '{"dit": {"width": 128}}' '{"self_condition": true}' [--batch 32]
+
+Prints one JSON line per design: parameters, images/s, and the steps 10 minutes buy at that batch.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import os
+if os.environ.get("THREADS"): torch.set_num_threads(int(os.environ["THREADS"]))
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from dreamlet.config import updated  # noqa: E402
+from dreamlet.data.shapes import ShapesDataset  # noqa: E402
+from dreamlet.images import to_tensor  # noqa: E402
+from dreamlet.models.diffusion import DiffusionConfig, TextToImageDiffusion  # noqa: E402
+from dreamlet.text.tokenizer import CaptionTokenizer  # noqa: E402
+
+
+def images_per_second(overrides: dict, batch: int, steps: int = 8) -> tuple[float, float]:
+    dataset = ShapesDataset(32, 0)
+    tokenizer = CaptionTokenizer.train(dataset.captions(2000), max_length=24)
+    config = updated(DiffusionConfig(), {"text": {"vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}})
+    model = TextToImageDiffusion(updated(config, overrides))
+    optimizer = torch.optim.AdamW(model.parameters(), 1e-3)
+    empty = tokenizer([""])
+    for i in range(steps + 2):
+        if i == 2:
+            started = time.perf_counter()
+        images, captions = dataset.batch(i * batch, batch)
+        loss = model.loss(to_tensor(images), tokenizer(captions), empty)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    rate = steps * batch / (time.perf_counter() - started)
+    return sum(p.numel() for p in model.parameters()) / 1e6, rate
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("designs", nargs="*", default=["{}"])
+    parser.add_argument("--batch", type=int, default=32)
+    args = parser.parse_args()
+    for design in args.designs:
+        params, rate = images_per_second(json.loads(design), args.batch)
+        print(json.dumps(dict(design=json.loads(design), params_m=round(params, 2), images_per_s=round(rate, 1),
+                              steps_in_10_min=int(600 * rate / args.batch))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
