@@ -53,6 +53,18 @@ def test_resume_continues_exactly(tmp_path):
     assert main([*args, "--steps", "6", "--out", str(split)]) == 2
 
 
+def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_it(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--size", "16", *TINY, "--steps", "2", "--out", str(run)]) == 0
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    state["model"]["dit"]["layout_rank"] = 0  # as saved by a version without the layout path
+    (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    before = (run / "checkpoint" / "state.safetensors").read_bytes()
+    assert main(["train", "--size", "16", *TINY, "--steps", "4", "--out", str(run), "--resume"]) == 2
+    assert "cannot resume from" in capsys.readouterr().err
+    assert (run / "checkpoint" / "state.safetensors").read_bytes() == before
+
+
 @pytest.mark.parametrize("argv, message", [
     (["sample", "--model", "{tmp}/missing", "--prompt", "a red circle", "--out", "{tmp}/o"], "model directory not found"),
     (["sample", "--model", "{model}", "--prompts-file", "{tmp}/nope.txt", "--out", "{tmp}/o"], "prompts file not found"),

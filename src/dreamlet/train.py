@@ -104,12 +104,16 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
     optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
                                    {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.99))
     if resume:
-        tensors = load_tensors(checkpoint_dir / "state.safetensors")
-        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-        ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-        load_optimizer_state(optimizer, {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")},
-                             state["optimizer"])
-        generator.set_state(tensors["rng"])
+        try:  # a checkpoint from another dreamlet version may not fit this model: say so, keep it
+            tensors = load_tensors(checkpoint_dir / "state.safetensors")
+            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+            load_optimizer_state(optimizer, {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")},
+                                 state["optimizer"])
+            generator.set_state(tensors["rng"])
+        except (RuntimeError, KeyError, ValueError, OSError) as error:
+            raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): "
+                            f"{str(error).strip().splitlines()[0]}; train into a new --out") from None
 
     meta = {"data": config.data, "size": config.size, "train": to_dict(config)}
     pipeline = Pipeline(family_name, ema, tokenizer, meta, config.precision)
