@@ -9,7 +9,7 @@ Training and sampling are fp32 everywhere.
     .venv/bin/python bench/sweep.py experiments.json --out runs/sweep [--parallel 2]
 
 experiments.json is a list of {"name", "steps", "model": {...}, "train": {...},
-"data": {"pair_fraction": ..., "canonical_prob": ...}, "guidance": [3, 5], "prompts": 32}.
+"data": {"pair_fraction": ..., "canonical_prob": ..., "pair_cells": "aligned" | "far"}, "guidance": [3, 5], "prompts": 32}.
 Results: one JSON line per (experiment, guidance) in OUT/results.jsonl; docs/benchmarks.md
 records what each experiment showed.
 """
@@ -37,7 +37,14 @@ def run_one(spec: dict, out: Path) -> None:
     from dreamlet.pipeline import Pipeline
     from dreamlet.train import TrainConfig, train
 
-    data = spec.get("data", {})
+    data = dict(spec.get("data", {}))
+    cells = data.pop("pair_cells", None)
+    if cells:  # a diagnostic: fewer layouts per pair relation ("aligned": same row or column; "far": also 2 cells apart)
+        for relation, pairs in shapes.PAIR_CELLS.items():
+            axis = 0 if relation in ("to the left of", "to the right of") else 1  # row for left/right, column for above/below
+            keep = [(a, b) for a, b in pairs if divmod(a, 3)[axis] == divmod(b, 3)[axis]
+                    and (cells == "aligned" or abs(divmod(a, 3)[1 - axis] - divmod(b, 3)[1 - axis]) == 2)]
+            pairs[:] = keep
     if data:  # the dataset's mix (share of pair scenes, of canonical captions) for this experiment
         init = shapes.ShapesDataset.__init__
         shapes.ShapesDataset.__init__ = lambda self, size=32, seed=0, **kw: init(self, size, seed, **(data | kw))
