@@ -61,7 +61,7 @@ def run_one(spec: dict, out: Path) -> None:
             report = evaluate_shapes(model_dir, prompts=spec.get("prompts", 64), seeds=2, guidance=guidance,
                                      steps=steps, pipeline=pipeline)
             row = dict(name=spec["name"], steps=spec["steps"], model=spec.get("model", {}),
-                       train=spec.get("train", {}), data=data, guidance=report["guidance"],
+                       train=spec.get("train", {}), data=spec.get("data", {}), guidance=report["guidance"],
                        sample_steps=report["steps"], seen=report["seen"], heldout=report["heldout"],
                        pair=report["pair"], attributes=report["attributes"], train_seconds=seconds)
             with open(out / "results.jsonl", "a") as f:

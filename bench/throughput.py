@@ -3,6 +3,7 @@
     .venv/bin/python bench/throughput.py '{"dit": {"width": 128}}' '{"self_condition": true}' [--batch 32]
 
 Prints one JSON line per design: parameters, images/s, and the steps 10 minutes buy at that batch.
+With OMP_NUM_THREADS=1 it measures the one-thread speed that bench/sweep.py's side-by-side runs get.
 """
 from __future__ import annotations
 
@@ -13,8 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import os
-if os.environ.get("THREADS"): torch.set_num_threads(int(os.environ["THREADS"]))
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 

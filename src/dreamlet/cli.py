@@ -17,6 +17,7 @@ class Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS
     from .models import FAMILIES
+    from .pipeline import PRECISIONS
     from .train import TrainConfig
 
     parser = Parser(prog="dreamlet", description="Train your own text-to-image model, then draw from prompts.")
@@ -38,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--sample-every", type=int, default=500, help="steps between progress grids (0: never)")
     train.add_argument("--checkpoint-every", type=int, default=500)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    train.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+    train.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="auto: bf16 autocast on a GPU, fp32 on a CPU")
 
     sample = commands.add_parser("sample", help="draw pictures from prompts")
