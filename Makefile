@@ -6,7 +6,9 @@ BIN := $(VENV)/bin
 # regular (CUDA) build where there is one.
 TORCH := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo "torch>=2.2"; else echo "torch==2.13.0"; fi)
 
-.PHONY: demo test setup clean bench
+EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
+
+.PHONY: demo test setup fonts clean bench
 
 $(BIN)/dreamlet: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +17,17 @@ $(BIN)/dreamlet: pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $(BIN)/dreamlet
 
-setup: $(BIN)/dreamlet
+setup: $(BIN)/dreamlet fonts
+
+# The emoji set draws Debian's Noto Color Emoji font: installed where we may (root or sudo without a
+# password, with apt); otherwise one line says how, and everything else still works.
+fonts:
+	@test -f $(EMOJI_FONT) || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then APT="apt-get"; \
+	  elif command -v sudo >/dev/null && sudo -n true 2>/dev/null && command -v apt-get >/dev/null; then APT="sudo -n apt-get"; fi; \
+	  if [ -n "$$APT" ]; then $$APT install -y -q fonts-noto-color-emoji >/dev/null 2>&1 || \
+	    { $$APT update -q >/dev/null 2>&1 && $$APT install -y -q fonts-noto-color-emoji >/dev/null 2>&1; }; fi; \
+	  test -f $(EMOJI_FONT) || echo "note: --data emoji needs the Noto Color Emoji font: sudo apt-get install fonts-noto-color-emoji"; }
 
 demo: setup
 	$(BIN)/dreamlet demo

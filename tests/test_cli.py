@@ -70,7 +70,7 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_it(tmp
     (["sample", "--model", "{model}", "--prompts-file", "{tmp}/nope.txt", "--out", "{tmp}/o"], "prompts file not found"),
     (["sample", "--model", "{model}", "--prompt", "   ", "--out", "{tmp}/o"], "empty prompt"),
     (["train", "--model", "gpt", "--steps", "1", "--out", "{tmp}/r"], "unknown --model 'gpt'"),
-    (["train", "--data", "imagenet", "--steps", "1", "--out", "{tmp}/r"], "unknown --data 'imagenet'"),
+    (["train", "--data", "imagenet", "--steps", "1", "--out", "{tmp}/r"], "--data imagenet: no such dataset"),
     (["sample", "--model", "{model}", "--prompt", "a red circle", "--size", "64", "--out", "{tmp}/o"], "trained at 32 px"),
     (["eval", "--model", "{model}", "--size", "16"], "trained at 32 px"),
     (["train", "--steps", "1", "--out", "{tmp}/r", "--frobnicate"], "unrecognized arguments"),

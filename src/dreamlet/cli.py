@@ -15,7 +15,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS
+    from .data import DATASETS, FORMATS
     from .models import FAMILIES
     from .pipeline import PRECISIONS
     from .train import TrainConfig
@@ -24,7 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="train a model on a captioned dataset")
-    train.add_argument("--data", default="shapes", help=f"dataset: {', '.join(DATASETS)}")
+    train.add_argument("--data", default="shapes", help=f"a built-in set ({', '.join(DATASETS)}) or a path")
+    train.add_argument("--format", choices=FORMATS, help="the format of a --data path (default: detected)")
     train.add_argument("--model", default="diffusion", help=f"model family: {', '.join(FAMILIES)}")
     train.add_argument("--size", type=int, default=32, help="image side in pixels (shapes: 16, 32, 64, 128)")
     budget = train.add_mutually_exclusive_group()
@@ -47,6 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
     source = sample.add_mutually_exclusive_group(required=True)
     source.add_argument("--prompt", help="one prompt")
     source.add_argument("--prompts-file", help="a text file, one prompt a line")
+    source.add_argument("--heldout", type=int, metavar="N",
+                        help="N held-out captions of the data the model was trained on (never seen in training)")
     sample.add_argument("--num", type=int, default=1, help="pictures per prompt")
     sample.add_argument("--seed", type=int, default=0)
     sample.add_argument("--steps", type=int, help="sampler steps (default: the model's, 20)")
@@ -54,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
     sample.add_argument("--size", type=int, help="must match the size the model was trained at")
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
+    sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
 
     evaluate = commands.add_parser("eval", help="judge a model on a benchmark")
     evaluate.add_argument("--model", required=True, help="a model directory (RUN/model)")
@@ -65,6 +69,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
     evaluate.add_argument("--size", type=int)
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
+
+    data = commands.add_parser("data", help="look at a dataset").add_subparsers(dest="action", required=True,
+                                                                                 parser_class=Parser)
+    inspect = data.add_parser("inspect", help="counts, skipped records by reason, caption statistics, a contact sheet")
+    inspect.add_argument("path", help=f"a built-in set ({', '.join(DATASETS)}) or a path")
+    inspect.add_argument("--format", choices=FORMATS, help="the path's format (default: detected)")
+    inspect.add_argument("--size", type=int, default=32, help="the size to cache the pictures at")
+    inspect.add_argument("--sheet", help="contact sheet PNG (default: inspect.png in the current folder)")
+    inspect.add_argument("--count", type=int, default=48, help="pictures on the contact sheet")
+    inspect.add_argument("--json", action="store_true", help="print the report as JSON")
 
     demo = commands.add_parser("demo", help="train the default model on shapes, then sample and judge it")
     demo.add_argument("--out", default="runs/demo")
@@ -87,7 +101,7 @@ def run_train(args) -> None:
         raise UserError(f"--out {args.out} is a file, not a directory")
     from .models import get_family
     get_family(args.model)  # fail on a bad name before any work
-    config = TrainConfig(data=args.data, size=args.size, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
+    config = TrainConfig(data=args.data, format=args.format or "", size=args.size, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
                          steps=args.steps, minutes=args.minutes, seed=args.seed, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, precision=args.precision)
     model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device)
@@ -96,10 +110,40 @@ def run_train(args) -> None:
 
 def run_sample(args) -> None:
     from .sample import read_prompts, sample
-    prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
+    if args.heldout is not None:
+        prompts = heldout_prompts(args.model, args.heldout)
+    else:
+        prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     records = sample(args.model, prompts, args.out, num=args.num, seed=args.seed, steps=args.steps,
                      guidance=args.guidance, size=args.size, sampler=args.sampler)
+    if args.grid:
+        import numpy as np
+        from PIL import Image
+        from .images import captioned_grid
+        images = np.stack([np.asarray(Image.open(Path(args.out) / r["file"])) for r in records])
+        captioned_grid(images, [r["prompt"] for r in records], columns=8).save(args.grid)
+        print(f"grid: {args.grid}")
     print(f"{len(records)} pictures in {args.out} (index: {Path(args.out) / 'index.jsonl'})")
+
+
+def heldout_prompts(model_dir: str, count: int) -> list[str]:
+    """Captions the model never trained on, from the data it was trained on."""
+    from .checkpoint import read_json
+    from .data import load
+    from .data.shapes import benchmark_prompts
+    if count < 1:
+        raise UserError("--heldout must be at least 1")
+    config_file = Path(model_dir) / "config.json"
+    if not config_file.is_file():
+        raise UserError(f"no model in {model_dir} (expected {config_file})")
+    train = read_json(config_file).get("train", {})
+    data = train.get("data", "shapes")
+    if data == "shapes":
+        return [p.text for p in benchmark_prompts(0, count, 0, seed=5)]
+    dataset = load(data, train.get("size", 32), format=train.get("format") or None)
+    if not len(dataset.heldout_index):
+        raise UserError(f"{data} holds nothing out (fewer than 100 pictures); give --prompt or --prompts-file")
+    return dataset.heldout(count)[1]
 
 
 def run_eval(args) -> None:
@@ -110,6 +154,18 @@ def run_eval(args) -> None:
     json_path, md_path = write_report(report, out)
     print_accuracy(report)
     print(f"report: {json_path} and {md_path}")
+
+
+def run_data(args) -> None:
+    import json
+    from .data import load
+    from .data.inspect import describe, inspect
+    if args.path == "shapes":
+        raise UserError("shapes is drawn on the fly and has nothing to inspect; try emoji, digits or a path")
+    if args.count < 1:
+        raise UserError("--count must be at least 1")
+    report = inspect(load(args.path, args.size, format=args.format), args.sheet or "inspect.png", args.count)
+    print(json.dumps(report, indent=2) if args.json else describe(report))
 
 
 def print_accuracy(report: dict) -> None:
@@ -149,7 +205,7 @@ def run_demo(args) -> None:
     print(f"next:     dreamlet sample --model {model_dir} --prompt \"a large red circle at the top left\" --out {out / 'mine'}")
 
 
-COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "demo": run_demo}
+COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "data": run_data, "demo": run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

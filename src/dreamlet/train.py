@@ -20,7 +20,6 @@ from .checkpoint import (UserError, load_optimizer_state, load_tensors, optimize
                          save_tensors, write_dir_atomically)
 from .config import from_dict, to_dict, updated
 from .data import get_dataset
-from .data.shapes import benchmark_prompts
 from .images import captioned_grid, to_tensor
 from .models import get_family
 from .pipeline import Pipeline, autocast, pick_device
@@ -29,7 +28,8 @@ from .text.tokenizer import CaptionTokenizer
 
 @dataclass
 class TrainConfig:
-    data: str = "shapes"
+    data: str = "shapes"            # a built-in set (shapes, emoji, digits) or a path
+    format: str = ""               # the path's format ("" : detected; see dreamlet.data.formats)
     size: int = 32                 # image side in pixels
     preset: str = ""               # model size preset; "" picks "small" on CPU, "base" on a GPU
     batch_size: int = 32           # small batches, more steps: better in a short CPU budget (docs/benchmarks.md)
@@ -64,7 +64,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
     if config.steps is None and config.minutes is None:
         raise UserError("give a budget: --steps N or --minutes M")
     family = get_family(family_name)
-    dataset = get_dataset(config.data, config.size, config.seed)
+    dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet)
     checkpoint_dir = out / "checkpoint"
     generator = torch.Generator().manual_seed(config.seed)
     step, elapsed = 0, 0.0
@@ -118,7 +118,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
     meta = {"data": config.data, "size": config.size, "train": to_dict(config)}
     pipeline = Pipeline(family_name, ema, tokenizer, meta, config.precision)
     empty = tokenizer([""]).to(device)
-    preview = benchmark_prompts(4, 4, 4, seed=1)
+    preview = dataset.preview_captions(12)
     log_path = out / "train_log.csv"
     out.mkdir(parents=True, exist_ok=True)
     if not resume or not log_path.exists():
@@ -192,8 +192,8 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         if config.sample_every and step % config.sample_every == 0 and not done():
             grid_dir = out / "progress"
             grid_dir.mkdir(exist_ok=True)
-            images = pipeline([p.text for p in preview], list(range(len(preview))), steps=10)
-            captioned_grid(images, [p.text for p in preview], columns=6).save(grid_dir / f"step_{step:06d}.png")
+            images = pipeline(preview, list(range(len(preview))), steps=10)
+            captioned_grid(images, preview, columns=6).save(grid_dir / f"step_{step:06d}.png")
         if config.checkpoint_every and step % config.checkpoint_every == 0 and not done():
             save_checkpoint()
     bar.close()

@@ -1,16 +1,59 @@
-"""Captioned datasets by name. Every dataset yields (uint8 image (S, S, 3), caption) by index."""
+"""Captioned datasets: the built-in ones by name, and the formats people have by path.
+
+Every dataset gives `batch(start, count)` -> (uint8 images (count, S, S, 3), captions), item i the
+same for the same seed; `captions(n)` for training a tokenizer; `preview_captions(n)` to watch.
+Shapes is drawn on the fly; every other set is decoded once into a cache (cache.py) and read from it.
+"""
 from __future__ import annotations
 
+from pathlib import Path
+
 from ..checkpoint import UserError
+from .builtin import emoji_fingerprint, read_digits, read_emoji
+from .cache import CaptionedImages, build_cache, cache_key, cache_root
+from .formats import READERS, detect_format, fingerprint
 from .shapes import SUPPORTED_SIZES, ShapesDataset
 
-DATASETS = {"shapes": ShapesDataset}
+BUILTIN = {"shapes": None, "emoji": read_emoji, "digits": read_digits}
+DATASETS = list(BUILTIN)  # names for --data; any other value is a path
+FORMATS = list(READERS)
 
 
-def get_dataset(name: str, size: int, seed: int = 0):
-    if name not in DATASETS:
-        raise UserError(f"unknown --data {name!r}; choose one of: {', '.join(DATASETS)}")
-    if name == "shapes" and size not in SUPPORTED_SIZES:
-        raise UserError(f"--size {size} is not available for shapes; choose one of: "
-                        f"{', '.join(map(str, SUPPORTED_SIZES))}")
-    return DATASETS[name](size=size, seed=seed)
+def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = None, quiet: bool = False):
+    """A dataset by built-in name (shapes, emoji, digits) or by path (format detected, or `format`).
+    Finite sets are cached on first use under $DREAMLET_CACHE (default ~/.cache/dreamlet)."""
+    if name_or_path == "shapes":
+        if size not in SUPPORTED_SIZES:
+            raise UserError(f"--size {size} is not available for shapes; choose one of: "
+                            f"{', '.join(map(str, SUPPORTED_SIZES))}")
+        return ShapesDataset(size=size, seed=seed)
+    if size < 8 or size > 512 or size % 8:
+        raise UserError(f"--size {size}: use a multiple of 8 between 8 and 512")
+    if name_or_path in BUILTIN:
+        reader = BUILTIN[name_or_path]
+        source = dict(name=name_or_path, format="builtin")
+        identity = emoji_fingerprint() if name_or_path == "emoji" else []
+        records, label = lambda: reader(size), name_or_path
+    else:
+        path = Path(name_or_path).expanduser()
+        if not path.exists():
+            raise UserError(f"--data {name_or_path}: no such dataset (built-in sets: {', '.join(BUILTIN)}; "
+                            f"or a path to a folder, .tar shards or parquet)")
+        path = path.resolve()
+        if format and format not in READERS:
+            raise UserError(f"unknown --format {format!r}; choose one of: {', '.join(READERS)}")
+        format = format or detect_format(path)
+        source = dict(name=path.name, format=format, path=str(path))
+        identity = fingerprint(path)
+        records, label = lambda: READERS[format](path, size), path.name
+    directory = cache_root() / f"{label}-{size}px-{cache_key(source, identity, size)}"
+    if not (directory / "meta.json").is_file():
+        build_cache(records(), directory, size, source, quiet=quiet)
+    dataset = CaptionedImages(directory, seed=seed, name=name_or_path)
+    if dataset.meta["count"] == 0:
+        reasons = ", ".join(f"{n} {why}" for why, n in dataset.skipped.items()) or "nothing found"
+        raise UserError(f"--data {name_or_path}: no usable pictures ({reasons})")
+    return dataset
+
+
+get_dataset = load

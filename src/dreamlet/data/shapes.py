@@ -7,7 +7,7 @@ entirely (`HELD_OUT`) to measure compositional generalisation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -228,15 +228,28 @@ class ShapesDataset:
     objects. Images are (S, S, 3) uint8."""
 
     def __init__(self, size: int = 32, seed: int = 0, pair_fraction: float = 0.4,
-                 canonical_prob: float = 0.5):
+                 canonical_prob: float = 0.5, pair_contrast: bool = False):
         if size not in SUPPORTED_SIZES:
             raise ValueError(f"shapes size must be one of {SUPPORTED_SIZES}, got {size}")
         self.size, self.seed = size, seed
-        self.pair_fraction, self.canonical_prob = pair_fraction, canonical_prob
+        self.pair_fraction, self.canonical_prob, self.pair_contrast = pair_fraction, canonical_prob, pair_contrast
 
     def scene(self, index: int) -> tuple[Scene, np.random.Generator]:
-        rng = np.random.default_rng([self.seed, index])
-        scene = random_pair(rng) if rng.random() < self.pair_fraction else random_single(rng)
+        if not self.pair_contrast:
+            rng = np.random.default_rng([self.seed, index])
+            scene = random_pair(rng) if rng.random() < self.pair_fraction else random_single(rng)
+            return scene, rng
+        # Pair scenes come as minimal pairs on consecutive items: the same two objects with their
+        # places swapped and the relation inverted, worded the same way.
+        rng = np.random.default_rng([self.seed, index - index % 2])
+        if rng.random() >= self.pair_fraction:
+            rng = np.random.default_rng([self.seed, index])
+            return random_single(rng), rng
+        scene = random_pair(rng)
+        if index % 2:
+            a, b = scene.objects
+            scene = Scene((replace(a, position=b.position, cx=b.cx, cy=b.cy),
+                           replace(b, position=a.position, cx=a.cx, cy=a.cy)), INVERSE[scene.relation])
         return scene, rng
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
@@ -247,6 +260,10 @@ class ShapesDataset:
         """Items start..start+count-1 as a (count, S, S, 3) uint8 array and their captions."""
         items = [self[i] for i in range(start, start + count)]
         return np.stack([im for im, _ in items]), [c for _, c in items]
+
+    def preview_captions(self, count: int = 12) -> list[str]:
+        """Canonical prompts to watch during training: seen, held-out and pair, in turn."""
+        return [p.text for p in benchmark_prompts(count // 3, count // 3, count - 2 * (count // 3), seed=1)]
 
     def captions(self, count: int, start: int = 10**9) -> list[str]:
         """Captions only (for training a tokenizer), from a range disjoint from early training items."""

@@ -22,7 +22,7 @@ class CaptionTokenizer:
         tokenizer.enable_padding(pad_id=self.pad_id, pad_token=PAD, length=max_length)
 
     @classmethod
-    def train(cls, captions, vocab_size: int = 512, max_length: int = 32) -> "CaptionTokenizer":
+    def train(cls, captions, vocab_size: int = 4096, max_length: int = 32) -> "CaptionTokenizer":
         tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=64))
         tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
         tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()

@@ -1,0 +1,327 @@
+"""Readers for the captioned formats people already have. Each yields `Record`s one at a time
+(never a whole set in memory) and reports what it cannot use as a record with a `problem`.
+
+    imagefolder   a folder with metadata.jsonl or metadata.csv (file_name, text), as Hugging Face's
+    captions      one .txt caption beside each image (photo.jpg + photo.txt)
+    coco          annotations/captions_*.json and the image folders they name
+    cifar         CIFAR-10 / CIFAR-100, binary or Python version (read without running pickle code)
+    webdataset    .tar shards of key.jpg/png + key.txt/json, streamed
+    hf            a Hugging Face `datasets` dataset saved with save_to_disk, or parquet files
+"""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import pickle
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+
+from ..checkpoint import UserError
+from .cache import Record
+from .decode import resize_square
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+TEXT_FIELDS = ("text", "caption", "captions", "txt", "prompt", "sentence")
+IMAGE_FIELDS = ("image", "img", "jpg", "png", "picture")
+
+
+def _files(root: Path) -> list[Path]:
+    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+
+
+def _image_files(root: Path) -> list[Path]:
+    return [p for p in _files(root) if p.suffix.lower() in IMAGE_EXTENSIONS]
+
+
+def _loader(path: Path):
+    return lambda: path.read_bytes()
+
+
+# ----------------------------------------------------------------------------- folders
+
+def read_imagefolder(root: Path, size: int) -> Iterator[Record]:
+    """Hugging Face's imagefolder layout: metadata.jsonl or metadata.csv with file_name and text."""
+    rows, listed = [], set()
+    if (root / "metadata.jsonl").is_file():
+        with open(root / "metadata.jsonl", "rb") as f:
+            for number, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    rows.append((number, json.loads(line.decode("utf-8", "surrogateescape"))))
+                except ValueError:  # not JSON, or not UTF-8
+                    rows.append((number, None))
+    else:
+        with open(root / "metadata.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            rows = list(enumerate(csv.DictReader(f), 2))
+    for number, row in rows:
+        key = f"metadata line {number}"
+        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            yield Record(key, None, None, problem="bad metadata line")
+            continue
+        path = root / row["file_name"]
+        listed.add(path.resolve())
+        caption = next((row[k] for k in TEXT_FIELDS if k in row), None)
+        if isinstance(caption, str) and any(0xDC80 <= ord(c) <= 0xDCFF for c in caption):
+            caption = caption.encode("utf-8", "surrogateescape")  # bad UTF-8: let the cleaner count it
+        captions = caption if isinstance(caption, list) else [caption]
+        if not path.is_file():
+            yield Record(str(row["file_name"]), None, captions, problem="missing file")
+            continue
+        yield Record(str(row["file_name"]), _loader(path), captions)
+    for path in _image_files(root):  # pictures the metadata does not mention have no caption
+        if path.resolve() not in listed:
+            yield Record(str(path.relative_to(root)), None, None, problem="no caption")
+
+
+def read_captions_beside(root: Path, size: int) -> Iterator[Record]:
+    """photo.jpg with its caption in photo.txt, anywhere under ROOT."""
+    for path in _image_files(root):
+        text = path.with_suffix(".txt")
+        captions = [text.read_bytes()] if text.is_file() else None
+        yield Record(str(path.relative_to(root)), _loader(path), captions)
+
+
+# ----------------------------------------------------------------------------- COCO
+
+def read_coco(root: Path, size: int) -> Iterator[Record]:
+    """COCO captions: every annotations/captions_<split>.json with its images (5 captions each)."""
+    for annotation_file in sorted((root / "annotations").glob("captions_*.json")):
+        split = annotation_file.stem.removeprefix("captions_")
+        try:
+            data = json.loads(annotation_file.read_bytes())
+            images, annotations = data["images"], data["annotations"]
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{annotation_file} is not a COCO captions file") from None
+        captions: dict[int, list] = {}
+        for a in annotations:
+            if isinstance(a, dict) and "image_id" in a:
+                captions.setdefault(a["image_id"], []).append(a.get("caption"))
+        folders = [root / split, root / "images" / split, root / "images", root]
+        for image in sorted(images, key=lambda i: str(i.get("file_name", ""))):
+            name = str(image.get("file_name", ""))
+            path = next((f / name for f in folders if name and (f / name).is_file()), None)
+            if path is None:
+                yield Record(f"{split}/{name}", None, captions.get(image.get("id")), problem="missing file")
+            else:
+                yield Record(f"{split}/{name}", _loader(path), captions.get(image.get("id")))
+
+
+# ----------------------------------------------------------------------------- CIFAR
+
+def _cifar_captions(name: str) -> list[str]:
+    name = name.replace("_", " ")
+    article = "an" if name[0] in "aeiou" else "a"
+    return [f"a photo of {article} {name}", f"{article} {name}", f"a picture of {article} {name}",
+            f"a small photo of {article} {name}", name]
+
+
+def _cifar_record(key: str, flat: np.ndarray, label_name: str, size: int) -> Record:
+    from PIL import Image
+    pixels = flat.reshape(3, 32, 32).transpose(1, 2, 0)
+    if size != 32:
+        pixels = resize_square(Image.fromarray(pixels), size)
+    return Record(key, np.ascontiguousarray(pixels), _cifar_captions(label_name))
+
+
+class _ArraysOnly(pickle.Unpickler):
+    """Unpickles plain containers and NumPy arrays only; anything else (which could run code) is refused."""
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy", "ndarray"), ("numpy", "dtype"),
+               ("_codecs", "encode")}  # how Python 3 writes bytes at protocol 2: a text codec, no code
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def _load_cifar_pickle(path: Path) -> dict:
+    try:
+        with open(path, "rb") as f:
+            data = _ArraysOnly(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise UserError(f"{path} is not a CIFAR batch ({error})") from None
+    if not isinstance(data, dict):
+        raise UserError(f"{path} is not a CIFAR batch")
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in data.items()}
+
+
+def read_cifar(root: Path, size: int) -> Iterator[Record]:
+    """CIFAR-10 or CIFAR-100, binary or Python version, train and test batches, captioned from class names."""
+    def names(path: Path) -> list[str]:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+    if (root / "batches.meta.txt").is_file():        # CIFAR-10 binary: 1 label byte + 3072 pixels
+        labels = names(root / "batches.meta.txt")
+        batches, record, label_at = sorted(root.glob("data_batch_*.bin")) + sorted(root.glob("test_batch.bin")), 3073, 0
+    elif (root / "fine_label_names.txt").is_file():  # CIFAR-100 binary: coarse, fine label, 3072 pixels
+        labels = names(root / "fine_label_names.txt")
+        batches, record, label_at = [p for p in (root / "train.bin", root / "test.bin") if p.is_file()], 3074, 1
+    else:                                             # the Python versions
+        meta_file = root / "batches.meta" if (root / "batches.meta").is_file() else root / "meta"
+        meta = _load_cifar_pickle(meta_file)
+        key = "label_names" if "label_names" in meta else "fine_label_names"
+        labels = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
+        files = sorted(root.glob("data_batch_*")) + [p for p in (root / "test_batch", root / "train", root / "test") if p.is_file()]
+        for path in files:
+            batch = _load_cifar_pickle(path)
+            data = np.asarray(batch["data"], np.uint8)
+            targets = batch.get("labels", batch.get("fine_labels"))
+            for i, (flat, label) in enumerate(zip(data, targets)):
+                yield _cifar_record(f"{path.name}/{i}", flat, labels[int(label)], size)
+        return
+    for path in batches:
+        raw = np.fromfile(path, np.uint8)
+        if raw.size % record:
+            raise UserError(f"{path} is not a CIFAR binary batch (its size is not a multiple of {record} bytes)")
+        for i, row in enumerate(raw.reshape(-1, record)):
+            yield _cifar_record(f"{path.name}/{i}", row[record - 3072:], labels[int(row[label_at])], size)
+
+
+# ----------------------------------------------------------------------------- WebDataset
+
+def _caption_from_member(ext: str, data: bytes):
+    if ext == "txt":
+        return data
+    try:
+        value = json.loads(data)
+    except ValueError:
+        return None
+    if isinstance(value, dict):
+        return next((value[k] for k in TEXT_FIELDS if k in value), None)
+    return value if isinstance(value, str) else None
+
+
+def read_webdataset(path: Path, size: int) -> Iterator[Record]:
+    """WebDataset shards: members sharing a key (the name before the first dot) form one sample.
+    Each shard is read as a stream, one member at a time."""
+    shards = [path] if path.is_file() else sorted(path.glob("*.tar"))
+
+    def finish(key, sample):
+        image = next((sample[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in sample), None)
+        caption = next((sample[e] for e in ("txt", "json") if e in sample), None)
+        if image is None:
+            return Record(key, None, None, problem="no image")
+        return Record(key, image, None if caption is None else [caption])
+
+    for shard in shards:
+        key, sample = None, {}
+        try:
+            with tarfile.open(shard, mode="r|*") as tar:
+                for member in tar:
+                    if not member.isfile():
+                        continue
+                    directory, _, base = member.name.rpartition("/")
+                    stem, _, ext = base.partition(".")
+                    member_key = f"{shard.name}/{directory}/{stem}"
+                    if member_key != key and key is not None:
+                        yield finish(key, sample)
+                        sample = {}
+                    key = member_key
+                    data = tar.extractfile(member).read()
+                    ext = ext.lower()
+                    sample[ext] = _caption_from_member(ext, data) if ext in ("txt", "json") else data
+        except (tarfile.TarError, OSError, EOFError):  # keep what came before; the sample being read is lost
+            yield Record(f"{shard.name}", None, None, problem="corrupt or truncated shard")
+            key = None
+        if key is not None:
+            yield finish(key, sample)
+
+
+# ----------------------------------------------------------------------------- Hugging Face datasets / parquet
+
+def _arrow_batches(path: Path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    if path.is_file() and path.suffix == ".parquet":
+        yield from pq.ParquetFile(path).iter_batches(batch_size=256)
+        return
+    if (path / "dataset_dict.json").is_file():  # a DatasetDict: the train split, else the first
+        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
+        path = path / ("train" if "train" in splits else splits[0])
+    parquet = sorted(path.rglob("*.parquet"))
+    if parquet:
+        for file in parquet:
+            yield from pq.ParquetFile(file).iter_batches(batch_size=256)
+        return
+    for file in sorted(path.glob("*.arrow")):
+        with open(file, "rb") as f:
+            try:
+                reader = pa.ipc.open_stream(f)
+            except pa.ArrowInvalid:
+                reader = pa.ipc.open_file(f)
+                for i in range(reader.num_record_batches):
+                    yield reader.get_batch(i)
+                continue
+            yield from reader
+
+
+def read_hf(path: Path, size: int) -> Iterator[Record]:
+    """A `datasets` dataset saved to disk, or parquet files: the image column (bytes, or a path) and
+    the text column (a string or a list of strings), read a batch of rows at a time."""
+    try:
+        import pyarrow  # noqa: F401
+    except ImportError:
+        raise UserError("reading Hugging Face datasets and parquet needs pyarrow: pip install 'dreamlet[data]'") from None
+    base = path if path.is_dir() else path.parent
+    row = 0
+    for batch in _arrow_batches(path):
+        names = batch.schema.names
+        image_column = next((n for n in IMAGE_FIELDS if n in names), None)
+        text_column = next((n for n in TEXT_FIELDS if n in names), None)
+        if image_column is None or text_column is None:
+            raise UserError(f"{path} has columns {names}; dreamlet needs an image column ({', '.join(IMAGE_FIELDS)}) "
+                            f"and a text column ({', '.join(TEXT_FIELDS)})")
+        for image, text in zip(batch.column(image_column).to_pylist(), batch.column(text_column).to_pylist()):
+            key = f"row {row}"
+            row += 1
+            if isinstance(image, dict):  # datasets' Image feature: {"bytes": ..., "path": ...}
+                data, file = image.get("bytes"), image.get("path")
+                if data is None and file:
+                    data = _loader(base / file) if (base / file).is_file() else None
+                image = data
+            yield Record(key, image, text if isinstance(text, list) else [text],
+                         problem=None if image is not None else "no image")
+
+
+# ----------------------------------------------------------------------------- detection
+
+READERS = {"imagefolder": read_imagefolder, "captions": read_captions_beside, "coco": read_coco,
+           "cifar": read_cifar, "webdataset": read_webdataset, "hf": read_hf}
+
+
+def detect_format(path: Path) -> str:
+    """The format of a dataset path, from the files it holds."""
+    if path.is_file():
+        if path.suffix == ".tar":
+            return "webdataset"
+        if path.suffix == ".parquet":
+            return "hf"
+        raise UserError(f"{path} is a file dreamlet cannot read as a dataset; give a folder, a .tar shard or a .parquet file")
+    names = {p.name for p in path.iterdir()}
+    if any(n.endswith(".tar") for n in names):
+        return "webdataset"
+    if names & {"dataset_dict.json", "dataset_info.json", "state.json"} or any(n.endswith(".parquet") for n in names):
+        return "hf"
+    if (path / "annotations").is_dir() and any((path / "annotations").glob("captions_*.json")):
+        return "coco"
+    if names & {"batches.meta.txt", "fine_label_names.txt", "batches.meta", "meta"} and \
+            names & {"data_batch_1.bin", "train.bin", "data_batch_1", "train"}:
+        return "cifar"
+    if names & {"metadata.jsonl", "metadata.csv"}:
+        return "imagefolder"
+    if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*")):
+        return "captions"
+    raise UserError(f"cannot tell the format of {path}: no metadata.jsonl/csv, COCO annotations, CIFAR batches, "
+                    f".tar shards, parquet or images found (see --format)")
+
+
+def fingerprint(path: Path) -> list:
+    """What the cache key depends on: every file's name, size and modification time."""
+    files = [path] if path.is_file() else _files(path)
+    return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]

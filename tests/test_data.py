@@ -1,0 +1,342 @@
+"""Real captioned data: every user format, built in a temporary folder with the bad cases the
+issue lists, loaded through the same cache; the built-in digits and emoji sets; `data inspect`."""
+import csv
+import io
+import json
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dreamlet.checkpoint import UserError
+from dreamlet.cli import main
+from dreamlet.data import load
+from dreamlet.data.formats import detect_format
+
+
+@pytest.fixture(autouse=True)
+def cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("DREAMLET_CACHE", str(tmp_path / "cache"))
+    return tmp_path / "cache"
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **kw) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **kw)
+    return buffer.getvalue()
+
+
+def solid(rgb, size=(20, 12)) -> bytes:
+    return encode(Image.new("RGB", size, rgb))
+
+
+def bad_files() -> dict[str, bytes]:
+    """Files every folder format must skip, each for its own reason."""
+    good = solid((10, 200, 10))
+    bomb = io.BytesIO()
+    Image.new("1", (9000, 9000)).save(bomb, "PNG")  # 81 megapixels in a few kilobytes
+    return {"corrupt.png": os.urandom(300), "truncated.png": good[: len(good) // 2], "zero.png": b"",
+            "notes.jpg": b"this is text, not a picture", "bomb.png": bomb.getvalue()}
+
+
+BAD_REASONS = {"not an image": 2, "corrupt or truncated image": 1, "empty file": 1, "decompression bomb": 1}
+
+
+def odd_modes() -> dict[str, bytes]:
+    """Images in modes that must be converted, not skipped."""
+    cmyk = encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG")       # red in CMYK
+    grey16 = Image.fromarray(np.full((16, 16), 65535 // 2, np.uint16))          # 16-bit grey, half way
+    palette = Image.new("P", (16, 16), 0)
+    palette.putpalette([0, 0, 255] + [0] * 765)
+    palette.info["transparency"] = 0                                            # fully transparent
+    rgba = Image.new("RGBA", (16, 16), (255, 0, 0, 255))
+    rgba.paste((0, 0, 0, 0), (0, 0, 8, 16))                                     # left half transparent
+    return {"cmyk.jpg": cmyk, "grey16.png": encode(grey16), "palette.png": encode(palette, transparency=0),
+            "rgba.png": encode(rgba)}
+
+
+def test_imagefolder_jsonl_loads_good_pairs_and_counts_every_bad_one(tmp_path):
+    root = tmp_path / "folder"
+    root.mkdir()
+    lines = []
+    for name, data in (odd_modes() | bad_files()).items():
+        (root / name).write_bytes(data)
+        lines.append(json.dumps({"file_name": name, "text": f"a picture called {name}"}))
+    (root / "empty.png").write_bytes(solid((1, 2, 3)))
+    (root / "badutf.png").write_bytes(solid((4, 5, 6)))
+    (root / "twice.png").write_bytes(solid((7, 8, 9)))
+    (root / "unlisted.png").write_bytes(solid((9, 9, 9)))
+    lines += [json.dumps({"file_name": "empty.png", "text": "   "}),
+              json.dumps({"file_name": "gone.png", "text": "a missing file"}),
+              json.dumps({"file_name": "twice.png", "text": "the same entry"}),
+              json.dumps({"file_name": "twice.png", "text": "the same entry"}),
+              "{not json"]
+    raw = "\n".join(lines).encode() + b'\n{"file_name": "badutf.png", "text": "caf\xe9 \xff"}\n'
+    (root / "metadata.jsonl").write_bytes(raw)
+
+    assert detect_format(root) == "imagefolder"
+    data = load(str(root), size=16)
+    assert data.meta["count"] == 5  # the four odd modes and one of the two identical entries
+    assert data.skipped == dict(sorted((BAD_REASONS | {
+        "empty caption": 1, "missing file": 1, "duplicate": 1, "bad metadata line": 1, "caption not UTF-8": 1,
+        "no caption": 1}).items()))
+    pictures = {c[0].split()[-1]: image for c, image in zip(data.all_captions, data.rows(range(data.meta["count"])))}
+    assert pictures["cmyk.jpg"].reshape(-1, 3).mean(0) == pytest.approx([255, 0, 0], abs=3)
+    assert pictures["grey16.png"].reshape(-1, 3).mean(0) == pytest.approx([127, 127, 127], abs=2)
+    assert (pictures["palette.png"] == 255).all()                   # transparent -> the white background
+    rgba = pictures["rgba.png"]
+    assert (rgba[:, :6] == 255).all() and (rgba[:, 10:] == [255, 0, 0]).all()
+
+
+def test_imagefolder_csv_and_captions_beside_images(tmp_path):
+    root = tmp_path / "csv"
+    root.mkdir()
+    (root / "a.png").write_bytes(solid((255, 0, 0)))
+    (root / "b.png").write_bytes(solid((0, 0, 255), size=(40, 40)))
+    with open(root / "metadata.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerows([["file_name", "text"], ["a.png", "a red card"], ["b.png", "a blue card"], ["c.png", "gone"]])
+    data = load(str(root), size=8)
+    assert sorted(c[0] for c in data.all_captions) == ["a blue card", "a red card"]
+    assert data.skipped == {"missing file": 1}
+
+    beside = tmp_path / "beside"
+    (beside / "sub").mkdir(parents=True)
+    (beside / "sub" / "one.jpg").write_bytes(encode(Image.new("RGB", (30, 20), (0, 255, 0)), "JPEG"))
+    (beside / "sub" / "one.txt").write_text("  a green\nrectangle  ")
+    (beside / "two.png").write_bytes(solid((0, 0, 0)))
+    assert detect_format(beside) == "captions"
+    data = load(str(beside), size=8)
+    assert data.all_captions == [["a green rectangle"]]
+    assert data.skipped == {"no caption": 1}
+    assert np.load(data.directory / "sizes.npy").tolist() == [[30, 20]]
+
+
+def test_coco_captions_several_per_image(tmp_path):
+    root = tmp_path / "coco"
+    (root / "annotations").mkdir(parents=True)
+    (root / "train2017").mkdir()
+    (root / "train2017" / "000001.jpg").write_bytes(encode(Image.new("RGB", (64, 48), (200, 0, 0)), "JPEG"))
+    (root / "train2017" / "000002.jpg").write_bytes(encode(Image.new("RGB", (48, 64), (0, 0, 200)), "JPEG"))
+    annotations = {
+        "images": [{"id": 1, "file_name": "000001.jpg"}, {"id": 2, "file_name": "000002.jpg"},
+                   {"id": 3, "file_name": "000003.jpg"}],
+        "annotations": [{"image_id": 1, "caption": "A red wall."}, {"image_id": 1, "caption": "Something red"},
+                        {"image_id": 2, "caption": "A blue sky"}, {"image_id": 2, "caption": ""},
+                        {"image_id": 3, "caption": "never downloaded"}]}
+    (root / "annotations" / "captions_train2017.json").write_text(json.dumps(annotations))
+    assert detect_format(root) == "coco"
+    data = load(str(root), size=16)
+    assert data.all_captions == [["A red wall.", "Something red"], ["A blue sky"]]  # the empty caption dropped
+    assert data.skipped == {"missing file": 1}
+    captions = {data.batch(i, 1)[1][0] for i in range(40)}
+    assert {"A red wall.", "Something red", "A blue sky"} == captions  # each caption gets its turn
+
+
+def cifar_rows(colors) -> np.ndarray:
+    """CIFAR's layout: 1024 red, then 1024 green, then 1024 blue values per image."""
+    return np.stack([np.repeat(np.asarray(c, np.uint8), 1024) for c in colors])
+
+
+def test_cifar10_and_cifar100_binary(tmp_path):
+    ten = tmp_path / "cifar-10-batches-bin"
+    ten.mkdir()
+    (ten / "batches.meta.txt").write_text("airplane\nautomobile\nbird\ncat\ndeer\ndog\nfrog\nhorse\nship\ntruck\n\n")
+    rows = cifar_rows([(255, 0, 0), (0, 0, 255)])
+    np.concatenate([np.asarray([[3], [0]], np.uint8), rows], 1).tofile(ten / "data_batch_1.bin")
+    data = load(str(ten), size=32)
+    assert data.meta["count"] == 2
+    assert "a photo of a cat" in data.all_captions[0] and "a photo of an airplane" in data.all_captions[1]
+    images = data.rows([0, 1])
+    assert (images[0] == [255, 0, 0]).all() and (images[1] == [0, 0, 255]).all()
+
+    hundred = tmp_path / "cifar-100-binary"
+    hundred.mkdir()
+    (hundred / "fine_label_names.txt").write_text("\n".join(f"class_{i}" for i in range(100)) + "\n")
+    (hundred / "coarse_label_names.txt").write_text("\n".join(f"group_{i}" for i in range(20)) + "\n")
+    np.concatenate([np.asarray([[1, 42]], np.uint8), cifar_rows([(0, 255, 0)])], 1).tofile(hundred / "train.bin")
+    data = load(str(hundred), size=16)
+    assert data.all_captions[0][0] == "a photo of a class 42" and data.rows([0]).shape == (1, 16, 16, 3)
+
+
+class Boom:
+    def __reduce__(self):
+        return (os.system, ("touch BOOM",))
+
+
+def test_cifar_python_version_without_running_pickle_code(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "cifar-10-batches-py"
+    root.mkdir()
+    (root / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"airplane", b"automobile", b"bird", b"cat"]}, 2))
+    batch = {b"batch_label": b"training batch 1 of 5", b"labels": [2, 1],
+             b"data": cifar_rows([(0, 255, 0), (9, 9, 9)]), b"filenames": [b"a.png", b"b.png"]}
+    (root / "data_batch_1").write_bytes(pickle.dumps(batch, 2))
+    data = load(str(root), size=32)
+    assert [c[0] for c in data.all_captions] == ["a photo of a bird", "a photo of an automobile"]
+    assert (data.rows([0])[0] == [0, 255, 0]).all()
+
+    evil = tmp_path / "evil"
+    evil.mkdir()
+    (evil / "batches.meta").write_bytes(pickle.dumps({b"label_names": [b"cat"]}, 2))
+    (evil / "data_batch_1").write_bytes(pickle.dumps({b"data": Boom()}, 2))
+    monkeypatch.chdir(tmp_path)
+    assert main(["data", "inspect", str(evil)]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("dreamlet: error: ") and "Traceback" not in err
+    assert "not a CIFAR batch (refusing to load posix.system)" in errors[0]
+    assert not (tmp_path / "BOOM").exists()
+
+
+def add(tar: tarfile.TarFile, name: str, data: bytes):
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def test_webdataset_shards_are_streamed(tmp_path):
+    root = tmp_path / "shards"
+    root.mkdir()
+    with tarfile.open(root / "shard-000.tar", "w") as tar:
+        add(tar, "s/0001.png", solid((255, 0, 0)))
+        add(tar, "s/0001.txt", b"a red thing")
+        add(tar, "s/0002.jpg", encode(Image.new("RGB", (8, 8), (0, 0, 255)), "JPEG"))
+        add(tar, "s/0002.json", json.dumps({"caption": "a blue thing", "width": 8}).encode())
+        add(tar, "s/0003.png", solid((0, 255, 0)))                     # no caption
+        add(tar, "s/0004.png", os.urandom(100))                        # not an image
+        add(tar, "s/0004.txt", b"noise")
+    with tarfile.open(root / "shard-001.tar", "w") as tar:
+        add(tar, "0005.png", solid((0, 255, 255)))
+        add(tar, "0005.txt", b"a cyan thing")
+        add(tar, "0006.png", solid((255, 255, 0)))
+        add(tar, "0006.txt", b"a yellow thing")
+    whole = (root / "shard-001.tar").read_bytes()
+    (root / "shard-002.tar").write_bytes(whole[:2048 + 700])           # cut off inside its second sample
+    assert detect_format(root) == "webdataset"
+    data = load(str(root), size=8)
+    assert sorted(c[0] for c in data.all_captions) == ["a blue thing", "a cyan thing", "a red thing", "a yellow thing"]
+    assert data.skipped == {"corrupt or truncated shard": 1, "duplicate": 1, "no caption": 1, "not an image": 1}
+    single = load(str(root / "shard-000.tar"), size=8)                 # one shard on its own
+    assert single.meta["count"] == 2
+
+
+def test_hugging_face_saved_dataset_and_parquet(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    table = pa.table({"image": [{"bytes": solid((255, 0, 0)), "path": None}, {"bytes": None, "path": "pic.png"},
+                                {"bytes": b"", "path": None}],
+                      "text": ["a red card", "from a path", "an empty file"]})
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "pic.png").write_bytes(solid((0, 0, 255)))
+    with pa.ipc.new_stream(saved / "data-00000-of-00001.arrow", table.schema) as writer:
+        writer.write_table(table)
+    (saved / "dataset_info.json").write_text("{}")
+    (saved / "state.json").write_text("{}")
+    assert detect_format(saved) == "hf"
+    data = load(str(saved), size=8)
+    assert [c[0] for c in data.all_captions] == ["a red card", "from a path"]
+    assert data.skipped == {"empty file": 1}
+
+    listed = pa.table({"jpg": [solid((0, 255, 0))], "captions": [["one", "two"]]})
+    pq.write_table(listed, tmp_path / "train.parquet")
+    data = load(str(tmp_path / "train.parquet"), size=8)
+    assert data.all_captions == [["one", "two"]]
+
+
+def test_cache_is_built_once_and_batches_are_seeded(tmp_path, cache):
+    root = tmp_path / "folder"
+    root.mkdir()
+    for i in range(20):
+        (root / f"{i:02d}.png").write_bytes(solid((10 * i, 0, 0)))
+        (root / f"{i:02d}.txt").write_text(f"picture {i}")
+    first = load(str(root), size=8, seed=3)
+    built = (first.directory / "meta.json").stat().st_mtime_ns
+    again = load(str(root), size=8, seed=3)
+    assert again.directory == first.directory and (again.directory / "meta.json").stat().st_mtime_ns == built
+    assert first.array().shape == (20, 8, 8, 3)
+    a, b = first.batch(5, 7), again.batch(5, 7)
+    assert (a[0] == b[0]).all() and a[1] == b[1]
+    epoch = {first.batch(i, 1)[1][0] for i in range(len(first))}
+    assert len(epoch) == len(first)                                    # each training picture once per epoch
+    (root / "20.png").write_bytes(solid((1, 1, 1)))
+    (root / "20.txt").write_text("a new picture")
+    assert load(str(root), size=8).directory != first.directory        # a changed folder is cached anew
+
+
+def test_nothing_usable_is_one_line(tmp_path, capsys):
+    root = tmp_path / "empty_captions"
+    root.mkdir()
+    (root / "a.png").write_bytes(b"")
+    (root / "a.txt").write_text("")
+    with pytest.raises(UserError, match="no usable pictures"):
+        load(str(root))
+    assert main(["data", "inspect", str(tmp_path / "nowhere")]) == 2
+    assert "no such dataset" in capsys.readouterr().err
+
+
+def test_digits_builtin():
+    data = load("digits", size=16)
+    assert data.meta["count"] == 1797 and 140 < len(data.heldout_index) < 220
+    assert "a handwritten seven" in {c for options in data.all_captions for c in options}
+    images, captions = data.heldout(4)
+    assert images.shape == (4, 16, 16, 3) and images.max() == 255 and images.min() < 60  # dark ink on white
+
+
+def test_emoji_builtin_or_a_clear_message(monkeypatch):
+    from dreamlet.data import builtin
+    try:
+        builtin.emoji_font()
+    except UserError:
+        pytest.skip("the Noto Color Emoji font is not installed")
+    data = load("emoji", size=16)
+    names = {options[0] for options in data.all_captions}
+    assert data.meta["count"] > 3000 and "grinning face" in names
+    held = {data.all_captions[r][0] for r in data.heldout_index}
+    trained = {data.all_captions[r][0] for r in data.train_index}
+    assert 100 < len(held) < 300 and not held & trained
+    assert set(data.skipped) <= {"not in the font"}
+    monkeypatch.delenv("DREAMLET_EMOJI_FONT", raising=False)
+    monkeypatch.setattr(builtin, "EMOJI_FONTS", ["/nowhere/NotoColorEmoji.ttf"])
+    with pytest.raises(UserError, match="apt-get install fonts-noto-color-emoji"):
+        builtin.emoji_font()
+
+
+def test_inspect_and_train_on_a_folder_through_the_cli(tmp_path, capsys, monkeypatch):
+    root = tmp_path / "mine"
+    root.mkdir()
+    for i, rgb in enumerate([(255, 0, 0), (0, 255, 0), (0, 0, 255)] * 4):
+        (root / f"{i}.png").write_bytes(solid(rgb, size=(30 + i, 20)))
+        (root / f"{i}.txt").write_text(f"card number {i} in colour {rgb}")
+    (root / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    (root / "broken.txt").write_text("a broken file")
+    sheet = tmp_path / "sheet.png"
+    assert main(["data", "inspect", str(root), "--size", "16", "--sheet", str(sheet)]) == 0
+    out = capsys.readouterr().out
+    assert "12 usable" in out and "skipped:   1 (1 not an image)" in out and "width 30-41" in out
+    assert Image.open(sheet).size[0] == 8 * 128
+    run = tmp_path / "run"
+    assert main(["train", "--data", str(root), "--size", "16", "--steps", "3", "--out", str(run), "--preset", "tiny",
+                 "--batch-size", "4", "--sample-every", "2", "--checkpoint-every", "0"]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["train"]["data"] == str(root)
+    assert (run / "progress" / "step_000002.png").is_file()
+    # A folder this small holds nothing out, so asking for held-out prompts is a one-line error.
+    assert main(["sample", "--model", str(run / "model"), "--heldout", "4", "--out", str(tmp_path / "s")]) == 2
+    assert "holds nothing out" in capsys.readouterr().err
+
+
+def test_train_on_digits_then_sample_its_heldout_captions_as_a_grid(tmp_path, capsys):
+    run = tmp_path / "digits"
+    assert main(["train", "--data", "digits", "--size", "16", "--steps", "2", "--out", str(run), "--preset", "tiny",
+                 "--batch-size", "4", "--sample-every", "0", "--checkpoint-every", "0"]) == 0
+    grid = tmp_path / "grid.png"
+    assert main(["sample", "--model", str(run / "model"), "--heldout", "5", "--steps", "2", "--grid", str(grid),
+                 "--out", str(tmp_path / "samples")]) == 0
+    records = [json.loads(line) for line in (tmp_path / "samples" / "index.jsonl").read_text().splitlines()]
+    data = load("digits", size=16)
+    assert [r["prompt"] for r in records] == data.heldout(5)[1]
+    assert Image.open(grid).size == (8 * 128, 128 + 40)
