@@ -58,17 +58,27 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--size", type=int, help="must match the size the model was trained at")
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
+    sample.add_argument("--rerank", type=int, default=1, metavar="K", help="draw K candidates per picture, keep the best by --clip")
+    sample.add_argument("--clip", help="a CLIP model directory (for --rerank)")
 
     evaluate = commands.add_parser("eval", help="judge a model on a benchmark")
     evaluate.add_argument("--model", required=True, help="a model directory (RUN/model)")
     evaluate.add_argument("--benchmark", default="shapes", choices=["shapes"])
-    evaluate.add_argument("--prompts", type=int, default=64, help="prompts of each kind (seen, held-out, pair)")
+    evaluate.add_argument("--prompts", type=int, default=64,
+                          help="shapes judge: prompts of each kind (seen, held-out, pair); with a CLIP: 3 x this many captions")
     evaluate.add_argument("--seeds", type=int, default=2, help="pictures per prompt")
     evaluate.add_argument("--steps", type=int)
     evaluate.add_argument("--guidance", type=float)
     evaluate.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
     evaluate.add_argument("--size", type=int)
+    evaluate.add_argument("--clip", help="a CLIP model directory: CLIP score, R-precision, FID and KID on held-out captions")
+    evaluate.add_argument("--data", help="whose held-out captions and pictures (default: the data the model trained on)")
+    evaluate.add_argument("--distractors", type=int, default=32, help="R-precision: wrong captions beside the right one")
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
+
+    compare = commands.add_parser("compare", help="eval reports of several runs in one table and plot")
+    compare.add_argument("runs", nargs="+", help="run directories (with eval.json) or report .json files")
+    compare.add_argument("--out", default="compare", help="writes OUT.md and OUT.png")
 
     data = commands.add_parser("data", help="look at a dataset").add_subparsers(dest="action", required=True,
                                                                                  parser_class=Parser)
@@ -115,7 +125,7 @@ def run_sample(args) -> None:
     else:
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     records = sample(args.model, prompts, args.out, num=args.num, seed=args.seed, steps=args.steps,
-                     guidance=args.guidance, size=args.size, sampler=args.sampler)
+                     guidance=args.guidance, size=args.size, sampler=args.sampler, rerank=args.rerank, clip=args.clip)
     if args.grid:
         import numpy as np
         from PIL import Image
@@ -147,12 +157,28 @@ def heldout_prompts(model_dir: str, count: int) -> list[str]:
 
 
 def run_eval(args) -> None:
-    from .evaluate import evaluate_shapes, write_report
-    report = evaluate_shapes(args.model, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
-                             guidance=args.guidance, sampler=args.sampler, size=args.size)
+    from .evaluate import evaluate_clip_model, evaluate_shapes, evaluate_with_clip, write_report
+    from .pipeline import Pipeline
+    if args.prompts < 1 or args.distractors < 1:
+        raise UserError("--prompts and --distractors must be at least 1")
+    pipeline = Pipeline.load(args.model)
+    if pipeline.family == "clip":  # how good the CLIP itself is, on real pictures
+        report = evaluate_clip_model(args.model, args.data, count=3 * args.prompts, distractors=args.distractors)
+        print(f"R-precision on real held-out pictures: {report['r_precision_real']:.3f} ({args.distractors} distractors); "
+              f"FID real/real {report['fid_real_halves']:.1f}, real/noise {report['fid_real_noise']:.1f}")
+    elif args.clip:
+        report = evaluate_with_clip(args.model, args.clip, args.data, count=3 * args.prompts, distractors=args.distractors,
+                                    steps=args.steps, guidance=args.guidance, sampler=args.sampler, pipeline=pipeline)
+        print(f"CLIP score {report['clip_score']:.1f} (real {report['clip_score_real']:.1f}), R-precision "
+              f"{report['r_precision']:.3f} (real {report['r_precision_real']:.3f}), FID {report['fid']:.1f}, KID {report['kid']:.3f}")
+        if "judge" in report:
+            print_accuracy(report["judge"])
+    else:
+        report = evaluate_shapes(args.model, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
+                                 guidance=args.guidance, sampler=args.sampler, size=args.size, pipeline=pipeline)
+        print_accuracy(report)
     out = args.out or str(Path(args.model).parent / "eval")
     json_path, md_path = write_report(report, out)
-    print_accuracy(report)
     print(f"report: {json_path} and {md_path}")
 
 
@@ -166,6 +192,13 @@ def run_data(args) -> None:
         raise UserError("--count must be at least 1")
     report = inspect(load(args.path, args.size, format=args.format), args.sheet or "inspect.png", args.count)
     print(json.dumps(report, indent=2) if args.json else describe(report))
+
+
+def run_compare(args) -> None:
+    from .compare import compare
+    _, md_path, png_path = compare(args.runs, args.out)
+    print(md_path.read_text(), end="")
+    print(f"table: {md_path}\nplot:  {png_path}")
 
 
 def print_accuracy(report: dict) -> None:
@@ -205,7 +238,8 @@ def run_demo(args) -> None:
     print(f"next:     dreamlet sample --model {model_dir} --prompt \"a large red circle at the top left\" --out {out / 'mine'}")
 
 
-COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "data": run_data, "demo": run_demo}
+COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "data": run_data, "compare": run_compare,
+            "demo": run_demo}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,9 +1,12 @@
-"""Judge a model on the shapes benchmark: sample canonical prompts, score each picture exactly."""
+"""Evaluation: the exact shapes judge, and learned metrics with the project's CLIP for any data
+(CLIP score, R-precision, FID and KID on held-out captions)."""
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
+
+import numpy as np
 
 from .checkpoint import UserError
 from .data.shapes import benchmark_prompts
@@ -21,7 +24,8 @@ def evaluate_shapes(model_dir: str | Path, prompts: int = 64, seeds: int = 2, st
     if size is not None and size != pipeline.image_size:
         raise UserError(f"this model was trained at {pipeline.image_size} px, not {size} px")
     if pipeline.meta.get("data") != "shapes":
-        raise UserError(f"the shapes benchmark needs a model trained on shapes, not {pipeline.meta.get('data')}")
+        raise UserError(f"the shapes judge needs a model trained on shapes, not {pipeline.meta.get('data')}; "
+                        f"score it with a CLIP instead: --clip CLIPMODEL")
     chosen = benchmark_prompts(prompts, prompts, prompts, seed=1234)
     jobs = [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
     started = time.perf_counter()
@@ -49,7 +53,7 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     json_path, md_path = out.with_suffix(".json"), out.with_suffix(".md")
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
-    md_path.write_text(markdown(report))
+    md_path.write_text(clip_markdown(report) if report.get("kind") == "clip" or "clip" in report else markdown(report))
     return json_path, md_path
 
 
@@ -70,3 +74,91 @@ def markdown(report: dict) -> str:
                   for f in report["failures"][:12]]
     return "\n".join(lines) + "\n"
 
+
+
+def heldout_set(data: str, size: int, count: int, format: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
+    """Real held-out pictures, their captions, and a pool of captions to draw distractors from.
+    Shapes: canonical benchmark prompts of every kind and freshly drawn pictures of them."""
+    from .data import load
+    from .data.shapes import Scene, ShapesDataset, canonical_caption, random_pair, random_single, render
+    if data == "shapes":
+        rng = np.random.default_rng(4321)
+        scenes: list[Scene] = [random_pair(rng) if i % 3 == 2 else random_single(rng) for i in range(count)]
+        pool = [p.text for p in benchmark_prompts(432, 48, 400, seed=99)]
+        return np.stack([render(s, size) for s in scenes]), [canonical_caption(s) for s in scenes], pool
+    dataset = load(data, size, format=format, quiet=True)
+    if not len(dataset.heldout_index):
+        raise UserError(f"{data} holds nothing out (fewer than 100 pictures): nothing to evaluate on")
+    images, captions = dataset.heldout(count)
+    pool = sorted({c for r in dataset.heldout_index for c in dataset.all_captions[r]} | set(dataset.captions(5000)))
+    return images, captions, pool
+
+
+def evaluate_clip_model(clip_dir: str | Path, data: str | None = None, count: int = 256, distractors: int = 32,
+                        format: str | None = None) -> dict:
+    """How good the CLIP itself is, on real held-out pictures: R-precision, CLIP score, and FID
+    between two halves of the real set against FID between real pictures and noise."""
+    from .scoring import ClipScorer, fid_kid
+    scorer = ClipScorer(clip_dir)
+    data = data or scorer.pipeline.meta.get("data", "shapes")
+    images, captions, pool = heldout_set(data, scorer.image_size, count, format)
+    half = len(images) // 2
+    noise = np.random.default_rng(0).integers(0, 256, images[:half].shape, dtype=np.uint8)
+    return {"model": str(clip_dir), "kind": "clip", "data": data, "pictures": len(images), "distractors": distractors,
+            "r_precision_real": scorer.r_precision(images, captions, pool, distractors),
+            "clip_score_real": scorer.clip_score(images, captions),
+            "fid_real_halves": fid_kid(scorer, images[:half], images[half:2 * half])["fid"],
+            "fid_real_noise": fid_kid(scorer, images[:half], noise)["fid"]}
+
+
+def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | None = None, count: int = 128,
+                       distractors: int = 32, steps: int | None = None, guidance: float | None = None,
+                       sampler: str | None = None, pipeline: Pipeline | None = None) -> dict:
+    """Generate a picture for each held-out caption and score it with the CLIP: CLIP score,
+    R-precision, FID and KID against the real held-out pictures. On shapes the exact judge runs too."""
+    from .scoring import ClipScorer, fid_kid
+    pipeline = pipeline or Pipeline.load(model_dir)
+    scorer = ClipScorer(clip_dir)
+    if scorer.image_size != pipeline.image_size:
+        raise UserError(f"the CLIP model works at {scorer.image_size} px and the generator at {pipeline.image_size} px")
+    data = data or pipeline.meta.get("data", "shapes")
+    real, captions, pool = heldout_set(data, pipeline.image_size, count, pipeline.meta.get("train", {}).get("format") or None)
+    started = time.perf_counter()
+    fake = pipeline(captions, list(range(len(captions))), steps=steps, guidance=guidance, sampler=sampler)
+    seconds = time.perf_counter() - started
+    config = pipeline.model.config
+    report = {"model": str(model_dir), "clip": str(clip_dir), "data": data, "pictures": len(fake),
+              "distractors": distractors, "steps": steps or config.steps,
+              "guidance": config.guidance if guidance is None else guidance, "seconds_per_image": seconds / len(fake),
+              "clip_score": scorer.clip_score(fake, captions), "clip_score_real": scorer.clip_score(real, captions),
+              "r_precision": scorer.r_precision(fake, captions, pool, distractors),
+              "r_precision_real": scorer.r_precision(real, captions, pool, distractors)}
+    report |= fid_kid(scorer, real, fake)
+    if data == "shapes":
+        report["judge"] = evaluate_shapes(model_dir, prompts=min(64, count), seeds=1, steps=steps, guidance=guidance,
+                                          sampler=sampler, pipeline=pipeline)
+    return report
+
+
+def clip_markdown(report: dict) -> str:
+    lines = [f"# CLIP evaluation: {report['model']}", ""]
+    if report.get("kind") == "clip":
+        lines += [f"Data: {report['data']}, {report['pictures']} real held-out pictures, {report['distractors']} distractors.", "",
+                  "| metric | value |", "|---|---|",
+                  f"| R-precision on real pictures | {report['r_precision_real']:.3f} |",
+                  f"| CLIP score on real pictures | {report['clip_score_real']:.1f} |",
+                  f"| FID, real half vs real half | {report['fid_real_halves']:.1f} |",
+                  f"| FID, real vs noise | {report['fid_real_noise']:.1f} |"]
+        return "\n".join(lines) + "\n"
+    lines += [f"CLIP: {report['clip']}. Data: {report['data']}, {report['pictures']} held-out captions, one picture each, "
+              f"{report['steps']} steps, guidance {report['guidance']}, {report['distractors']} distractors.", "",
+              "| metric | generated | real |", "|---|---|---|",
+              f"| CLIP score | {report['clip_score']:.1f} | {report['clip_score_real']:.1f} |",
+              f"| R-precision | {report['r_precision']:.3f} | {report['r_precision_real']:.3f} |",
+              f"| FID (CLIP features) | {report['fid']:.1f} | - |",
+              f"| KID (CLIP features) | {report['kid']:.3f} +/- {report['kid_std']:.3f} | - |"]
+    if "judge" in report:
+        j = report["judge"]
+        lines += ["", f"Exact judge: seen single {100 * j['seen']:.1f} %, held-out single {100 * j['heldout']:.1f} %, "
+                      f"pair {100 * j['pair']:.1f} %."]
+    return "\n".join(lines) + "\n"

@@ -85,6 +85,8 @@ class Pipeline:
     def __call__(self, prompts: list[str], seeds: list[int], steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None, batch_size: int = 64) -> np.ndarray:
         """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise."""
+        if not getattr(self.model, "generates", True):
+            raise UserError(f"a {self.family} model scores pictures against captions; it does not draw them")
         prompts = self.check_prompts(prompts)
         S, out = self.image_size, []
         empty = self.tokenizer([""]).to(self.device)

@@ -31,10 +31,15 @@ def slug(text: str, length: int = 40) -> str:
 
 def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int = 1, seed: int = 0,
            steps: int | None = None, guidance: float | None = None, size: int | None = None,
-           sampler: str | None = None) -> list[dict]:
-    """Draw `num` pictures per prompt; picture k gets seed `seed + k`. Returns the index records."""
-    if num < 1:
-        raise UserError("--num must be at least 1")
+           sampler: str | None = None, rerank: int = 1, clip: str | Path | None = None) -> list[dict]:
+    """Draw `num` pictures per prompt; picture k gets seed `seed + k`. With `rerank` K > 1, each
+    picture is the best of K candidates (seeds K * s ... K * s + K - 1) by the CLIP model `clip`,
+    as DALL-E does; its record gives the winning seed. Returns the index records."""
+    for name, value in (("num", num), ("rerank", rerank)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1")
+    if rerank > 1 and not clip:
+        raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL (train one with --model clip)")
     if steps is not None and steps < 1:
         raise UserError("--steps must be at least 1")
     pipeline = Pipeline.load(model_dir)
@@ -43,14 +48,32 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
     prompts = pipeline.check_prompts(prompts)
     jobs = [(p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)]
     jobs.sort(key=lambda job: job[1])
-    images = pipeline([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
+    scores = [None] * len(jobs)
+    if rerank > 1:
+        from .scoring import ClipScorer
+        scorer = ClipScorer(clip)
+        candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
+        drawn = pipeline([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
+                         sampler=sampler)
+        images, chosen = [], []
+        for j, (prompt, _) in enumerate(jobs):
+            group = drawn[j * rerank:(j + 1) * rerank]
+            similarity = scorer.embed_images(group) @ scorer.embed_text([prompt])[0]
+            best = int(similarity.argmax())
+            images.append(group[best])
+            chosen.append((prompt, candidates[j * rerank + best][1]))
+            scores[j] = round(100 * float(similarity[best]), 2)
+        jobs = chosen
+    else:
+        images = pipeline([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for (prompt, image_seed), image in zip(jobs, images):
+    for (prompt, image_seed), image, score in zip(jobs, images, scores):
         name = f"{image_seed:06d}-{slug(prompt)}.png"
         Image.fromarray(image).save(out / name)
-        records.append({"file": name, "prompt": prompt, "seed": image_seed})
+        records.append({"file": name, "prompt": prompt, "seed": image_seed}
+                       | ({"candidates": rerank, "clip_score": score} if score is not None else {}))
     with open(out / "index.jsonl", "a", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")

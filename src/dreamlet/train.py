@@ -10,7 +10,7 @@ import copy
 import csv
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
@@ -89,7 +89,10 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
             raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.PRESETS)}")
         tokenizer = CaptionTokenizer.train(dataset.captions(config.tokenizer_captions))
         overrides = copy.deepcopy(family.PRESETS[preset])
-        for network in ("unet", "dit"):
+        sized = {f.name for f in fields(family.Config)}
+        if "image_size" in sized:
+            overrides["image_size"] = config.size
+        for network in sized & {"unet", "dit"}:
             overrides.setdefault(network, {})["image_size"] = config.size
         overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
         model_config = updated(updated(family.Config(), overrides), model_overrides or {})
@@ -189,7 +192,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
             bar.set_postfix_str(f"loss {window_loss / n:.4f} {rate:.0f} img/s{left}")
             window_loss, window_images, window_time = 0.0, 0, 0.0
         bar.update(1)
-        if config.sample_every and step % config.sample_every == 0 and not done():
+        if config.sample_every and step % config.sample_every == 0 and not done() and getattr(model, "generates", True):
             grid_dir = out / "progress"
             grid_dir.mkdir(exist_ok=True)
             images = pipeline(preview, list(range(len(preview))), steps=10)

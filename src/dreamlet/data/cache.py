@@ -192,10 +192,17 @@ class CaptionedImages:
 
     def heldout(self, count: int | None = None) -> tuple[np.ndarray, list[str]]:
         """Held-out pictures and their first captions, never trained on: for evaluation."""
-        records = self.heldout_index[:count]
+        records = _spread(self.heldout_index, count)
         return self.rows(records), [self.all_captions[r][0] for r in records]
 
     def preview_captions(self, count: int = 12) -> list[str]:
         """Captions to watch during training: held-out ones first, then training ones."""
-        records = list(self.heldout_index[:count]) + list(self.train_index[: max(0, count - len(self.heldout_index))])
+        records = list(_spread(self.heldout_index, count)) + list(self.train_index[: max(0, count - len(self.heldout_index))])
         return [self.all_captions[r][0] for r in records[:count]]
+
+
+def _spread(records: np.ndarray, count: int | None) -> np.ndarray:
+    """`count` records spread evenly over `records` (which come in source order, often sorted by name)."""
+    if count is None or count >= len(records):
+        return records
+    return records[np.linspace(0, len(records) - 1, count).round().astype(int)]

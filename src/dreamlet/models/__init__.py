@@ -2,7 +2,8 @@
 
 A family module exposes `Config` (a dataclass), `Model` (an nn.Module built from it, with
 `loss(images, ids, empty_ids, generator)` and `generate(ids, empty_ids, noise, ...)`) and `PRESETS`
-(named sizes as nested config overrides).
+(named sizes as nested config overrides). A model that scores rather than draws (CLIP) sets
+`generates = False` and has no `generate`.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import importlib
 
 from ..checkpoint import UserError
 
-FAMILIES = {"diffusion": "dreamlet.models.diffusion"}
+FAMILIES = {"diffusion": "dreamlet.models.diffusion", "clip": "dreamlet.models.clip"}
 
 
 def get_family(name: str):

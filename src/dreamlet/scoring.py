@@ -1,0 +1,118 @@
+"""Learned metrics with the project's own CLIP: CLIP score, R-precision, FID and KID in the CLIP
+image encoder's feature space (torchmetrics, with that encoder as its feature extractor), and
+reranking of candidate pictures."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .checkpoint import UserError
+from .images import to_tensor
+from .pipeline import Pipeline
+
+
+class ClipScorer:
+    """A trained CLIP model directory, ready to embed pictures (uint8 arrays) and captions."""
+
+    def __init__(self, model_dir: str | Path, device: str | None = None):
+        self.pipeline = Pipeline.load(model_dir, device)
+        if self.pipeline.family != "clip":
+            raise UserError(f"--clip {model_dir} is a {self.pipeline.family} model; train one with --model clip")
+        self.model, self.tokenizer = self.pipeline.model, self.pipeline.tokenizer
+        self.image_size = self.pipeline.image_size
+
+    @property
+    def device(self):
+        return self.pipeline.device
+
+    def _check(self, images: np.ndarray):
+        if images.shape[1] != self.image_size:
+            raise UserError(f"the CLIP model was trained at {self.image_size} px, the pictures are {images.shape[1]} px")
+
+    @torch.no_grad()
+    def embed_images(self, images: np.ndarray, batch: int = 256) -> torch.Tensor:
+        """(N, S, S, 3) uint8 -> (N, E) unit vectors."""
+        self._check(images)
+        return torch.cat([self.model.encode_images(to_tensor(images[i:i + batch]).to(self.device))
+                          for i in range(0, len(images), batch)]).cpu()
+
+    @torch.no_grad()
+    def embed_text(self, captions: list[str], batch: int = 256) -> torch.Tensor:
+        return torch.cat([self.model.encode_text(self.tokenizer(captions[i:i + batch]).to(self.device))
+                          for i in range(0, len(captions), batch)]).cpu()
+
+    def clip_score(self, images: np.ndarray, captions: list[str]) -> float:
+        """Mean of 100 x max(cosine, 0) between each picture and its caption (Hessel et al. 2021)."""
+        cosine = (self.embed_images(images) * self.embed_text(captions)).sum(-1)
+        return float(100 * cosine.clamp(min=0).mean())
+
+    def r_precision(self, images: np.ndarray, captions: list[str], pool: list[str], distractors: int = 32,
+                    seed: int = 0) -> float:
+        """Share of pictures whose own caption ranks first among itself and `distractors` captions
+        drawn from `pool` (different from it), as AttnGAN and DF-GAN report it."""
+        return float(self.caption_ranked_first(images, captions, pool, distractors, seed).mean())
+
+    def caption_ranked_first(self, images: np.ndarray, captions: list[str], pool: list[str], distractors: int = 32,
+                             seed: int = 0) -> np.ndarray:
+        """Per picture: does its own caption outscore `distractors` random others from `pool`?"""
+        rng = np.random.default_rng(seed)
+        texts = sorted(set(pool) | set(captions))
+        if len(set(pool)) <= distractors:
+            raise UserError(f"R-precision needs more than {distractors} distinct captions to draw distractors from; "
+                            f"there are {len(set(pool))}")
+        index = {t: i for i, t in enumerate(texts)}
+        scores = self.embed_images(images) @ self.embed_text(texts).T          # (N, T), every caption once
+        pool_ids = np.asarray([index[t] for t in sorted(set(pool))])
+        hits = []
+        for row, caption in zip(scores, captions):
+            own = index[caption]
+            others = rng.choice(pool_ids[pool_ids != own], distractors, replace=False)
+            hits.append(bool(row[own] > row[others].max()))
+        return np.asarray(hits)
+
+    def rerank(self, images: np.ndarray, caption: str) -> np.ndarray:
+        """Indices of `images` from best to worst match for `caption`."""
+        scores = self.embed_images(images) @ self.embed_text([caption])[0]
+        return torch.argsort(scores, descending=True).numpy()
+
+    def feature_extractor(self) -> nn.Module:
+        return _ClipFeatures(self.model)
+
+
+class _ClipFeatures(nn.Module):
+    """torchmetrics' FID/KID feature extractor: uint8 (N, 3, S, S) -> CLIP image features (before
+    normalisation, where distances mean more)."""
+
+    def __init__(self, clip):
+        super().__init__()
+        self.clip = clip
+
+    @torch.no_grad()
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        images = images.float() / 127.5 - 1
+        size = self.clip.config.image_size
+        if images.shape[-1] != size:  # torchmetrics probes with a 299 px dummy to count the features
+            images = torch.nn.functional.interpolate(images, size=(size, size), mode="area")
+        return self.clip.image_encoder(images).double()
+
+
+def fid_kid(scorer: ClipScorer, real: np.ndarray, fake: np.ndarray, kid_subset: int = 50) -> dict:
+    """FID and KID between two sets of uint8 pictures in the CLIP image encoder's feature space."""
+    from torchmetrics.image.fid import FrechetInceptionDistance
+    from torchmetrics.image.kid import KernelInceptionDistance
+    features = scorer.feature_extractor()
+    fid = FrechetInceptionDistance(feature=features, normalize=False, reset_real_features=True)
+    subset = min(kid_subset, len(real), len(fake))
+    with warnings.catch_warnings():  # it warns that it keeps every feature: these sets are small
+        warnings.simplefilter("ignore", UserWarning)
+        kid = KernelInceptionDistance(feature=features, subset_size=subset, normalize=False)
+    for metric in (fid, kid):
+        for images, real_flag in ((real, True), (fake, False)):
+            for i in range(0, len(images), 256):
+                metric.update(torch.from_numpy(images[i:i + 256]).permute(0, 3, 1, 2).contiguous(), real=real_flag)
+    kid_mean, kid_std = kid.compute()
+    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
