@@ -29,9 +29,8 @@ from dreamlet.judge import judge  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
 from dreamlet.scoring import ClipScorer, fid_kid  # noqa: E402
 from dreamlet.train import TrainConfig, train  # noqa: E402
+from docs_section import write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
-
-START, END = "<!-- clip_sanity:start -->", "<!-- clip_sanity:end -->"
 
 
 def main():
@@ -123,15 +122,7 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_docs:
-        docs = ROOT / "docs" / "benchmarks.md"
-        text = docs.read_text()
-        block = f"{START}\n\n{table}\n\n{END}"
-        if START in text:
-            text = text[: text.index(START)] + block + text[text.index(END) + len(END):]
-        else:
-            text += f"\n## The project's CLIP as a judge (shapes)\n\n{block}\n"
-        docs.write_text(text)
-
+        write_section("clip_sanity", "The project's CLIP as a judge (shapes)", table)
 
 if __name__ == "__main__":
     main()

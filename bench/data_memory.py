@@ -111,23 +111,15 @@ def main():
              "| phase | what it does | seconds | peak RSS | under the cap |", "|---|---|---|---|---|"]
     what = {"cache": "decode every shard into the cache", "epoch": "read one whole epoch of batches",
             "train": f"train the tiny model for {args.steps} steps of {BATCH} from the cache",
-            "baseline": f"the same training on shapes drawn on the fly (no cache)"}
+            "baseline": "the same training on shapes drawn on the fly (no cache)"}
     for r in rows:
         lines.append(f"| {r['phase']} | {what[r['phase']]} | {r['seconds']} | {r['peak_rss_mb']} MiB | "
                      f"{'yes' if r['peak_rss_mb'] < args.cap_mb else 'NO'} |")
     table = "\n".join(lines)
     print(table)
     if not args.no_docs:
-        docs = ROOT / "docs" / "benchmarks.md"
-        text = docs.read_text()
-        start, end = "<!-- data_memory:start -->", "<!-- data_memory:end -->"
-        block = f"{start}\n\n{table}\n\n{end}"
-        if start in text:
-            text = text[: text.index(start)] + block + text[text.index(end) + len(end):]
-        else:
-            text += f"\n## Training from a set larger than memory\n\n{block}\n"
-        docs.write_text(text)
-
+        from docs_section import write_section
+        write_section("data_memory", "Training from a set larger than memory", table)
 
 if __name__ == "__main__":
     main()

@@ -74,6 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--clip", help="a CLIP model directory: CLIP score, R-precision, FID and KID on held-out captions")
     evaluate.add_argument("--data", help="whose held-out captions and pictures (default: the data the model trained on)")
     evaluate.add_argument("--distractors", type=int, default=32, help="R-precision: wrong captions beside the right one")
+    evaluate.add_argument("--inception", help="with --clip: also FID in Inception-v3 space from these local weights "
+                                              "(torch-fidelity's pt_inception-2015-12-05 file; needs torch-fidelity)")
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
 
     compare = commands.add_parser("compare", help="eval reports of several runs in one table and plot")
@@ -168,7 +170,8 @@ def run_eval(args) -> None:
               f"FID real/real {report['fid_real_halves']:.1f}, real/noise {report['fid_real_noise']:.1f}")
     elif args.clip:
         report = evaluate_with_clip(args.model, args.clip, args.data, count=3 * args.prompts, distractors=args.distractors,
-                                    steps=args.steps, guidance=args.guidance, sampler=args.sampler, pipeline=pipeline)
+                                    steps=args.steps, guidance=args.guidance, sampler=args.sampler, pipeline=pipeline,
+                                    inception=args.inception)
         print(f"CLIP score {report['clip_score']:.1f} (real {report['clip_score_real']:.1f}), R-precision "
               f"{report['r_precision']:.3f} (real {report['r_precision_real']:.3f}), FID {report['fid']:.1f}, KID {report['kid']:.3f}")
         if "judge" in report:

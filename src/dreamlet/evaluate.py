@@ -80,7 +80,7 @@ def heldout_set(data: str, size: int, count: int, format: str | None = None) -> 
     """Real held-out pictures, their captions, and a pool of captions to draw distractors from.
     Shapes: canonical benchmark prompts of every kind and freshly drawn pictures of them."""
     from .data import load
-    from .data.shapes import Scene, ShapesDataset, canonical_caption, random_pair, random_single, render
+    from .data.shapes import Scene, canonical_caption, random_pair, random_single, render
     if data == "shapes":
         rng = np.random.default_rng(4321)
         scenes: list[Scene] = [random_pair(rng) if i % 3 == 2 else random_single(rng) for i in range(count)]
@@ -113,10 +113,12 @@ def evaluate_clip_model(clip_dir: str | Path, data: str | None = None, count: in
 
 def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | None = None, count: int = 128,
                        distractors: int = 32, steps: int | None = None, guidance: float | None = None,
-                       sampler: str | None = None, pipeline: Pipeline | None = None) -> dict:
+                       sampler: str | None = None, pipeline: Pipeline | None = None, inception: str | None = None) -> dict:
     """Generate a picture for each held-out caption and score it with the CLIP: CLIP score,
-    R-precision, FID and KID against the real held-out pictures. On shapes the exact judge runs too."""
-    from .scoring import ClipScorer, fid_kid
+    R-precision, FID and KID against the real held-out pictures (and FID in Inception space with
+    local `inception` weights). On shapes the exact judge runs too."""
+    from .scoring import ClipScorer, fid_kid, inception_fid_metric, metric_value
+    inception_metric = inception_fid_metric(inception) if inception else None  # fail early
     pipeline = pipeline or Pipeline.load(model_dir)
     scorer = ClipScorer(clip_dir)
     if scorer.image_size != pipeline.image_size:
@@ -134,6 +136,8 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
               "r_precision": scorer.r_precision(fake, captions, pool, distractors),
               "r_precision_real": scorer.r_precision(real, captions, pool, distractors)}
     report |= fid_kid(scorer, real, fake)
+    if inception_metric is not None:
+        report["fid_inception"] = metric_value(inception_metric, real, fake)
     if data == "shapes":
         report["judge"] = evaluate_shapes(model_dir, prompts=min(64, count), seeds=1, steps=steps, guidance=guidance,
                                           sampler=sampler, pipeline=pipeline)
@@ -157,6 +161,8 @@ def clip_markdown(report: dict) -> str:
               f"| R-precision | {report['r_precision']:.3f} | {report['r_precision_real']:.3f} |",
               f"| FID (CLIP features) | {report['fid']:.1f} | - |",
               f"| KID (CLIP features) | {report['kid']:.3f} +/- {report['kid_std']:.3f} | - |"]
+    if "fid_inception" in report:
+        lines.append(f"| FID (Inception-v3) | {report['fid_inception']:.1f} | - |")
     if "judge" in report:
         j = report["judge"]
         lines += ["", f"Exact judge: seen single {100 * j['seen']:.1f} %, held-out single {100 * j['heldout']:.1f} %, "

@@ -116,3 +116,26 @@ def fid_kid(scorer: ClipScorer, real: np.ndarray, fake: np.ndarray, kid_subset: 
                 metric.update(torch.from_numpy(images[i:i + 256]).permute(0, 3, 1, 2).contiguous(), real=real_flag)
     kid_mean, kid_std = kid.compute()
     return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+
+
+def inception_fid_metric(weights: str | Path):
+    """torchmetrics' FID in Inception-v3 space from local weights (torch-fidelity's
+    pt_inception-2015-12-05 file). Needs torch-fidelity, which needs torchvision: available beside a
+    CUDA build of torch, not beside the CPU build this project installs on a machine without a GPU."""
+    weights = Path(weights)
+    if not weights.is_file():
+        raise UserError(f"--inception {weights}: no such file (torch-fidelity's pt_inception-2015-12-05 weights)")
+    try:
+        import torch_fidelity  # noqa: F401
+        from torchmetrics.image.fid import FrechetInceptionDistance
+    except Exception:  # ImportError, or torchvision failing to load beside the CPU torch build
+        raise UserError("FID in Inception space needs torch-fidelity (and torchvision): pip install torch-fidelity") from None
+    return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
+
+
+def metric_value(metric, real: np.ndarray, fake: np.ndarray) -> float:
+    """Feed uint8 (N, S, S, 3) real and generated pictures to a torchmetrics FID and compute it."""
+    for images, real_flag in ((real, True), (fake, False)):
+        for i in range(0, len(images), 64):
+            metric.update(torch.from_numpy(images[i:i + 64]).permute(0, 3, 1, 2).contiguous(), real=real_flag)
+    return float(metric.compute())
