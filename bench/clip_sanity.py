@@ -124,5 +124,6 @@ def main():
     if not args.no_docs:
         write_section("clip_sanity", "The project's CLIP as a judge (shapes)", table)
 
+
 if __name__ == "__main__":
     main()

@@ -121,5 +121,6 @@ def main():
         from docs_section import write_section
         write_section("data_memory", "Training from a set larger than memory", table)
 
+
 if __name__ == "__main__":
     main()

@@ -58,7 +58,7 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
         images, chosen = [], []
         for j, (prompt, _) in enumerate(jobs):
             group = drawn[j * rerank:(j + 1) * rerank]
-            similarity = scorer.embed_images(group) @ scorer.embed_text([prompt])[0]
+            similarity = scorer.match(group, prompt)
             best = int(similarity.argmax())
             images.append(group[best])
             chosen.append((prompt, candidates[j * rerank + best][1]))

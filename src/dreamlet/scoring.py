@@ -74,10 +74,13 @@ class ClipScorer:
             hits.append(bool(row[own] > row[others].max()))
         return np.asarray(hits)
 
+    def match(self, images: np.ndarray, caption: str) -> torch.Tensor:
+        """Cosine similarity of each picture with one caption: (N,)."""
+        return self.embed_images(images) @ self.embed_text([caption])[0]
+
     def rerank(self, images: np.ndarray, caption: str) -> np.ndarray:
         """Indices of `images` from best to worst match for `caption`."""
-        scores = self.embed_images(images) @ self.embed_text([caption])[0]
-        return torch.argsort(scores, descending=True).numpy()
+        return torch.argsort(self.match(images, caption), descending=True).numpy()
 
     def feature_extractor(self) -> nn.Module:
         return _ClipFeatures(self.model)
