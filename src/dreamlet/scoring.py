@@ -113,12 +113,8 @@ def fid_kid(scorer: ClipScorer, real: np.ndarray, fake: np.ndarray, kid_subset: 
     with warnings.catch_warnings():  # it warns that it keeps every feature: these sets are small
         warnings.simplefilter("ignore", UserWarning)
         kid = KernelInceptionDistance(feature=features, subset_size=subset, normalize=False)
-    for metric in (fid, kid):
-        for images, real_flag in ((real, True), (fake, False)):
-            for i in range(0, len(images), 256):
-                metric.update(torch.from_numpy(images[i:i + 256]).permute(0, 3, 1, 2).contiguous(), real=real_flag)
-    kid_mean, kid_std = kid.compute()
-    return {"fid": float(fid.compute()), "kid": float(kid_mean), "kid_std": float(kid_std)}
+    kid_mean, kid_std = metric_value(kid, real, fake)
+    return {"fid": metric_value(fid, real, fake), "kid": float(kid_mean), "kid_std": float(kid_std)}
 
 
 def inception_fid_metric(weights: str | Path):
@@ -136,9 +132,11 @@ def inception_fid_metric(weights: str | Path):
     return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
 
 
-def metric_value(metric, real: np.ndarray, fake: np.ndarray) -> float:
-    """Feed uint8 (N, S, S, 3) real and generated pictures to a torchmetrics FID and compute it."""
+def metric_value(metric, real: np.ndarray, fake: np.ndarray, batch: int = 256):
+    """Feed uint8 (N, S, S, 3) real and generated pictures to a torchmetrics FID or KID and compute
+    it (FID: a float; KID: its mean and standard deviation)."""
     for images, real_flag in ((real, True), (fake, False)):
-        for i in range(0, len(images), 64):
-            metric.update(torch.from_numpy(images[i:i + 64]).permute(0, 3, 1, 2).contiguous(), real=real_flag)
-    return float(metric.compute())
+        for i in range(0, len(images), batch):
+            metric.update(torch.from_numpy(images[i:i + batch]).permute(0, 3, 1, 2).contiguous(), real=real_flag)
+    value = metric.compute()
+    return value if isinstance(value, tuple) else float(value)
