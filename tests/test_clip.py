@@ -97,16 +97,24 @@ def test_reranking_prefers_the_matching_picture(clip_run):
     assert np.mean([o == i for i, o in enumerate(order)]) >= 0.75
 
 
-def test_inception_fid_without_its_weights_or_library_is_one_line(clip_run, tiny_run, tmp_path, capsys):
+def test_inception_fid_from_local_weights_through_the_cli(clip_run, tiny_run, tmp_path, capsys):
+    from dreamlet.inception import InceptionFID
+    out = tmp_path / "r"
     base = ["eval", "--model", str(tiny_run / "model"), "--clip", str(clip_run), "--prompts", "2", "--steps", "1",
-            "--out", str(tmp_path / "r")]
+            "--out", str(out)]
     assert main(base + ["--inception", str(tmp_path / "missing.pth")]) == 2
     assert "no such file" in capsys.readouterr().err
     weights = tmp_path / "pt_inception.pth"
     weights.write_bytes(b"not really weights")
-    try:
-        import torch_fidelity  # noqa: F401
-    except Exception:  # the CPU build has no torchvision, so no torch-fidelity: say so in one line
-        assert main(base + ["--inception", str(weights)]) == 2
-        assert capsys.readouterr().err.strip() == ("dreamlet: error: FID in Inception space needs torch-fidelity "
-                                                   "(and torchvision): pip install torch-fidelity")
+    assert main(base + ["--inception", str(weights)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"dreamlet: error: --inception {weights}: not a weights file") and "\n" not in err
+    torch.manual_seed(0)
+    model = InceptionFID()  # random weights, kept at scale: the real file is not here
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(model.state_dict(), weights)
+    assert main(base + ["--inception", str(weights)]) == 0
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["fid_inception"] > 0 and "| FID (Inception-v3) |" in out.with_suffix(".md").read_text()

@@ -1,6 +1,6 @@
 """Learned metrics with the project's own CLIP: CLIP score, R-precision, FID and KID in the CLIP
 image encoder's feature space (torchmetrics, with that encoder as its feature extractor), and
-reranking of candidate pictures."""
+reranking of candidate pictures; FID in Inception-v3 space from local weights."""
 from __future__ import annotations
 
 import warnings
@@ -117,19 +117,44 @@ def fid_kid(scorer: ClipScorer, real: np.ndarray, fake: np.ndarray, kid_subset: 
     return {"fid": metric_value(fid, real, fake), "kid": float(kid_mean), "kid_std": float(kid_std)}
 
 
+def steady_fid_class():
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    class SteadyFID(FrechetInceptionDistance):
+        """The same FID, with tr sqrt(S_real S_fake) as the trace of the root of the symmetric H'S_fake H,
+        S_real = HH' (H from S_real's eigenvectors, rounding-noise directions dropped): torchmetrics'
+        general eigensolver on the 2048x2048 covariances of fewer than 2048 pictures (rank-deficient)
+        takes from seconds to minutes on a CPU."""
+
+        def compute(self) -> torch.Tensor:
+            if self.real_features_num_samples < 2 or self.fake_features_num_samples < 2:
+                raise UserError("FID needs at least two real and two generated pictures")
+            moments = []
+            for kind in ("real", "fake"):
+                n = getattr(self, f"{kind}_features_num_samples")
+                mean = getattr(self, f"{kind}_features_sum") / n
+                moments.append((mean, (getattr(self, f"{kind}_features_cov_sum") - n * torch.outer(mean, mean)) / (n - 1)))
+            (mean_real, cov_real), (mean_fake, cov_fake) = moments
+            values, vectors = torch.linalg.eigh(cov_real)
+            keep = values > values.max() * len(values) * torch.finfo(values.dtype).eps
+            half = vectors[:, keep] * values[keep].sqrt()
+            cross = torch.linalg.eigvalsh(half.T @ cov_fake @ half).clamp(min=0).sqrt().sum()
+            return (mean_real - mean_fake).square().sum() + cov_real.trace() + cov_fake.trace() - 2 * cross
+
+    return SteadyFID
+
+
 def inception_fid_metric(weights: str | Path):
-    """torchmetrics' FID in Inception-v3 space from local weights (torch-fidelity's
-    pt_inception-2015-12-05 file). Needs torch-fidelity, which needs torchvision: available beside a
-    CUDA build of torch, not beside the CPU build this project installs on a machine without a GPU."""
+    """torchmetrics' FID in Inception-v3 space, with the FID variant of Inception-v3 built here
+    (`dreamlet.inception`) from local weights: pytorch-fid's pt_inception-2015-12-05-6726825d.pth,
+    or a .safetensors file with the same keys. No torchvision or torch-fidelity needed."""
+    from .inception import load_inception
     weights = Path(weights)
     if not weights.is_file():
-        raise UserError(f"--inception {weights}: no such file (torch-fidelity's pt_inception-2015-12-05 weights)")
-    try:
-        import torch_fidelity  # noqa: F401
-        from torchmetrics.image.fid import FrechetInceptionDistance
-    except Exception:  # ImportError, or torchvision failing to load beside the CPU torch build
-        raise UserError("FID in Inception space needs torch-fidelity (and torchvision): pip install torch-fidelity") from None
-    return FrechetInceptionDistance(feature=2048, feature_extractor_weights_path=str(weights))
+        raise UserError(f"--inception {weights}: no such file (pytorch-fid's pt_inception-2015-12-05-6726825d.pth "
+                        "weights, or a .safetensors file with the same keys)")
+
+    return steady_fid_class()(feature=load_inception(weights), normalize=False, reset_real_features=True)
 
 
 def metric_value(metric, real: np.ndarray, fake: np.ndarray, batch: int = 256):
