@@ -35,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
     train.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
     train.add_argument("--preset", default="", help="model size: tiny, small (CPU default), base (GPU default)")
-    train.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
-    train.add_argument("--lr", type=float, default=TrainConfig.lr)
+    train.add_argument("--batch-size", type=int, help=f"default: the family's ({TrainConfig.batch_size} for diffusion)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate; default: the family's ({TrainConfig.lr} for diffusion)")
+    train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
+                       help="change one model config field, e.g. --set r1=0.1 --set diffaugment=color,translation "
+                            "--set dit.depth=6 (repeatable; see the family's Config)")
     train.add_argument("--sample-every", type=int, default=500, help="steps between progress grids (0: never)")
     train.add_argument("--checkpoint-every", type=int, default=500)
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
@@ -75,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--data", help="whose held-out captions and pictures (default: the data the model trained on)")
     evaluate.add_argument("--distractors", type=int, default=32, help="R-precision: wrong captions beside the right one")
     evaluate.add_argument("--inception", help="with --clip: also FID in Inception-v3 space from these local weights "
-                                              "(torch-fidelity's pt_inception-2015-12-05 file; needs torch-fidelity)")
+                                              "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or .safetensors with its keys)")
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
 
     compare = commands.add_parser("compare", help="eval reports of several runs in one table and plot")
@@ -102,7 +105,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args) -> None:
-    from .train import TrainConfig, train
+    from .train import config_for, train
     for name in ("steps", "batch_size", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -113,11 +116,33 @@ def run_train(args) -> None:
         raise UserError(f"--out {args.out} is a file, not a directory")
     from .models import get_family
     get_family(args.model)  # fail on a bad name before any work
-    config = TrainConfig(data=args.data, format=args.format or "", size=args.size, preset=args.preset, batch_size=args.batch_size, lr=args.lr,
-                         steps=args.steps, minutes=args.minutes, seed=args.seed, sample_every=args.sample_every,
-                         checkpoint_every=args.checkpoint_every, precision=args.precision)
-    model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device)
+    config = config_for(args.model, data=args.data, format=args.format or "", size=args.size, preset=args.preset,
+                        batch_size=args.batch_size, lr=args.lr, steps=args.steps, minutes=args.minutes, seed=args.seed,
+                        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, precision=args.precision)
+    model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device,
+                      model_overrides=parse_settings(args.set))
     print(f"model: {model_dir}")
+
+
+def parse_settings(settings: list[str]) -> dict:
+    """["dit.depth=6", "diffaugment=color"] -> {"dit": {"depth": 6}, "diffaugment": "color"} (values read as JSON
+    where they parse, else as text)."""
+    import json
+    overrides: dict = {}
+    for setting in settings:
+        name, sep, value = setting.partition("=")
+        if not sep or not name:
+            raise UserError(f"--set {setting!r}: expected FIELD=VALUE")
+        try:
+            value = json.loads(value)
+        except json.JSONDecodeError:
+            pass
+        *parents, leaf = name.split(".")
+        node = overrides
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return overrides
 
 
 def run_sample(args) -> None:

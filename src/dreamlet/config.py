@@ -31,6 +31,8 @@ def updated(config, overrides: dict):
     """A copy of `config` with nested overrides applied, e.g. {"unet": {"widths": (32, 64)}}."""
     values = {}
     for name, value in overrides.items():
+        if name not in {f.name for f in dataclasses.fields(config)}:
+            raise ValueError(f"{type(config).__name__} has no field {name!r}")
         current = getattr(config, name)
         values[name] = updated(current, value) if dataclasses.is_dataclass(current) and isinstance(value, dict) else value
     return dataclasses.replace(config, **values)

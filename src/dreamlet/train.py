@@ -49,6 +49,13 @@ class TrainConfig:
     checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
 
 
+def config_for(family_name: str, **settings) -> TrainConfig:
+    """A TrainConfig with the family's own defaults (a GAN wants another learning rate than a
+    diffusion model), then the given settings; settings that are None keep the default."""
+    defaults = getattr(get_family(family_name), "TRAIN_DEFAULTS", {})
+    return TrainConfig(**(defaults | {k: v for k, v in settings.items() if v is not None}))
+
+
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     """Linear warmup, then cosine decay over the budget's progress (0..1)."""
     if step < config.warmup:
@@ -95,17 +102,24 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         for network in sized & {"unet", "dit"}:
             overrides.setdefault(network, {})["image_size"] = config.size
         overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-        model_config = updated(updated(family.Config(), overrides), model_overrides or {})
+        try:
+            model_config = updated(updated(family.Config(), overrides), model_overrides or {})
+        except ValueError as error:
+            raise UserError(f"--set: {error}") from None
         tokenizer = CaptionTokenizer(tokenizer.tokenizer, model_config.text.max_length)
 
     torch.manual_seed(config.seed)
-    model = family.Model(model_config).to(device)
+    try:
+        model = family.Model(model_config).to(device)
+    except (ValueError, TypeError) as error:  # e.g. a --set value of the wrong kind
+        raise UserError(f"cannot build a {family_name} model from this config: {error}") from None
     ema = copy.deepcopy(model).eval().requires_grad_(False)
-    decay, no_decay = [], []
-    for p in model.parameters():
-        (decay if p.ndim >= 2 else no_decay).append(p)
-    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": config.weight_decay},
-                                   {"params": no_decay, "weight_decay": 0.0}], lr=config.lr, betas=(0.9, 0.99))
+    if hasattr(model, "param_groups"):  # e.g. a GAN: generator and discriminator, each with its own settings
+        groups = model.param_groups(config.weight_decay)
+    else:  # no weight decay on gains and biases
+        groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": config.weight_decay},
+                  {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
     if resume:
         try:  # a checkpoint from another dreamlet version may not fit this model: say so, keep it
             tensors = load_tensors(checkpoint_dir / "state.safetensors")
@@ -118,14 +132,16 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
             raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): "
                             f"{str(error).strip().splitlines()[0]}; train into a new --out") from None
 
-    meta = {"data": config.data, "size": config.size, "train": to_dict(config)}
+    warnings = state.get("warnings", []) if resume else []  # what went wrong in training, kept with the model
+    meta = {"data": config.data, "size": config.size, "train": to_dict(config), "warnings": warnings}
     pipeline = Pipeline(family_name, ema, tokenizer, meta, config.precision)
     empty = tokenizer([""]).to(device)
     preview = dataset.preview_captions(12)
     log_path = out / "train_log.csv"
     out.mkdir(parents=True, exist_ok=True)
+    extra_columns = list(getattr(model, "log_fields", ()))
     if not resume or not log_path.exists():
-        log_path.write_text("step,loss,lr,images_per_s,elapsed_s\n")
+        log_path.write_text(",".join(["step", "loss", "lr", "images_per_s", "elapsed_s"] + extra_columns) + "\n")
     parameters = sum(p.numel() for p in model.parameters())
 
     def save_checkpoint():
@@ -137,7 +153,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
             save_tensors(tmp / "state.safetensors", tensors)
             save_json(tmp / "state.json", {"family": family_name, "step": step, "elapsed": elapsed,
                                            "train": to_dict(config), "model": to_dict(model_config),
-                                           "optimizer": opt_meta})
+                                           "optimizer": opt_meta, "warnings": warnings})
             tokenizer.save(tmp / "tokenizer.json")
         write_dir_atomically(checkpoint_dir, write)
         pipeline.save(out / "model")
@@ -164,14 +180,15 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         images, ids = to_tensor(images).to(device), tokenizer(captions).to(device)
         lr = learning_rate(config, step, budget_progress())
         for group in optimizer.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
         with mixed:
             loss = model.loss(images, ids, empty, generator)
         if not torch.isfinite(loss):
             raise UserError(f"loss became {loss.item()} at step {step}; lower --lr (the last checkpoint is kept)")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+        if config.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
         optimizer.step()
         with torch.no_grad():  # EMA with a warmup, so early averages are not dominated by the init
             d = min(config.ema_decay, (1 + step) / (10 + step))
@@ -186,8 +203,14 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         if step % config.log_every == 0 or done():
             n = step % config.log_every or config.log_every
             rate = window_images / window_time
+            extra = model.log_values() if extra_columns else {}
             with open(log_path, "a", newline="") as f:
-                csv.writer(f).writerow([step, f"{window_loss / n:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.1f}"])
+                csv.writer(f).writerow([step, f"{window_loss / n:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.1f}"]
+                                       + [f"{extra.get(k, float('nan')):.4f}" for k in extra_columns])
+            warning = model.health() if hasattr(model, "health") else None
+            if warning and not any(w["message"].split(":")[0] == warning.split(":")[0] for w in warnings):  # once each
+                warnings.append({"step": step, "message": warning})
+                tqdm.write(f"dreamlet: warning at step {step}: {warning}")
             left = f" {max(0.0, 60 * config.minutes - elapsed) / 60:.1f} min left" if total is None else ""
             bar.set_postfix_str(f"loss {window_loss / n:.4f} {rate:.0f} img/s{left}")
             window_loss, window_images, window_time = 0.0, 0, 0.0

@@ -3,7 +3,10 @@
 A family module exposes `Config` (a dataclass), `Model` (an nn.Module built from it, with
 `loss(images, ids, empty_ids, generator)` and `generate(ids, empty_ids, noise, ...)`) and `PRESETS`
 (named sizes as nested config overrides). A model that scores rather than draws (CLIP) sets
-`generates = False` and has no `generate`.
+`generates = False` and has no `generate`. Optional: `TRAIN_DEFAULTS` (TrainConfig fields the family
+wants changed, e.g. a GAN's learning rate), `Model.param_groups(weight_decay)` (its own optimizer
+groups, with an `lr_scale` each), `Model.log_fields` and `Model.log_values()` (extra columns for the training log) and
+`Model.health()` (a warning when training has gone wrong, such as a collapsed GAN).
 """
 from __future__ import annotations
 
@@ -11,7 +14,8 @@ import importlib
 
 from ..checkpoint import UserError
 
-FAMILIES = {"diffusion": "dreamlet.models.diffusion", "clip": "dreamlet.models.clip"}
+FAMILIES = {"diffusion": "dreamlet.models.diffusion", "gan": "dreamlet.models.gan",
+            "gan-hash": "dreamlet.models.gan_hash", "clip": "dreamlet.models.clip"}
 
 
 def get_family(name: str):

@@ -1,0 +1,128 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dreamlet.cli import main
+from dreamlet.config import updated
+from dreamlet.models.gan import PRESETS, GanConfig, TextToImageGAN, diff_augment, hash_noise
+from dreamlet.pipeline import Pipeline
+
+TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--checkpoint-every", "0"]
+
+
+def tiny(size=32, **changes):
+    torch.manual_seed(0)
+    config = updated(GanConfig(), PRESETS["tiny"] | {"image_size": size} | changes)
+    return TextToImageGAN(config).eval()
+
+
+@pytest.mark.parametrize("size", [16, 32, 64])
+def test_generator_and_discriminator_shapes(size):
+    model = tiny(size)
+    ids = torch.randint(5, 60, (3, 10))
+    text = model.caption(ids)
+    images = model.generator(torch.randn(3, model.config.noise_dim), text)
+    assert images.shape == (3, 3, size, size) and images.abs().max() <= 1
+    assert model.discriminator(images, text).shape == (3,)
+    assert model.generate(ids, ids[:1], torch.randn(3, 3, size, size)).shape == (3, 3, size, size)
+
+
+def test_size_that_does_not_fit_is_refused():
+    with pytest.raises(ValueError, match="power of two"):
+        tiny(24)
+
+
+def test_discriminator_score_depends_on_the_caption():
+    model = tiny()
+    images = torch.rand(4, 3, 32, 32) * 2 - 1
+    a, b = torch.randint(5, 60, (4, 10)), torch.randint(5, 60, (4, 10))
+    with torch.no_grad():
+        for p in model.discriminator.project.parameters():  # the projection starts random, not zero
+            assert p.abs().sum() > 0
+        score_a = model.discriminator(images, model.caption(a))
+        score_b = model.discriminator(images, model.caption(b))
+    assert not torch.allclose(score_a, score_b)
+    # the generator reads the caption too
+    z = torch.randn(4, model.config.noise_dim)
+    assert not torch.allclose(model.generator(z, model.caption(a)), model.generator(z, model.caption(b)))
+
+
+def test_one_backward_pass_trains_generator_discriminator_and_text_encoder():
+    model = tiny().train()
+    images, ids = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (8, 10))
+    d_loss, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
+    reached = lambda loss, params: [g is not None and g.abs().sum() > 0  # noqa: E731
+                                    for g in torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)]
+    critic = [p for name, p in model.named_parameters() if not name.startswith("generator.")]
+    assert not any(reached(d_loss, model.generator.parameters()))  # fakes are detached for the discriminator
+    assert not any(reached(g_loss, critic))  # the generator's loss goes through a frozen discriminator and text
+    assert all(reached(g_loss, model.generator.parameters()))
+    (d_loss + g_loss).backward()
+    assert model.discriminator.project.parametrizations.weight.original.grad.abs().sum() > 0
+    assert model.text_encoder.token.weight.grad.abs().sum() > 0  # learned through the matching-aware term
+
+
+def test_hash_baseline_ignores_the_seed_and_its_discriminator_ignores_the_text():
+    model = tiny(conditioning="hash")
+    ids = torch.randint(5, 60, (2, 10))
+    assert torch.equal(hash_noise(ids, 8), hash_noise(ids.clone(), 8))
+    assert not torch.equal(hash_noise(ids[:1], 8), hash_noise(ids[1:], 8))
+    one = model.generate(ids, ids[:1], torch.randn(2, 3, 32, 32))
+    two = model.generate(ids, ids[:1], torch.randn(2, 3, 32, 32))
+    assert torch.equal(one, two)  # the picture is a function of the prompt alone
+    assert model.discriminator.project is None and not hasattr(model, "text_encoder")
+
+
+def test_collapse_is_detected():
+    model = tiny().train()
+    images, ids = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (8, 10))
+    for _ in range(20):
+        model.loss(images, ids, ids[:1])
+    assert model.health() is None  # a fresh generator draws varied pictures
+    with torch.no_grad():  # every picture alike: the last conv's weights to zero leaves only its bias
+        model.generator.out[2].weight.zero_()
+    for _ in range(50):
+        model.loss(images, ids, ids[:1])
+    warning = model.health()
+    assert warning and warning.startswith("mode collapse")
+
+
+@pytest.mark.parametrize("policy", ["color", "translation", "cutout", "color,translation,cutout"])
+def test_diffaugment_keeps_shape_and_range_and_passes_gradients(policy):
+    x = (torch.rand(4, 3, 16, 16) * 2 - 1).requires_grad_()
+    y = diff_augment(x, policy, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape and not torch.equal(y, x)
+    y.sum().backward()
+    assert x.grad is not None
+    with pytest.raises(ValueError, match="unknown diffaugment"):
+        diff_augment(x, "rotate", None)
+
+
+@pytest.mark.parametrize("family", ["gan", "gan-hash"])
+def test_cli_run_writes_a_loadable_model_and_save_load_gives_identical_samples(tmp_path, family):
+    run = tmp_path / family
+    assert main(["train", "--model", family, "--size", "16", "--steps", "3", "--out", str(run), *TINY,
+                 "--set", "diffaugment=color,translation", "--set", "r1=0.1"]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["family"] == family and config["model"]["r1"] == 0.1
+    assert config["train"]["lr"] == 5e-4  # the GAN's own default, not the diffusion model's
+    header = (run / "train_log.csv").read_text().splitlines()[0]
+    assert header.endswith("d_loss,g_loss,diversity")
+    prompts = ["a small red circle at the top left", "a blue square above a green triangle"]
+    first = Pipeline.load(run / "model")(prompts, [0, 1])
+    again = Pipeline.load(run / "model")(prompts, [0, 1])
+    assert first.shape == (2, 16, 16, 3) and first.dtype == np.uint8
+    assert np.array_equal(first, again)
+    out = tmp_path / "samples"
+    assert main(["sample", "--model", str(run / "model"), "--prompt", prompts[0], "--num", "2", "--out", str(out)]) == 0
+    assert len((out / "index.jsonl").read_text().splitlines()) == 2
+
+
+def test_unknown_setting_is_one_line(tmp_path, capsys):
+    assert main(["train", "--model", "gan", "--steps", "1", "--out", str(tmp_path / "r"), *TINY,
+                 "--set", "wings=3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "dreamlet: error: --set: GanConfig has no field 'wings'"
+    assert main(["train", "--model", "gan", "--steps", "1", "--out", str(tmp_path / "r"), *TINY, "--set", "r1"]) == 2
