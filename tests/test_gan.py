@@ -77,6 +77,7 @@ def test_hash_baseline_ignores_the_seed_and_its_discriminator_ignores_the_text()
 
 def test_collapse_is_detected():
     model = tiny().train()
+    model.settle = 20
     images, ids = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (8, 10))
     for _ in range(20):
         model.loss(images, ids, ids[:1])
