@@ -37,6 +37,10 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--preset", default="", help="model size: tiny, small (CPU default), base (GPU default)")
     train.add_argument("--batch-size", type=int, help=f"default: the family's ({TrainConfig.batch_size} for diffusion)")
     train.add_argument("--lr", type=float, help=f"peak learning rate; default: the family's ({TrainConfig.lr} for diffusion)")
+    train.add_argument("--arch", choices=["decoder", "encdec"],
+                       help="dalle: one transformer over [caption; image codes] (DALL-E) or text encoder + code decoder (dalle-mini)")
+    train.add_argument("--decode", choices=["autoregressive", "maskgit"],
+                       help="dalle: codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of steps")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="change one model config field, e.g. --set r1=0.1 --set diffaugment=color,translation "
                             "--set dit.depth=6 (repeatable; see the family's Config)")
@@ -62,13 +66,17 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
     sample.add_argument("--rerank", type=int, default=1, metavar="K", help="draw K candidates per picture, keep the best by --clip")
-    sample.add_argument("--clip", help="a CLIP model directory (for --rerank)")
+    sample.add_argument("--clip", help="a CLIP model directory (for --rerank and --method vqgan-clip)")
+    sample.add_argument("--method", default="model", choices=["model", "vqgan-clip"],
+                        help="model: the model draws; vqgan-clip: optimise a vqvae/dalle model's image codes "
+                             "against --clip (--steps optimisation steps, default 100)")
 
     evaluate = commands.add_parser("eval", help="judge a model on a benchmark")
     evaluate.add_argument("--model", required=True, help="a model directory (RUN/model)")
     evaluate.add_argument("--benchmark", default="shapes", choices=["shapes"])
     evaluate.add_argument("--prompts", type=int, default=64,
-                          help="shapes judge: prompts of each kind (seen, held-out, pair); with a CLIP: 3 x this many captions")
+                          help="shapes judge: prompts of each kind (seen, held-out, pair); with a CLIP: 3 x this many captions; "
+                               "a tokenizer: 3 x this many pictures")
     evaluate.add_argument("--seeds", type=int, default=2, help="pictures per prompt")
     evaluate.add_argument("--steps", type=int)
     evaluate.add_argument("--guidance", type=float)
@@ -119,8 +127,13 @@ def run_train(args) -> None:
     config = config_for(args.model, data=args.data, format=args.format or "", size=args.size, preset=args.preset,
                         batch_size=args.batch_size, lr=args.lr, steps=args.steps, minutes=args.minutes, seed=args.seed,
                         sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, precision=args.precision)
-    model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device,
-                      model_overrides=parse_settings(args.set))
+    overrides = parse_settings(args.set)
+    for flag, field in (("arch", "arch"), ("decode", "decoder")):
+        if getattr(args, flag):
+            if args.model != "dalle":
+                raise UserError(f"--{flag} is for --model dalle")
+            overrides[field] = getattr(args, flag)
+    model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device, model_overrides=overrides)
     print(f"model: {model_dir}")
 
 
@@ -152,7 +165,8 @@ def run_sample(args) -> None:
     else:
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     records = sample(args.model, prompts, args.out, num=args.num, seed=args.seed, steps=args.steps,
-                     guidance=args.guidance, size=args.size, sampler=args.sampler, rerank=args.rerank, clip=args.clip)
+                     guidance=args.guidance, size=args.size, sampler=args.sampler, rerank=args.rerank, clip=args.clip,
+                     method=args.method)
     if args.grid:
         import numpy as np
         from PIL import Image
@@ -184,7 +198,7 @@ def heldout_prompts(model_dir: str, count: int) -> list[str]:
 
 
 def run_eval(args) -> None:
-    from .evaluate import evaluate_clip_model, evaluate_shapes, evaluate_with_clip, write_report
+    from .evaluate import evaluate_clip_model, evaluate_shapes, evaluate_tokenizer, evaluate_with_clip, write_report
     from .pipeline import Pipeline
     if args.prompts < 1 or args.distractors < 1:
         raise UserError("--prompts and --distractors must be at least 1")
@@ -193,6 +207,11 @@ def run_eval(args) -> None:
         report = evaluate_clip_model(args.model, args.data, count=3 * args.prompts, distractors=args.distractors)
         print(f"R-precision on real held-out pictures: {report['r_precision_real']:.3f} ({args.distractors} distractors); "
               f"FID real/real {report['fid_real_halves']:.1f}, real/noise {report['fid_real_noise']:.1f}")
+    elif pipeline.family == "vqvae":  # an image tokenizer: how well it reconstructs held-out pictures
+        report = evaluate_tokenizer(args.model, args.data, count=3 * args.prompts, pipeline=pipeline)
+        print(f"reconstruction PSNR {report['psnr']:.2f} dB, codebook usage {100 * report['usage']:.1f} % "
+              f"({report['codes_used']} of {report['codebook_size']} codes), perplexity {report['perplexity']:.1f} "
+              f"on {report['pictures']} held-out pictures")
     elif args.clip:
         report = evaluate_with_clip(args.model, args.clip, args.data, count=3 * args.prompts, distractors=args.distractors,
                                     steps=args.steps, guidance=args.guidance, sampler=args.sampler, pipeline=pipeline,

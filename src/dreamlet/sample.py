@@ -31,10 +31,15 @@ def slug(text: str, length: int = 40) -> str:
 
 def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int = 1, seed: int = 0,
            steps: int | None = None, guidance: float | None = None, size: int | None = None,
-           sampler: str | None = None, rerank: int = 1, clip: str | Path | None = None) -> list[dict]:
+           sampler: str | None = None, rerank: int = 1, clip: str | Path | None = None,
+           method: str = "model") -> list[dict]:
     """Draw `num` pictures per prompt; picture k gets seed `seed + k`. With `rerank` K > 1, each
     picture is the best of K candidates (seeds K * s ... K * s + K - 1) by the CLIP model `clip`,
-    as DALL-E does; its record gives the winning seed. Returns the index records."""
+    as DALL-E does; its record gives the winning seed. `method="vqgan-clip"` draws no sample from a
+    prior: it optimises an image tokenizer's codes (a vqvae model, or a dalle model's own) against
+    the CLIP for `steps` steps (default 100). Returns the index records."""
+    if method not in ("model", "vqgan-clip"):
+        raise UserError(f"unknown --method {method!r}; expected model or vqgan-clip")
     for name, value in (("num", num), ("rerank", rerank)):
         if value < 1:
             raise UserError(f"--{name} must be at least 1")
@@ -43,6 +48,8 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
     if steps is not None and steps < 1:
         raise UserError("--steps must be at least 1")
     pipeline = Pipeline.load(model_dir)
+    if method == "vqgan-clip":
+        return save(out, *optimise_with_clip(pipeline, prompts, num, seed, steps, clip))
     if size is not None and size != pipeline.image_size:
         raise UserError(f"this model was trained at {pipeline.image_size} px, not {size} px")
     prompts = pipeline.check_prompts(prompts)
@@ -66,6 +73,31 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
         jobs = chosen
     else:
         images = pipeline([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
+    return save(out, jobs, images, scores, rerank)
+
+
+def optimise_with_clip(pipeline: Pipeline, prompts: list[str], num: int, seed: int, steps: int | None, clip):
+    from .scoring import ClipScorer
+    from .vqgan_clip import optimise_codes
+    if pipeline.family not in ("vqvae", "dalle"):
+        raise UserError(f"--method vqgan-clip optimises an image tokenizer's codes: give a vqvae or dalle model, "
+                        f"not {pipeline.family}")
+    if not clip:
+        raise UserError("--method vqgan-clip needs a CLIP model to optimise against: --clip CLIPMODEL")
+    tokenizer = pipeline.model if pipeline.family == "vqvae" else pipeline.model.vq
+    scorer = ClipScorer(clip)
+    if scorer.image_size != tokenizer.config.image_size:
+        raise UserError(f"the CLIP works at {scorer.image_size} px, the image tokenizer at {tokenizer.config.image_size} px")
+    prompts = pipeline.check_prompts(prompts)
+    jobs = sorted(((p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)), key=lambda j: j[1])
+    ids = scorer.tokenizer([p for p, _ in jobs]).to(scorer.device)
+    images = optimise_codes(tokenizer.to(scorer.device), scorer.model, ids, [s for _, s in jobs], steps or 100)
+    scores = [round(100 * float(v), 2) for v in (scorer.embed_images(images) * scorer.embed_text([p for p, _ in jobs])).sum(-1)]
+    return jobs, images, scores, 1
+
+
+def save(out: str | Path, jobs: list[tuple[str, int]], images, scores: list, rerank: int) -> list[dict]:
+    """PNG files and index.jsonl lines for (prompt, seed) jobs and their pictures."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -73,7 +105,8 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
         name = f"{image_seed:06d}-{slug(prompt)}.png"
         Image.fromarray(image).save(out / name)
         records.append({"file": name, "prompt": prompt, "seed": image_seed}
-                       | ({"candidates": rerank, "clip_score": score} if score is not None else {}))
+                       | ({"candidates": rerank} if rerank > 1 else {})
+                       | ({"clip_score": score} if score is not None else {}))
     with open(out / "index.jsonl", "a", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")

@@ -91,6 +91,8 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
     else:
         if (checkpoint_dir / "state.json").is_file():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+        if hasattr(family, "prepare"):  # a family that builds on another model first trains or finds it (dalle)
+            config, model_overrides = family.prepare(out, config, model_overrides or {}, device, quiet)
         preset = config.preset or ("base" if device.type == "cuda" else "small")
         if preset not in family.PRESETS:
             raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.PRESETS)}")
@@ -113,6 +115,8 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         model = family.Model(model_config).to(device)
     except (ValueError, TypeError) as error:  # e.g. a --set value of the wrong kind
         raise UserError(f"cannot build a {family_name} model from this config: {error}") from None
+    if not resume and getattr(model_config, "tokenizer", ""):  # the prior's frozen image tokenizer
+        model.load_tokenizer(model_config.tokenizer)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if hasattr(model, "param_groups"):  # e.g. a GAN: generator and discriminator, each with its own settings
         groups = model.param_groups(config.weight_decay)

@@ -2,7 +2,8 @@
 
 A family module exposes `Config` (a dataclass), `Model` (an nn.Module built from it, with
 `loss(images, ids, empty_ids, generator)` and `generate(ids, empty_ids, noise, ...)`) and `PRESETS`
-(named sizes as nested config overrides). A model that scores rather than draws (CLIP) sets
+(named sizes as nested config overrides). A model that scores rather than draws (CLIP) or an
+image tokenizer (vqvae: `encode` pictures to codes, `decode` codes to pictures) sets
 `generates = False` and has no `generate`. Optional: `TRAIN_DEFAULTS` (TrainConfig fields the family
 wants changed, e.g. a GAN's learning rate), `Model.param_groups(weight_decay)` (its own optimizer
 groups, with an `lr_scale` each), `Model.log_fields` and `Model.log_values()` (extra columns for the training log) and
@@ -15,7 +16,8 @@ import importlib
 from ..checkpoint import UserError
 
 FAMILIES = {"diffusion": "dreamlet.models.diffusion", "gan": "dreamlet.models.gan",
-            "gan-hash": "dreamlet.models.gan_hash", "clip": "dreamlet.models.clip"}
+            "gan-hash": "dreamlet.models.gan_hash", "dalle": "dreamlet.models.dalle", "clip": "dreamlet.models.clip",
+            "vqvae": "dreamlet.models.vqvae"}
 
 
 def get_family(name: str):

@@ -16,6 +16,8 @@ class TextEncoderConfig:
     layers: int = 2
     heads: int = 4
     pad_id: int = 0
+    token_std: float = 1.0     # initial spread of the token embeddings (torch's default is 1)
+    position_std: float = 0.02 # initial spread of the learned position embeddings
 
 
 class Block(nn.Module):
@@ -40,7 +42,8 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.config = config
         self.token = nn.Embedding(config.vocab_size, config.width)
-        self.position = nn.Parameter(torch.randn(config.max_length, config.width) * 0.02)
+        nn.init.normal_(self.token.weight, std=config.token_std)
+        self.position = nn.Parameter(torch.randn(config.max_length, config.width) * config.position_std)
         self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.width)
 

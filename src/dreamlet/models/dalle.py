@@ -1,0 +1,348 @@
+"""DALL-E-style text-to-image: a picture is a grid of discrete codes from an image tokenizer
+(`models/vqvae.py`, trained first and frozen), and a transformer prior learns the codes given the
+caption (Ramesh et al. 2021).
+
+Two architectures (`arch`):
+- `decoder`: one transformer over [caption tokens; image codes] (DALL-E). The caption is a prefix
+  every position reads in both directions; codes are causal.
+- `encdec`: the project's text encoder reads the caption and an image-code decoder cross-attends to
+  it (BART-style, as dalle-mini).
+Two ways to decode (`decoder`):
+- `autoregressive`: codes in raster order, one at a time, with a KV cache so each step costs one
+  token's work instead of the whole prefix's; temperature, top-k and top-p filtering.
+- `maskgit`: codes are predicted all at once from a partly masked grid (trained by masked-token
+  prediction with a cosine mask ratio) and decoded in a fixed number of parallel steps, keeping the
+  most confident ones each step (Chang et al. 2022).
+Both use classifier-free guidance ("super-conditioning" in dalle-mini): 10 % of captions are dropped
+in training, and sampling mixes the conditional and unconditional logits.
+
+Randomness at sampling comes from the picture's own seeded noise (through the normal CDF, one
+uniform number per decision), so a seed gives the same picture whatever else is in the batch.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..text.encoder import TextEncoder, TextEncoderConfig
+from .vqvae import VQConfig, VQModel
+
+
+@dataclass
+class DalleConfig:
+    image_size: int = 32
+    arch: str = "decoder"            # decoder (DALL-E) | encdec (text encoder + code decoder, dalle-mini)
+    decoder: str = "autoregressive"  # autoregressive (raster order, KV cache) | maskgit (parallel, fixed steps)
+    width: int = 192
+    depth: int = 4
+    heads: int = 6
+    mlp_ratio: float = 4.0
+    cond_drop: float = 0.1           # share of captions replaced by the empty one in training (for guidance)
+    guidance: float = 3.0            # default guidance scale at sampling (1: none)
+    temperature: float = 1.0
+    top_k: int = 0                   # keep the k likeliest codes (0: all)
+    top_p: float = 1.0               # keep the smallest set of codes with this much probability (1: all)
+    steps: int = 8                   # maskgit: parallel decoding steps (autoregressive: one per code)
+    tokenizer_share: float = 0.3     # `dreamlet train --model dalle`: the share of the budget for the tokenizer
+    tokenizer: str = ""              # the image tokenizer's model directory it was trained with (a record)
+    vq: VQConfig = field(default_factory=VQConfig)
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+
+    @property
+    def sampler(self) -> str:
+        return "maskgit" if self.decoder == "maskgit" else "autoregressive"
+
+
+PRESETS = {
+    "tiny": dict(width=32, depth=2, heads=2, text=dict(width=32, layers=1, heads=2)),
+    "small": dict(),
+    "base": dict(width=512, depth=12, heads=8, text=dict(width=256, layers=4, heads=8)),
+}
+TRAIN_DEFAULTS = dict(lr=1e-3, batch_size=64)
+
+
+class Attention(nn.Module):
+    """Multi-head attention; self-attention appends to a KV cache when given one."""
+
+    def __init__(self, width: int, heads: int, kv_width: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.q = nn.Linear(width, width)
+        self.kv = nn.Linear(kv_width or width, 2 * width)
+        self.proj = nn.Linear(width, width)
+
+    def split(self, x):  # (B, N, D) -> (B, heads, N, D / heads)
+        B, N, D = x.shape
+        return x.view(B, N, self.heads, D // self.heads).transpose(1, 2)
+
+    def forward(self, x, source=None, mask=None, cache: dict | None = None):
+        """x (B, N, D) attends to `source` (B, M, K) or, for self-attention, to itself and the cache;
+        mask (B or 1, 1, N, M) is True where attending is allowed."""
+        B, N, D = x.shape
+        q = self.split(self.q(x))
+        if cache is not None and "k" in cache and source is not None:   # cross-attention: keys once
+            k, v = cache["k"], cache["v"]
+        else:
+            k, v = map(self.split, self.kv(x if source is None else source).chunk(2, dim=-1))
+            if cache is not None and source is None and "k" in cache:
+                k, v = torch.cat([cache["k"], k], dim=2), torch.cat([cache["v"], v], dim=2)
+            if cache is not None:
+                cache["k"], cache["v"] = k, v
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        return self.proj(out.transpose(1, 2).reshape(B, N, D))
+
+
+class Block(nn.Module):
+    """Pre-norm transformer block: self-attention, optional cross-attention to the caption, MLP."""
+
+    def __init__(self, width: int, heads: int, mlp_ratio: float, text_width: int = 0):
+        super().__init__()
+        self.norm1, self.norm3 = nn.LayerNorm(width), nn.LayerNorm(width)
+        self.attn = Attention(width, heads)
+        if text_width:
+            self.norm2, self.cross = nn.LayerNorm(width), Attention(width, heads, text_width)
+        self.mlp = nn.Sequential(nn.Linear(width, int(mlp_ratio * width)), nn.GELU(), nn.Linear(int(mlp_ratio * width), width))
+
+    def forward(self, x, mask, text=None, text_mask=None, cache: dict | None = None):
+        x = x + self.attn(self.norm1(x), mask=mask, cache=None if cache is None else cache.setdefault("self", {}))
+        if text is not None:
+            x = x + self.cross(self.norm2(x), text, text_mask, None if cache is None else cache.setdefault("cross", {}))
+        return x + self.mlp(self.norm3(x))
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Top-k then nucleus (top-p, Holtzman et al. 2020) filtering: what is cut gets -inf."""
+    if top_k and top_k < logits.shape[-1]:
+        kth = logits.topk(top_k, dim=-1).values[..., -1:]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1:
+        ordered, order = logits.sort(dim=-1, descending=True)
+        before = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1)   # probability of the codes ranked above
+        cut = torch.zeros_like(logits, dtype=torch.bool).scatter(-1, order, before > top_p)
+        logits = logits.masked_fill(cut, float("-inf"))
+    return logits
+
+
+def pick(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """Sample each row of probs (..., V) by inverting its CDF at uniform (...): one number per draw."""
+    cdf = probs.float().cumsum(-1)
+    return torch.searchsorted(cdf, (uniform * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+
+
+class DalleModel(nn.Module):
+    def __init__(self, config: DalleConfig):
+        super().__init__()
+        if config.arch not in ("decoder", "encdec"):
+            raise ValueError(f"unknown arch {config.arch!r}; expected decoder or encdec")
+        if config.decoder not in ("autoregressive", "maskgit"):
+            raise ValueError(f"unknown decoder {config.decoder!r}; expected autoregressive or maskgit")
+        if config.vq.image_size != config.image_size:
+            raise ValueError(f"the image tokenizer works at {config.vq.image_size} px, not {config.image_size}")
+        self.config = c = config
+        self.vq = VQModel(c.vq).requires_grad_(False)       # frozen: trained first, by `--model vqvae`
+        self.tokens = self.vq.grid ** 2                      # codes per picture, in raster order
+        self.mask_id = c.vq.codebook_size                    # maskgit's [MASK]; autoregressive's start code
+        self.code = nn.Embedding(c.vq.codebook_size + 1, c.width)
+        self.code_position = nn.Parameter(torch.randn(self.tokens, c.width) * 0.02)
+        text_width = 0
+        if c.arch == "decoder":
+            self.word = nn.Embedding(c.text.vocab_size, c.width)
+            self.word_position = nn.Parameter(torch.randn(c.text.max_length, c.width) * 0.02)
+        else:
+            self.text_encoder = TextEncoder(c.text)
+            text_width = c.text.width
+        self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, text_width) for _ in range(c.depth))
+        self.norm = nn.LayerNorm(c.width)
+        self.head = nn.Linear(c.width, c.vq.codebook_size)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.vq.eval()   # the frozen tokenizer never trains (its EMA codebook must not move)
+        return self
+
+    def load_tokenizer(self, model_dir: str | Path) -> None:
+        """Copy a trained image tokenizer's weights in (a fresh run; later loads read them from this model's file)."""
+        from ..checkpoint import load_tensors
+        self.vq.load_state_dict(load_tensors(Path(model_dir) / "model.safetensors"))
+
+    # -- the network ----------------------------------------------------------------------------
+    def caption(self, ids: torch.Tensor):
+        """Token ids (B, L) -> what the code positions read: (prefix (B, L, D) or None, text (B, L, T) or None, keep (B, L))."""
+        keep = ids != self.config.text.pad_id
+        if self.config.arch == "decoder":
+            return self.word(ids) + self.word_position[: ids.shape[1]], None, keep
+        text, keep, _ = self.text_encoder(ids)
+        return None, text, keep
+
+    def code_input(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Codes (B, N) at raster positions start.. -> embeddings (B, N, D)."""
+        return self.code(codes) + self.code_position[start:start + codes.shape[1]]
+
+    def run(self, x, mask, text, keep, cache=None):
+        text_mask = None if text is None else keep[:, None, None, :]
+        for i, block in enumerate(self.blocks):
+            x = block(x, mask, text, text_mask, None if cache is None else cache.setdefault(i, {}))
+        return self.head(self.norm(x))
+
+    def logits(self, ids: torch.Tensor, codes_in: torch.Tensor) -> torch.Tensor:
+        """One full pass: caption ids (B, L) and code inputs (B, N) -> logits (B, N, V) for the N codes.
+        Autoregressive: codes_in is [start, c_0 .. c_{N-2}] and output i predicts c_i (causal);
+        maskgit: codes_in is the grid with some codes masked and output i predicts c_i (bidirectional)."""
+        prefix, text, keep = self.caption(ids)
+        x = self.code_input(codes_in)
+        N, causal = x.shape[1], self.config.decoder == "autoregressive"
+        allowed = torch.ones(N, N, dtype=torch.bool, device=x.device)
+        if causal:
+            allowed = allowed.tril()
+        if prefix is None:
+            return self.run(x, allowed[None, None], text, keep)
+        L = prefix.shape[1]  # the caption is a prefix: it reads itself both ways, codes read all of it
+        mask = torch.cat([torch.cat([keep[:, None, :].expand(-1, L, -1), torch.zeros(len(x), L, N, dtype=torch.bool, device=x.device)], 2),
+                          torch.cat([keep[:, None, :].expand(-1, N, -1), allowed.expand(len(x), -1, -1)], 2)], 1)
+        return self.run(torch.cat([prefix, x], 1), mask[:, None], None, keep)[:, L:]
+
+    # -- training ---------------------------------------------------------------------------------
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Cross-entropy of the picture's codes given its caption (dropped to the empty one at cond_drop)."""
+        B, device = images.shape[0], images.device
+        with torch.no_grad():
+            codes = self.vq.encode(images).flatten(1)                                   # (B, N)
+        drop = torch.rand(B, generator=generator).to(device) < self.config.cond_drop
+        ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
+        if self.config.decoder == "autoregressive":
+            start = torch.full((B, 1), self.mask_id, device=device, dtype=codes.dtype)
+            return F.cross_entropy(self.logits(ids, torch.cat([start, codes[:, :-1]], 1)).flatten(0, 1), codes.flatten())
+        # maskgit: mask a cosine-distributed share of the codes (at least one) and predict them
+        ratio = torch.cos(0.5 * math.pi * torch.rand(B, 1, generator=generator)).to(device)
+        scores = torch.rand(B, self.tokens, generator=generator).to(device)
+        masked = scores < ratio
+        masked |= scores == scores.min(1, keepdim=True).values
+        logits = self.logits(ids, codes.masked_fill(masked, self.mask_id))
+        return F.cross_entropy(logits[masked], codes[masked])
+
+    # -- sampling ---------------------------------------------------------------------------------
+    def guided(self, logits: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Mix conditional and unconditional halves of the batch: uncond + g (cond - uncond)."""
+        if guidance == 1:
+            return logits
+        cond, uncond = logits.float().chunk(2)
+        return uncond + guidance * (cond - uncond)
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor, steps: int | None = None,
+                 guidance: float | None = None, sampler: str | None = None, use_cache: bool = True) -> torch.Tensor:
+        """Pictures in [-1, 1] (B, 3, S, S) from token ids (B, L); each picture's random choices come
+        from its own noise (B, 3, S, S)."""
+        c = self.config
+        guidance = c.guidance if guidance is None else guidance
+        if sampler not in (None, c.sampler):
+            raise ValueError(f"this model decodes with {c.sampler}, not {sampler}")
+        uniform = 0.5 * (1 + torch.erf(noise.flatten(1).float() / math.sqrt(2)))        # (B, 3 S S) in (0, 1)
+        both = torch.cat([ids, empty_ids.expand(len(ids), -1)]) if guidance != 1 else ids
+        if c.decoder == "maskgit":
+            codes = self.decode_maskgit(both, uniform, steps or c.steps, guidance)
+        else:
+            codes = self.decode_autoregressive(both, uniform, guidance, use_cache)
+        return self.vq.decode(codes.view(-1, self.vq.grid, self.vq.grid)).clamp(-1, 1)
+
+    def next_code(self, logits: torch.Tensor, uniform: torch.Tensor, guidance: float) -> torch.Tensor:
+        logits = filter_logits(self.guided(logits, guidance) / max(self.config.temperature, 1e-5),
+                               self.config.top_k, self.config.top_p)
+        return pick(logits.softmax(-1), uniform)
+
+    def decode_autoregressive(self, ids, uniform, guidance, use_cache: bool) -> torch.Tensor:
+        """Raster order. With the cache, the caption and each new code pass through the network once;
+        without it (for tests and timing), the whole prefix is recomputed at every step."""
+        B = len(uniform)
+        codes = torch.full((len(ids), 1), self.mask_id, dtype=torch.long, device=ids.device)   # start code
+        if not use_cache:
+            for i in range(self.tokens):
+                new = self.next_code(self.logits(ids, codes)[:, -1], uniform[:, i], guidance)
+                codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
+            return codes[:B, 1:]
+        cache: dict = {}
+        prefix, text, keep = self.caption(ids)
+        if prefix is not None:   # the caption first: it reads itself both ways
+            L = prefix.shape[1]
+            self.run(prefix, keep[:, None, None, :].expand(-1, 1, L, -1), None, keep, cache)
+        for i in range(self.tokens):
+            x = self.code_input(codes[:, -1:], start=i)
+            # a new code reads the caption's real tokens and every code before it (all cached)
+            mask = None if prefix is None else torch.cat([keep, torch.ones(len(ids), i + 1, dtype=torch.bool,
+                                                                           device=ids.device)], 1)[:, None, None, :]
+            logits = self.run(x, mask, text, keep, cache)[:, -1]
+            new = self.next_code(logits, uniform[:, i], guidance)
+            codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
+        return codes[:B, 1:]
+
+    def decode_maskgit(self, ids, uniform, steps: int, guidance: float) -> torch.Tensor:
+        """Start fully masked; each step predicts every masked code, keeps the most confident ones so
+        that a cosine share stays masked, and remasks the rest (Chang et al. 2022, Algorithm 1)."""
+        B, N = len(uniform), self.tokens
+        if uniform.shape[1] < 2 * steps * N:
+            raise ValueError("not enough noise for this many maskgit steps at this size")
+        codes = torch.full((B, N), self.mask_id, dtype=torch.long, device=ids.device)
+        for step in range(steps):
+            masked = codes == self.mask_id
+            logits = self.logits(ids, codes.repeat(len(ids) // B, 1))
+            draws = uniform[:, 2 * step * N:(2 * step + 1) * N]
+            sampled = self.next_code(logits, draws, guidance)                                # (B, N)
+            probs = filter_logits(self.guided(logits, guidance), self.config.top_k, self.config.top_p).softmax(-1)
+            confidence = probs.gather(-1, sampled[..., None]).squeeze(-1).log()
+            # a little Gumbel noise, fading over the steps, so early choices are not all alike
+            gumbel = -torch.log(-torch.log(uniform[:, (2 * step + 1) * N:(2 * step + 2) * N].clamp(1e-6, 1 - 1e-6)))
+            confidence = torch.where(masked, confidence + (1 - (step + 1) / steps) * gumbel, torch.inf)
+            still_masked = int(N * math.cos(0.5 * math.pi * (step + 1) / steps))
+            codes = torch.where(masked, sampled, codes)
+            if still_masked:
+                weakest = confidence.topk(still_masked, dim=1, largest=False).indices
+                codes = codes.scatter(1, weakest, self.mask_id)
+        return codes
+
+
+Config, Model = DalleConfig, DalleModel
+
+
+def prepare(out: Path, train_config, overrides: dict, device, quiet: bool):
+    """`dreamlet train --model dalle` is two stages in one command: the image tokenizer first (into
+    OUT/tokenizer, `tokenizer_share` of a time budget, or the same number of steps), then the prior
+    on its frozen codes. `--set tokenizer=DIR` reuses a tokenizer trained before instead.
+    Returns the prior's TrainConfig and model overrides (the tokenizer's directory and config)."""
+    import dataclasses
+
+    from ..checkpoint import UserError, read_json
+    from ..train import config_for, train
+    tokenizer = overrides.get("tokenizer") or ""
+    if not tokenizer:
+        share = overrides.get("tokenizer_share", DalleConfig.tokenizer_share)
+        if not 0 < share < 1:
+            raise UserError(f"--set tokenizer_share={share}: expected a number between 0 and 1")
+        stage = Path(out) / "tokenizer"
+        budget = dict(minutes=train_config.minutes * share) if train_config.minutes else dict(steps=train_config.steps)
+        vq_config = config_for("vqvae", data=train_config.data, format=train_config.format, size=train_config.size,
+                               seed=train_config.seed, precision=train_config.precision, sample_every=0,
+                               checkpoint_every=train_config.checkpoint_every, **budget)
+        if not quiet:
+            print(f"stage 1 of 2: the image tokenizer, into {stage}")
+        tokenizer = train("vqvae", stage, vq_config, resume=(stage / "checkpoint" / "state.json").is_file(),
+                          device=device, quiet=quiet)
+        if train_config.minutes:
+            train_config = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - share))
+        if not quiet:
+            print("stage 2 of 2: the transformer prior over its codes")
+    meta_file = Path(tokenizer) / "config.json"
+    if not meta_file.is_file():
+        raise UserError(f"--set tokenizer={tokenizer}: not a model directory (no config.json)")
+    meta = read_json(meta_file)
+    if meta.get("family") != "vqvae":
+        raise UserError(f"--set tokenizer={tokenizer}: a {meta.get('family')} model, not an image tokenizer (vqvae)")
+    if meta["model"]["image_size"] != train_config.size:
+        raise UserError(f"the image tokenizer in {tokenizer} works at {meta['model']['image_size']} px, not {train_config.size}")
+    from ..config import from_dict
+    return train_config, overrides | {"tokenizer": str(tokenizer), "vq": from_dict(VQConfig, meta["model"])}

@@ -1,0 +1,297 @@
+"""Image tokenizers: the first stage of a DALL-E-style model (`--model vqvae`).
+
+A convolutional encoder turns a picture into a grid of discrete codes (32 px -> 8 x 8 with
+`downsample=4`) and a decoder draws the picture back from them; a transformer prior then models
+the codes. Three kinds (`--set kind=...`):
+
+- `vq`: VQ-VAE (van den Oord et al. 2017) with an EMA codebook (their appendix; Razavi et al. 2019)
+  and a commitment loss. Codes are factorised and l2-normalised (Yu et al. 2022, ViT-VQGAN): the
+  encoder's output is projected to a low-dimensional space (`code_dim`) and looked up there by
+  cosine similarity, which keeps far more of the codebook in use. Codes that fall out of use (fewer
+  than `dead_below` uses per picture) are restarted from encoder outputs of the batch (Dhariwal et
+  al. 2020, Jukebox), drawn with probability in proportion to how badly the codebook serves them
+  (k-means++ seeding, Arthur & Vassilvitskii 2007), so new codes go where they are needed rather
+  than onto the black background.
+- `dvae`: DALL-E's discrete VAE (Ramesh et al. 2021): the encoder gives logits over the codebook,
+  training decodes a Gumbel-softmax relaxation (Jang et al. 2017; Maddison et al. 2017) whose
+  temperature is annealed, with a KL term towards the uniform prior; encoding takes the argmax.
+  The reconstruction loss is MSE here, not DALL-E's logit-Laplace.
+- `vqgan`: `vq` plus a patch discriminator with a hinge loss and the adaptive weight of Esser et
+  al. 2021 (VQGAN), switched on after `disc_start` steps. No perceptual loss: its VGG weights
+  cannot be downloaded here.
+
+Training state that is not learned by gradients (the EMA codebook, its counts, the step that sets
+the dvae's temperature and the discriminator's start) lives in buffers, updated in `loss()` under
+`torch.no_grad()` only in training mode: the shared loop copies buffers into its EMA model each
+step, so the saved tokenizer holds the trained codebook, and a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from ..text.encoder import TextEncoderConfig
+
+KINDS = ("vq", "dvae", "vqgan")
+
+
+@dataclass
+class VQConfig:
+    image_size: int = 32
+    channels: int = 3
+    kind: str = "vq"               # vq | dvae | vqgan (see the module docstring)
+    downsample: int = 4            # a power of two >= 2: 32 px -> 8 x 8 tokens
+    codebook_size: int = 512
+    code_dim: int = 16             # factorised: codes are looked up in this low-dimensional space
+    width: int = 64                # encoder/decoder channels
+    blocks: int = 2                # residual blocks at the token grid, in the encoder and in the decoder
+    # vq and vqgan
+    ema_decay: float = 0.9         # codebook EMA (Razavi et al. 2019); short, so codes keep up with a young encoder
+    commitment: float = 0.25       # beta of the commitment loss (van den Oord et al. 2017)
+    dead_below: float = 0.02       # restart a code used less than this often per picture (EMA over batches)
+    # dvae
+    tau_start: float = 1.0         # Gumbel-softmax temperature, annealed exponentially ...
+    tau_end: float = 1 / 16        # ... to this (DALL-E's final value) ...
+    tau_steps: int = 500           # ... over this many steps (DALL-E: the first 5 % of training)
+    kl_weight: float = 1e-3        # weight of KL(q || uniform) per token against the per-pixel MSE
+    # vqgan
+    disc_width: int = 32           # patch discriminator channels after its first conv
+    disc_weight: float = 0.1       # scales the adaptive weight of the generator's adversarial loss
+    disc_start: int = 300          # steps of reconstruction alone before the discriminator joins
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # unused: every family's config has one
+
+
+PRESETS = {
+    "tiny": dict(width=16, blocks=1, codebook_size=64, code_dim=8, disc_width=8),
+    "small": dict(),
+    "base": dict(width=128, codebook_size=1024, code_dim=32, disc_width=64),
+}
+
+# Batch 8 at 1e-3 reconstructed held-out shapes best after 25 s of CPU (26.9 dB; batch 4: 25.9, batch
+# 16: 25.7, batch 32: 22.5; docs/dalle.md). No weight decay; a short weight EMA, since the codebook
+# the loop copies into its EMA model is the live one and the averaged encoder should stay close to it.
+TRAIN_DEFAULTS = dict(lr=1e-3, batch_size=8, weight_decay=0.0, warmup=50, ema_decay=0.99)
+
+
+class ResBlock(nn.Module):
+    def __init__(self, channels: int):
+        super().__init__()
+        self.block = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+                                   nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+
+    def forward(self, x):
+        return x + self.block(x)
+
+
+def halvings(c: VQConfig) -> int:
+    """How many times the networks halve the picture (the first halving is a pixel unshuffle)."""
+    n = int(math.log2(c.downsample)) if c.downsample >= 2 else 0
+    if n < 1 or 2 ** n != c.downsample or c.image_size % c.downsample:
+        raise ValueError(f"vqvae needs downsample a power of two >= 2 that divides the image size "
+                         f"({c.image_size}), not {c.downsample}")
+    return n
+
+
+class Encoder(nn.Module):
+    """(B, 3, S, S) -> (B, out, S/d, S/d). A 2x2 pixel unshuffle first, so no wide conv runs at full resolution."""
+
+    def __init__(self, c: VQConfig, out: int):
+        super().__init__()
+        w, n = c.width, halvings(c)
+        layers = [nn.PixelUnshuffle(2), nn.Conv2d(4 * c.channels, w, 3, padding=1)]
+        for _ in range(n - 1):
+            layers += [ResBlock(w), nn.Conv2d(w, w, 4, stride=2, padding=1)]
+        layers += [ResBlock(w) for _ in range(c.blocks)]
+        layers += [nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, out, 1)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class Decoder(nn.Module):
+    """(B, code_dim, S/d, S/d) -> (B, 3, S, S), unbounded (clamped to [-1, 1] only when decoding
+    codes): a tanh would make the black background, most of every shapes picture, hard to reach."""
+
+    def __init__(self, c: VQConfig):
+        super().__init__()
+        w, n = c.width, halvings(c)
+        layers = [nn.Conv2d(c.code_dim, w, 1)] + [ResBlock(w) for _ in range(c.blocks)]
+        for _ in range(n - 1):
+            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w, w, 3, padding=1), ResBlock(w)]
+        layers += [nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, 4 * c.channels, 3, padding=1), nn.PixelShuffle(2)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x)
+
+
+class PatchDiscriminator(nn.Module):
+    """A small PatchGAN (Isola et al. 2017, as in VQGAN): one real/fake score per patch, (B, S/4 * S/4)."""
+
+    def __init__(self, c: VQConfig):
+        super().__init__()
+        w = c.disc_width
+        self.net = nn.Sequential(nn.Conv2d(c.channels, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.LeakyReLU(0.2),
+                                 nn.Conv2d(2 * w, 1, 3, padding=1))
+
+    def forward(self, x):
+        return self.net(x).flatten(1)
+
+
+def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> float:
+    """Peak signal-to-noise ratio in dB on [0, 1] pixels, from pictures in [-1, 1]: 10 log10(1 / MSE)."""
+    mse = ((reconstruction.float().clamp(-1, 1) - images.float()) / 2).pow(2).mean().item()
+    return 10 * math.log10(1 / max(mse, 1e-10))
+
+
+class VQModel(nn.Module):
+    generates = False                # a tokenizer: draws nothing from prompts
+    log_fields = ("psnr", "usage")   # extra training-log columns
+
+    def __init__(self, config: VQConfig):
+        super().__init__()
+        if config.kind not in KINDS:
+            raise ValueError(f"unknown kind {config.kind!r}; expected one of {', '.join(KINDS)}")
+        self.config = c = config
+        dvae = c.kind == "dvae"
+        self.encoder = Encoder(c, c.codebook_size if dvae else c.code_dim)
+        self.decoder = Decoder(c)
+        if dvae:  # a learned embedding, read through the (relaxed) one-hot codes
+            self.codebook = nn.Parameter(torch.randn(c.codebook_size, c.code_dim))
+        else:  # unit vectors, the normalised EMA of the encoder outputs assigned to each
+            codes = F.normalize(torch.randn(c.codebook_size, c.code_dim), dim=1)
+            self.register_buffer("codebook", codes)
+            self.register_buffer("embed_sum", codes.clone())
+            # EMA of uses per picture; zero at first, so codes the first batch does not use are
+            # restarted from its encoder outputs (a data-dependent initialisation for free)
+            self.register_buffer("cluster_size", torch.zeros(c.codebook_size))
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.discriminator = PatchDiscriminator(c) if c.kind == "vqgan" else None
+        self.history: list[float] = []                                # recent training-batch PSNRs
+        self.used = torch.zeros(c.codebook_size, dtype=torch.bool)    # codes used since the last log line
+
+    @property
+    def grid(self) -> int:
+        """Tokens per side."""
+        return self.config.image_size // self.config.downsample
+
+    def param_groups(self, weight_decay: float) -> list[dict]:
+        """The autoencoder, and (vqgan) the discriminator with VQGAN's Adam betas."""
+        groups = [{"params": [p for n, p in self.named_parameters() if not n.startswith("discriminator.")],
+                   "weight_decay": weight_decay}]
+        if self.discriminator is not None:
+            groups.append({"params": list(self.discriminator.parameters()), "betas": (0.5, 0.9), "weight_decay": 0.0})
+        return groups
+
+    # ------------------------------------------------------------------ codes
+
+    def project(self, images: torch.Tensor) -> torch.Tensor:
+        """vq: unit vectors (B, h, w, code_dim); dvae: logits (B, h, w, codebook_size)."""
+        z = self.encoder(images).permute(0, 2, 3, 1)
+        return z if self.config.kind == "dvae" else F.normalize(z, dim=-1)
+
+    def nearest(self, z: torch.Tensor) -> torch.Tensor:
+        """Index of the nearest code to each unit vector (..., code_dim): the largest cosine similarity."""
+        with torch.no_grad():
+            return (z.detach().float() @ self.codebook.T).argmax(-1)
+
+    def embed(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, h, w) -> the decoder's input (B, code_dim, h, w)."""
+        return F.embedding(codes, self.codebook).permute(0, 3, 1, 2)
+
+    @torch.no_grad()
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Pictures (B, 3, S, S) in [-1, 1] -> codes (B, S/d, S/d), long."""
+        z = self.project(images.float())
+        return z.argmax(-1) if self.config.kind == "dvae" else self.nearest(z)
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Codes (B, h, w), long -> pictures (B, 3, S, S) in [-1, 1]."""
+        return self.decoder(self.embed(codes.long())).float().clamp(-1, 1)
+
+    # ------------------------------------------------------------------ training
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor = None, empty_ids: torch.Tensor = None,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Reconstruction MSE plus the kind's terms; the captions are ignored."""
+        c = self.config
+        z = self.project(images)
+        if c.kind == "dvae":
+            tau = max(c.tau_end, c.tau_start * (c.tau_end / c.tau_start) ** (self.step.item() / c.tau_steps))
+            uniform = torch.rand(z.shape, generator=generator).to(z.device).clamp(1e-9, 1 - 1e-9)
+            soft = F.softmax((z - torch.log(-torch.log(uniform))) / tau, dim=-1)      # (B, h, w, K)
+            reconstruction = self.decoder((soft @ self.codebook).permute(0, 3, 1, 2))
+            log_q = F.log_softmax(z, dim=-1)
+            kl = (log_q.exp() * log_q).sum(-1).mean() + math.log(c.codebook_size)   # KL(q || uniform) per token
+            codes = z.argmax(-1)
+            loss = F.mse_loss(reconstruction, images) + c.kl_weight * kl
+        else:
+            codes = self.nearest(z)
+            q = F.embedding(codes, self.codebook)                                   # (B, h, w, D)
+            reconstruction = self.decoder((z + (q - z).detach()).permute(0, 3, 1, 2))  # straight-through
+            rec_loss = F.mse_loss(reconstruction, images)
+            loss = rec_loss + c.commitment * F.mse_loss(z, q)
+            if self.training:
+                self.update_codebook(z.detach().float(), codes, generator)  # fp32 even under bf16 autocast
+            if self.discriminator is not None and self.step.item() >= c.disc_start:
+                loss = loss + self.adversarial(images, reconstruction, rec_loss)
+        if self.training:
+            with torch.no_grad():
+                self.step += 1
+                self.history = (self.history + [psnr(reconstruction, images)])[-50:]
+                self.used |= torch.bincount(codes.flatten().cpu(), minlength=c.codebook_size) > 0
+        return loss
+
+    @torch.no_grad()
+    def update_codebook(self, z: torch.Tensor, codes: torch.Tensor, generator: torch.Generator | None) -> None:
+        """EMA of each code's assigned encoder outputs (van den Oord et al. 2017, appendix A.1), then
+        restart the codes whose use has died out."""
+        batch = len(z)
+        z, codes = z.reshape(-1, z.shape[-1]), codes.flatten()                      # (N, D), (N,)
+        one_hot = F.one_hot(codes, self.config.codebook_size).type_as(z)            # (N, K)
+        decay = self.config.ema_decay
+        self.cluster_size.lerp_(one_hot.sum(0) / batch, 1 - decay)
+        self.embed_sum.lerp_(one_hot.T @ z, 1 - decay)
+        # Restart: new codes at encoder outputs drawn in proportion to their squared distance from
+        # their code (k-means++), with the loop's generator so runs repeat exactly. A restarted code
+        # that finds no use is restarted again after about ln 3 / (1 - decay) steps.
+        dead = (self.cluster_size < self.config.dead_below).nonzero().flatten()
+        if len(dead):
+            error = (z - self.codebook[codes]).pow(2).sum(1).cpu() + 1e-8
+            picks = torch.multinomial(error, len(dead), replacement=len(dead) > len(error), generator=generator)
+            self.embed_sum[dead] = z[picks.to(z.device)]
+            self.cluster_size[dead] = 3 * self.config.dead_below
+        self.codebook.copy_(F.normalize(self.embed_sum, dim=1))
+
+    def adversarial(self, images: torch.Tensor, reconstruction: torch.Tensor, rec_loss: torch.Tensor) -> torch.Tensor:
+        """VQGAN's hinge losses, summed: the discriminator's on real and (detached) reconstructed
+        pictures, and the decoder's through a detached copy of the discriminator's weights (one
+        backward pass trains both, as in the gan family), weighted adaptively (Esser et al. 2021, eq. 7)."""
+        real, fake = self.discriminator(torch.cat([images, reconstruction.detach()])).chunk(2)
+        d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
+        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
+        g_loss = -functional_call(self.discriminator, frozen, (reconstruction,)).mean()
+        # lambda = |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
+        last = self.decoder.net[-2].weight
+        rec_grad, = torch.autograd.grad(rec_loss, last, retain_graph=True)
+        g_grad, = torch.autograd.grad(g_loss, last, retain_graph=True)
+        weight = (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
+        return d_loss + self.config.disc_weight * weight * g_loss
+
+    def log_values(self) -> dict:
+        """Mean PSNR of recent training batches, and the fraction of the codebook used since the last log line."""
+        values = {"psnr": sum(self.history) / max(len(self.history), 1),
+                  "usage": self.used.float().mean().item()}
+        self.used.zero_()
+        return values
+
+
+Config, Model = VQConfig, VQModel

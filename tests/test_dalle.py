@@ -1,0 +1,140 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dreamlet.cli import main
+from dreamlet.config import updated
+from dreamlet.models.dalle import PRESETS, DalleConfig, DalleModel, filter_logits, pick
+from dreamlet.models.vqvae import PRESETS as VQ_PRESETS
+from dreamlet.pipeline import Pipeline
+
+TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--checkpoint-every", "0"]
+VARIANTS = [("decoder", "autoregressive"), ("encdec", "autoregressive"), ("decoder", "maskgit"), ("encdec", "maskgit")]
+
+
+def tiny(arch="decoder", decoder="autoregressive", size=16):
+    torch.manual_seed(0)
+    vq = VQ_PRESETS["tiny"] | {"image_size": size}
+    config = updated(DalleConfig(), PRESETS["tiny"] | {"image_size": size, "arch": arch, "decoder": decoder,
+                                                        "vq": vq, "text": {"vocab_size": 50}})
+    return DalleModel(config).eval()
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encdec"])
+def test_a_future_code_does_not_change_an_earlier_logit(arch):
+    model = tiny(arch)
+    ids = torch.randint(3, 50, (2, 8))
+    codes = torch.randint(0, model.config.vq.codebook_size, (2, model.tokens))
+    changed = codes.clone()
+    changed[:, 9:] = (changed[:, 9:] + 1) % model.config.vq.codebook_size
+    with torch.no_grad():
+        a, b = model.logits(ids, codes), model.logits(ids, changed)
+    assert torch.allclose(a[:, :9], b[:, :9], atol=1e-5)   # outputs 0..8 read inputs 0..8 only
+    assert not torch.allclose(a[:, 9:], b[:, 9:], atol=1e-5)
+
+
+def test_maskgit_reads_the_whole_grid():
+    model = tiny(decoder="maskgit")
+    ids = torch.randint(3, 50, (2, 8))
+    codes = torch.randint(0, model.config.vq.codebook_size, (2, model.tokens))
+    changed = codes.clone()
+    changed[:, -1] = (changed[:, -1] + 1) % model.config.vq.codebook_size
+    with torch.no_grad():
+        assert not torch.allclose(model.logits(ids, codes)[:, 0], model.logits(ids, changed)[:, 0])
+
+
+@pytest.mark.parametrize("arch", ["decoder", "encdec"])
+def test_kv_cache_sampling_equals_uncached_sampling(arch):
+    model = tiny(arch)
+    ids, empty = torch.randint(3, 50, (3, 8)), torch.tensor([[1, 2] + [0] * 6])
+    noise = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
+    for guidance in (1.0, 3.0):
+        cached = model.generate(ids, empty, noise, guidance=guidance, use_cache=True)
+        uncached = model.generate(ids, empty, noise, guidance=guidance, use_cache=False)
+        assert cached.shape == (3, 3, 16, 16)
+        assert torch.allclose(cached, uncached, atol=1e-5)
+
+
+@pytest.mark.parametrize("arch,decoder", VARIANTS)
+def test_seeded_sampling_ignores_the_rest_of_the_batch_and_guidance_matters(arch, decoder):
+    model = tiny(arch, decoder)
+    ids, empty = torch.randint(3, 50, (2, 8)), torch.tensor([[1, 2] + [0] * 6])
+    noise = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    both = model.generate(ids, empty, noise)
+    alone = model.generate(ids[1:], empty, noise[1:])
+    assert torch.allclose(both[1:], alone, atol=1e-5)
+    assert not torch.equal(model.generate(ids, empty, noise, guidance=1.0), both)
+    assert not torch.equal(model.generate(ids, empty, noise.roll(1, 0)), both)   # another seed, another picture
+
+
+def test_filtering_and_inverse_cdf_sampling():
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
+    assert torch.isinf(filter_logits(logits, 2, 1.0)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, 0, 0.7)).tolist() == [[False, False, True, True]]
+    assert torch.isinf(filter_logits(logits, 0, 0.4)).tolist() == [[False, True, True, True]]
+    probs = torch.tensor([[0.2, 0.8], [0.2, 0.8]])
+    assert pick(probs, torch.tensor([0.1, 0.5])).tolist() == [0, 1]
+
+
+def test_loss_trains_the_prior_but_never_the_tokenizer():
+    model = tiny().train()
+    assert not model.vq.training
+    before = {k: v.clone() for k, v in model.vq.state_dict().items()}
+    images, ids = torch.rand(4, 3, 16, 16) * 2 - 1, torch.randint(3, 50, (4, 8))
+    loss = model.loss(images, ids, torch.tensor([[1, 2] + [0] * 6]))
+    loss.backward()
+    assert torch.isfinite(loss) and model.head.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.vq.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.vq.state_dict().items())
+
+
+@pytest.mark.parametrize("arch,decoder", VARIANTS[:3])
+def test_cli_run_trains_tokenizer_then_prior_and_writes_a_loadable_model(tmp_path, arch, decoder):
+    run = tmp_path / "run"
+    assert main(["train", "--model", "dalle", "--size", "16", "--steps", "2", "--out", str(run), *TINY,
+                 "--arch", arch, "--decode", decoder]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["family"] == "dalle" and config["model"]["arch"] == arch
+    assert (run / "tokenizer" / "model" / "model.safetensors").is_file()
+    pipeline = Pipeline.load(run / "model")
+    prompts = ["a small red circle at the top left", "a blue square above a green triangle"]
+    first, again = pipeline(prompts, [0, 1]), Pipeline.load(run / "model")(prompts, [0, 1])
+    assert first.shape == (2, 16, 16, 3) and np.array_equal(first, again)
+    # the tokenizer inside the model is the one trained in stage 1
+    tokenizer = Pipeline.load(run / "tokenizer" / "model").model
+    for key, value in tokenizer.state_dict().items():
+        assert torch.equal(pipeline.model.vq.state_dict()[key], value), key
+
+
+def test_cli_reuses_a_trained_tokenizer(tmp_path):
+    assert main(["train", "--model", "vqvae", "--size", "16", "--steps", "2", "--out", str(tmp_path / "vq"), *TINY]) == 0
+    run = tmp_path / "prior"
+    assert main(["train", "--model", "dalle", "--size", "16", "--steps", "2", "--out", str(run), *TINY,
+                 "--set", f"tokenizer={tmp_path / 'vq' / 'model'}"]) == 0
+    assert not (run / "tokenizer").exists()
+    assert main(["train", "--model", "dalle", "--size", "32", "--steps", "2", "--out", str(tmp_path / "bad"), *TINY,
+                 "--set", f"tokenizer={tmp_path / 'vq' / 'model'}"]) == 2
+
+
+def test_vqgan_clip_optimises_codes_toward_the_prompt(tmp_path):
+    from dreamlet.scoring import ClipScorer
+    from dreamlet.vqgan_clip import optimise_codes
+    assert main(["train", "--model", "vqvae", "--size", "16", "--steps", "2", "--out", str(tmp_path / "vq"), *TINY]) == 0
+    assert main(["train", "--model", "clip", "--size", "16", "--steps", "2", "--out", str(tmp_path / "clip"), *TINY]) == 0
+    tokenizer, scorer = Pipeline.load(tmp_path / "vq" / "model").model, ClipScorer(tmp_path / "clip" / "model")
+    prompts = ["a small red circle at the top left", "a large blue square at the center"]
+    ids = scorer.tokenizer(prompts)
+    before = optimise_codes(tokenizer, scorer.model, ids, [0, 1], steps=0)
+    after = optimise_codes(tokenizer, scorer.model, ids, [0, 1], steps=25)
+    similarity = lambda images: (scorer.embed_images(images) * scorer.embed_text(prompts)).sum(-1)  # noqa: E731
+    assert after.shape == (2, 16, 16, 3)
+    assert (similarity(after) > similarity(before)).all()
+    out = tmp_path / "out"
+    assert main(["sample", "--model", str(tmp_path / "vq" / "model"), "--method", "vqgan-clip", "--clip",
+                 str(tmp_path / "clip" / "model"), "--prompt", prompts[0], "--steps", "2", "--out", str(out)]) == 0
+    record = json.loads((out / "index.jsonl").read_text())
+    assert (out / record["file"]).is_file() and "clip_score" in record
+    assert main(["sample", "--model", str(tmp_path / "vq" / "model"), "--method", "vqgan-clip",
+                 "--prompt", prompts[0], "--out", str(out)]) == 2   # no --clip: one line
