@@ -9,7 +9,7 @@ from dreamlet.cli import main
 from dreamlet.config import updated
 from dreamlet.data.shapes import ShapesDataset
 from dreamlet.models.clip import CLIP, PRESETS, ClipConfig
-from dreamlet.train import TrainConfig, train
+from dreamlet.training import TrainConfig, train
 
 
 def tiny(size=32):
@@ -49,7 +49,7 @@ def clip_run(tmp_path_factory):
 
 
 def test_a_briefly_trained_clip_ranks_real_captions_and_separates_noise(clip_run):
-    from dreamlet.evaluate import evaluate_clip_model
+    from dreamlet.evaluation import evaluate_clip_model
     report = evaluate_clip_model(clip_run, count=192, distractors=32)
     assert report["r_precision_real"] >= 0.95  # the bar; chance is 1/33 (this run: 0.979)
     assert report["fid_real_halves"] * 5 < report["fid_real_noise"]
@@ -85,7 +85,7 @@ def test_eval_with_clip_and_rerank_through_the_cli(clip_run, tiny_run, tmp_path,
     assert main(["sample", "--model", str(clip_run), "--prompt", "a red circle", "--out", str(tmp_path / "y")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["dreamlet: error: --rerank needs a CLIP model to choose with: --clip CLIPMODEL (train one with --model clip)",
-                   "dreamlet: error: a clip model scores pictures against captions; it does not draw them"]
+                   "dreamlet: error: a clip model does not draw pictures from prompts: it scores pictures against captions"]
 
 
 def test_reranking_prefers_the_matching_picture(clip_run):

@@ -100,7 +100,7 @@ def test_cli_run_trains_tokenizer_then_prior_and_writes_a_loadable_model(tmp_pat
     assert (run / "tokenizer" / "model" / "model.safetensors").is_file()
     pipeline = Pipeline.load(run / "model")
     prompts = ["a small red circle at the top left", "a blue square above a green triangle"]
-    first, again = pipeline(prompts, [0, 1]), Pipeline.load(run / "model")(prompts, [0, 1])
+    first, again = pipeline.draw(prompts, [0, 1]), Pipeline.load(run / "model").draw(prompts, [0, 1])
     assert first.shape == (2, 16, 16, 3) and np.array_equal(first, again)
     # the tokenizer inside the model is the one trained in stage 1
     tokenizer = Pipeline.load(run / "tokenizer" / "model").model

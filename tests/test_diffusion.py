@@ -88,12 +88,12 @@ def test_overfits_one_batch():
 def test_seeded_sampling_is_deterministic_and_guidance_and_steps_matter(tiny_run):
     pipe = Pipeline.load(tiny_run / "model")
     prompts = ["a small red circle at the top left", "a blue circle above a red square"]
-    a = pipe(prompts, [1, 2], steps=5)
+    a = pipe.draw(prompts, [1, 2], steps=5)
     assert a.shape == (2, 32, 32, 3) and a.dtype == np.uint8
-    assert (a == pipe(prompts, [1, 2], steps=5)).all()
-    assert not (a == pipe(prompts, [3, 4], steps=5)).all()
-    assert not (a == pipe(prompts, [1, 2], steps=5, guidance=8.0)).all()
-    assert not (a == pipe(prompts, [1, 2], steps=3)).all()
+    assert (a == pipe.draw(prompts, [1, 2], steps=5)).all()
+    assert not (a == pipe.draw(prompts, [3, 4], steps=5)).all()
+    assert not (a == pipe.draw(prompts, [1, 2], steps=5, guidance=8.0)).all()
+    assert not (a == pipe.draw(prompts, [1, 2], steps=3)).all()
 
 
 def test_save_load_gives_identical_samples(tiny_run, tmp_path):
@@ -101,5 +101,5 @@ def test_save_load_gives_identical_samples(tiny_run, tmp_path):
     pipe.save(tmp_path / "copy")
     again = Pipeline.load(tmp_path / "copy")
     prompts = ["a large green diamond at the center"]
-    assert (pipe(prompts, [7], steps=4) == again(prompts, [7], steps=4)).all()
+    assert (pipe.draw(prompts, [7], steps=4) == again.draw(prompts, [7], steps=4)).all()
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tiny_run / "model").iterdir())

@@ -112,8 +112,8 @@ def test_cli_run_writes_a_loadable_model_and_save_load_gives_identical_samples(t
     header = (run / "train_log.csv").read_text().splitlines()[0]
     assert header.endswith("d_loss,g_loss,diversity")
     prompts = ["a small red circle at the top left", "a blue square above a green triangle"]
-    first = Pipeline.load(run / "model")(prompts, [0, 1])
-    again = Pipeline.load(run / "model")(prompts, [0, 1])
+    first = Pipeline.load(run / "model").draw(prompts, [0, 1])
+    again = Pipeline.load(run / "model").draw(prompts, [0, 1])
     assert first.shape == (2, 16, 16, 3) and first.dtype == np.uint8
     assert np.array_equal(first, again)
     out = tmp_path / "samples"

@@ -18,9 +18,11 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS, FORMATS
     from .models import FAMILIES
     from .pipeline import PRECISIONS
-    from .train import TrainConfig
+    from .training import TrainConfig
 
     parser = Parser(prog="dreamlet", description="Train your own text-to-image model, then draw from prompts.")
+    from . import __version__
+    parser.add_argument("--version", action="version", version=f"dreamlet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     train = commands.add_parser("train", help="train a model on a captioned dataset")
@@ -113,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args) -> None:
-    from .train import config_for, train
+    from .training import config_for, train
     for name in ("steps", "batch_size", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -198,7 +200,7 @@ def heldout_prompts(model_dir: str, count: int) -> list[str]:
 
 
 def run_eval(args) -> None:
-    from .evaluate import evaluate_clip_model, evaluate_shapes, evaluate_tokenizer, evaluate_with_clip, write_report
+    from .evaluation import evaluate_clip_model, evaluate_shapes, evaluate_tokenizer, evaluate_with_clip, write_report
     from .pipeline import Pipeline
     if args.prompts < 1 or args.distractors < 1:
         raise UserError("--prompts and --distractors must be at least 1")
@@ -257,10 +259,10 @@ def print_accuracy(report: dict) -> None:
 
 def run_demo(args) -> None:
     from .data.shapes import benchmark_prompts
-    from .evaluate import evaluate_shapes, write_report
+    from .evaluation import evaluate_shapes, write_report
     from .images import captioned_grid
     from .pipeline import Pipeline
-    from .train import TrainConfig, train
+    from .training import TrainConfig, train
     out = Path(args.out)
     budget = dict(steps=args.steps) if args.steps else dict(minutes=args.minutes)
     resume = args.resume or (out / "checkpoint" / "state.json").is_file()
@@ -271,7 +273,7 @@ def run_demo(args) -> None:
     trained = time.perf_counter() - started
     pipeline = Pipeline.load(model_dir)
     shown = benchmark_prompts(8, 8, 8, seed=7)
-    images = pipeline([p.text for p in shown], list(range(len(shown))))
+    images = pipeline.draw([p.text for p in shown], list(range(len(shown))))
     captioned_grid(images, [f"{p.text} ({'held-out' if p.kind == 'heldout' else p.kind})" for p in shown],
                    columns=8).save(out / "samples.png")
     report = evaluate_shapes(model_dir, prompts=args.prompts, seeds=2, pipeline=pipeline)

@@ -1,6 +1,7 @@
 """A trained model ready to draw: weights + config + tokenizer, loaded from a model directory."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,16 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
 
+@dataclass
+class Drawn:
+    jobs: list[tuple[str, int]]   # (prompt, seed) of each picture
+    images: np.ndarray            # (N, S, S, 3) uint8
+    scores: list                  # the CLIP score of each reranked winner (None without reranking)
+
+
 class Pipeline:
+    """A model directory loaded and ready to draw (`dreamlet.load`): call it with prompts."""
+
     def __init__(self, family: str, model, tokenizer: CaptionTokenizer, meta: dict, precision: str = "auto"):
         self.family, self.model, self.tokenizer, self.meta = family, model, tokenizer, meta
         self.precision = precision
@@ -81,12 +91,75 @@ class Pipeline:
             checked.append(prompt[:MAX_PROMPT_CHARS])  # the tokenizer keeps only the first tokens anyway
         return checked
 
+    def to(self, device: str | torch.device) -> "Pipeline":
+        """Move the model to a device ("cuda", "cpu"); returns the pipeline."""
+        self.model.to(device)
+        return self
+
+    def __call__(self, prompt: str | list[str], seed: int = 0, steps: int | None = None, guidance: float | None = None,
+                 num: int = 1, sampler: str | None = None, rerank: int = 1, clip=None,
+                 generator: torch.Generator | None = None, output: str = "pil"):
+        """Draw `num` pictures for each prompt: a list of PIL images (prompt by prompt, then the next
+        round), or with output="numpy" a (N, S, S, 3) uint8 array, "tensor" a (N, 3, S, S) float tensor in
+        [0, 1]. Picture k of prompt i gets seed `seed + len(prompts) * k + i` (a `generator` draws `seed`);
+        `rerank` K > 1 keeps the best of K candidates by the CLIP model `clip` (a directory or ClipScorer).
+
+            pipe = dreamlet.load("runs/demo/model")
+            images = pipe("a large red circle at the top left", num=4, seed=1)
+        """
+        if generator is not None:
+            seed = int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))
+        prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+        drawn = self.run(prompts, seed, num, steps, guidance, sampler, rerank, clip)
+        if output == "pil":
+            from PIL import Image
+            return [Image.fromarray(image) for image in drawn.images]
+        if output == "numpy":
+            return drawn.images
+        if output == "tensor":
+            return torch.from_numpy(drawn.images).permute(0, 3, 1, 2).float() / 255
+        raise UserError(f"unknown output {output!r}; expected pil, numpy or tensor")
+
+    def run(self, prompts: list[str], seed: int = 0, num: int = 1, steps: int | None = None,
+            guidance: float | None = None, sampler: str | None = None, rerank: int = 1, clip=None) -> "Drawn":
+        """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture, the
+        pictures, and with reranking each winner's CLIP score (DALL-E's best-of-K)."""
+        for name, value in (("num", num), ("rerank", rerank)):
+            if value < 1:
+                raise UserError(f"--{name} must be at least 1")
+        if steps is not None and steps < 1:
+            raise UserError("--steps must be at least 1")
+        if rerank > 1 and not clip:
+            raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL (train one with --model clip)")
+        prompts = self.check_prompts(prompts)
+        jobs = sorted(((p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)),
+                      key=lambda job: job[1])
+        if rerank == 1:
+            images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
+            return Drawn(jobs, images, [None] * len(jobs))
+        from .scoring import ClipScorer
+        scorer = clip if isinstance(clip, ClipScorer) else ClipScorer(clip)
+        candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
+        drawn = self.draw([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
+                          sampler=sampler)
+        images, chosen, scores = [], [], []
+        for j, (prompt, _) in enumerate(jobs):
+            group = drawn[j * rerank:(j + 1) * rerank]
+            similarity = scorer.match(group, prompt)
+            best = int(similarity.argmax())
+            images.append(group[best])
+            chosen.append((prompt, candidates[j * rerank + best][1]))
+            scores.append(round(100 * float(similarity[best]), 2))
+        return Drawn(chosen, np.stack(images), scores)
+
     @torch.no_grad()
-    def __call__(self, prompts: list[str], seeds: list[int], steps: int | None = None,
-                 guidance: float | None = None, sampler: str | None = None, batch_size: int = 64) -> np.ndarray:
+    def draw(self, prompts: list[str], seeds: list[int], steps: int | None = None,
+             guidance: float | None = None, sampler: str | None = None, batch_size: int = 64) -> np.ndarray:
         """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise."""
         if not getattr(self.model, "generates", True):
-            raise UserError(f"a {self.family} model scores pictures against captions; it does not draw them")
+            what = {"clip": "it scores pictures against captions",
+                    "vqvae": "it turns pictures into codes (train --model dalle with it)"}.get(self.family)
+            raise UserError(f"a {self.family} model does not draw pictures from prompts" + (f": {what}" if what else ""))
         prompts = self.check_prompts(prompts)
         S, out = self.image_size, []
         empty = self.tokenizer([""]).to(self.device)

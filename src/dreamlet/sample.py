@@ -33,47 +33,21 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
            steps: int | None = None, guidance: float | None = None, size: int | None = None,
            sampler: str | None = None, rerank: int = 1, clip: str | Path | None = None,
            method: str = "model") -> list[dict]:
-    """Draw `num` pictures per prompt; picture k gets seed `seed + k`. With `rerank` K > 1, each
-    picture is the best of K candidates (seeds K * s ... K * s + K - 1) by the CLIP model `clip`,
-    as DALL-E does; its record gives the winning seed. `method="vqgan-clip"` draws no sample from a
+    """Draw `num` pictures per prompt (the same `Pipeline.run` as `dreamlet.load(...)(...)`): picture k of
+    prompt i gets seed `seed + len(prompts) * k + i`. With `rerank` K > 1, each picture is the best of K
+    candidates (seeds K * s ... K * s + K - 1) by the CLIP model `clip`, as DALL-E does; its record gives
+    the winning seed. `method="vqgan-clip"` draws no sample from a
     prior: it optimises an image tokenizer's codes (a vqvae model, or a dalle model's own) against
     the CLIP for `steps` steps (default 100). Returns the index records."""
     if method not in ("model", "vqgan-clip"):
         raise UserError(f"unknown --method {method!r}; expected model or vqgan-clip")
-    for name, value in (("num", num), ("rerank", rerank)):
-        if value < 1:
-            raise UserError(f"--{name} must be at least 1")
-    if rerank > 1 and not clip:
-        raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL (train one with --model clip)")
-    if steps is not None and steps < 1:
-        raise UserError("--steps must be at least 1")
     pipeline = Pipeline.load(model_dir)
     if method == "vqgan-clip":
         return save(out, *optimise_with_clip(pipeline, prompts, num, seed, steps, clip))
     if size is not None and size != pipeline.image_size:
         raise UserError(f"this model was trained at {pipeline.image_size} px, not {size} px")
-    prompts = pipeline.check_prompts(prompts)
-    jobs = [(p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)]
-    jobs.sort(key=lambda job: job[1])
-    scores = [None] * len(jobs)
-    if rerank > 1:
-        from .scoring import ClipScorer
-        scorer = ClipScorer(clip)
-        candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
-        drawn = pipeline([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
-                         sampler=sampler)
-        images, chosen = [], []
-        for j, (prompt, _) in enumerate(jobs):
-            group = drawn[j * rerank:(j + 1) * rerank]
-            similarity = scorer.match(group, prompt)
-            best = int(similarity.argmax())
-            images.append(group[best])
-            chosen.append((prompt, candidates[j * rerank + best][1]))
-            scores[j] = round(100 * float(similarity[best]), 2)
-        jobs = chosen
-    else:
-        images = pipeline([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
-    return save(out, jobs, images, scores, rerank)
+    drawn = pipeline.run(prompts, seed, num, steps, guidance, sampler, rerank, clip)
+    return save(out, drawn.jobs, drawn.images, drawn.scores, rerank)
 
 
 def optimise_with_clip(pipeline: Pipeline, prompts: list[str], num: int, seed: int, steps: int | None, clip):

@@ -15,7 +15,8 @@ the codes. Three kinds (`--set kind=...`):
 - `dvae`: DALL-E's discrete VAE (Ramesh et al. 2021): the encoder gives logits over the codebook,
   training decodes a Gumbel-softmax relaxation (Jang et al. 2017; Maddison et al. 2017) whose
   temperature is annealed, with a KL term towards the uniform prior; encoding takes the argmax.
-  The reconstruction loss is MSE here, not DALL-E's logit-Laplace.
+  The reconstruction loss is MSE here, not DALL-E's logit-Laplace, and by default the decoder reads
+  the hard sample with the relaxation's gradient (straight-through), so it learns the codes it is given.
 - `vqgan`: `vq` plus a patch discriminator with a hinge loss and the adaptive weight of Esser et
   al. 2021 (VQGAN), switched on after `disc_start` steps. No perceptual loss: its VGG weights
   cannot be downloaded here.
@@ -59,6 +60,8 @@ class VQConfig:
     tau_end: float = 1 / 16        # ... to this (DALL-E's final value) ...
     tau_steps: int = 500           # ... over this many steps (DALL-E: the first 5 % of training)
     kl_weight: float = 1e-3        # weight of KL(q || uniform) per token against the per-pixel MSE
+    straight_through: bool = True  # decode the hard sample, soft gradient (Jang et al. 2017): without it the
+                                   # decoder learned to read soft mixtures and the argmax codes decoded at 17.7 dB
     # vqgan
     disc_width: int = 32           # patch discriminator channels after its first conv
     disc_weight: float = 0.1       # scales the adaptive weight of the generator's adversarial loss
@@ -228,6 +231,8 @@ class VQModel(nn.Module):
             tau = max(c.tau_end, c.tau_start * (c.tau_end / c.tau_start) ** (self.step.item() / c.tau_steps))
             uniform = torch.rand(z.shape, generator=generator).to(z.device).clamp(1e-9, 1 - 1e-9)
             soft = F.softmax((z - torch.log(-torch.log(uniform))) / tau, dim=-1)      # (B, h, w, K)
+            if c.straight_through:  # the decoder reads the sampled code itself, the gradient goes through soft
+                soft = F.one_hot(soft.argmax(-1), c.codebook_size).type_as(soft) + soft - soft.detach()
             reconstruction = self.decoder((soft @ self.codebook).permute(0, 3, 1, 2))
             log_q = F.log_softmax(z, dim=-1)
             kl = (log_q.exp() * log_q).sum(-1).mean() + math.log(c.codebook_size)   # KL(q || uniform) per token

@@ -29,6 +29,7 @@ class DiTConfig:
     heads: int = 4
     mlp_ratio: float = 3.0
     text_width: int = 128
+    text_length: int = 24   # caption tokens the layout path reads in `tokens` mode
     time_width: int = 256
     pooled_text: bool = True  # add the pooled caption to the timestep embedding (adaLN); False: text
                               # reaches the picture only through cross-attention (as PixArt-alpha)
@@ -36,6 +37,8 @@ class DiTConfig:
                             # 0: plain linear patch embedding
     layout_rank: int = 32   # > 0: the pooled caption also writes a bias on every patch through a rank-r
                             # linear map: a direct path from words like "top left" to places (0: none)
+    layout_input: str = "pooled"  # what the layout path reads: pooled (the mean caption vector) | tokens
+                                  # (every token in its slot, through a small MLP: word order can matter)
     text_mode: str = "cross"  # cross: patches read the caption by cross-attention (PixArt-alpha);
                               # joint: caption tokens join the patches in self-attention (U-ViT, SD3)
 
@@ -109,8 +112,12 @@ class DiT(nn.Module):
         if c.text_mode == "joint":
             self.text_in = nn.Linear(c.text_width, c.width)
         self.position = nn.Parameter(position_embedding(self.grid, c.width))
-        if c.layout_rank:
+        if c.layout_rank and c.layout_input == "tokens":
+            self.layout_tokens = nn.Sequential(nn.Linear(c.text_length * c.text_width, 4 * c.text_width), nn.GELU())
+            self.layout_in = nn.Linear(4 * c.text_width, self.grid ** 2 * c.layout_rank)
+        elif c.layout_rank:
             self.layout_in = nn.Linear(c.text_width, self.grid ** 2 * c.layout_rank)
+        if c.layout_rank:
             self.layout_out = nn.Linear(c.layout_rank, c.width)
         self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(), nn.Linear(c.time_width, c.time_width))
         self.pooled = nn.Linear(c.text_width, c.time_width) if c.pooled_text else None
@@ -150,7 +157,11 @@ class DiT(nn.Module):
             h = self.embed(F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2))         # (B, N, D)
         h, N, mask = h + self.position, g * g, None
         if c.layout_rank:
-            h = h + self.layout_out(self.layout_in(pooled).view(len(x), N, c.layout_rank))  # (B, N, D)
+            source = pooled
+            if c.layout_input == "tokens":  # (B, L, T) with padding zeroed, in fixed slots
+                slots = F.pad(text * keep[..., None], (0, 0, 0, c.text_length - text.shape[1]))[:, :c.text_length]
+                source = self.layout_tokens(slots.flatten(1))                       # (B, 4T)
+            h = h + self.layout_out(self.layout_in(source).view(len(x), N, c.layout_rank))  # (B, N, D)
         if c.text_mode == "joint":  # caption tokens ride along with the patches, then are dropped
             h = torch.cat([h, self.text_in(text)], dim=1)                              # (B, N + L, D)
             mask = F.pad(keep, (N, 0), value=True)[:, None, None, :]                   # (B, 1, 1, N + L)

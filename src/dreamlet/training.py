@@ -222,7 +222,7 @@ def train(family_name: str, out: str | Path, config: TrainConfig, resume: bool =
         if config.sample_every and step % config.sample_every == 0 and not done() and getattr(model, "generates", True):
             grid_dir = out / "progress"
             grid_dir.mkdir(exist_ok=True)
-            images = pipeline(preview, list(range(len(preview))), steps=10)
+            images = pipeline.draw(preview, list(range(len(preview))), steps=10)
             captioned_grid(images, preview, columns=6).save(grid_dir / f"step_{step:06d}.png")
         if config.checkpoint_every and step % config.checkpoint_every == 0 and not done():
             save_checkpoint()

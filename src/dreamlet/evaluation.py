@@ -31,7 +31,7 @@ def evaluate_shapes(model_dir: str | Path, prompts: int = 64, seeds: int = 2, st
     chosen = benchmark_prompts(prompts, prompts, prompts, seed=1234)
     jobs = [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
     started = time.perf_counter()
-    images = pipeline([p.text for p, _ in jobs], [seed for _, seed in jobs], steps=steps, guidance=guidance,
+    images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], steps=steps, guidance=guidance,
                       sampler=sampler)
     seconds = time.perf_counter() - started
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
@@ -131,7 +131,7 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     data = data or pipeline.meta.get("data", "shapes")
     real, captions, pool = heldout_set(data, pipeline.image_size, count, pipeline.meta.get("train", {}).get("format") or None)
     started = time.perf_counter()
-    fake = pipeline(captions, list(range(len(captions))), steps=steps, guidance=guidance, sampler=sampler)
+    fake = pipeline.draw(captions, list(range(len(captions))), steps=steps, guidance=guidance, sampler=sampler)
     seconds = time.perf_counter() - started
     config = pipeline.model.config
     report = {"model": str(model_dir), "clip": str(clip_dir), "data": data, "pictures": len(fake),
