@@ -24,11 +24,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from dreamlet.data.shapes import benchmark_prompts  # noqa: E402
-from dreamlet.evaluate import evaluate_clip_model, heldout_set  # noqa: E402
+from dreamlet.evaluation import evaluate_clip_model, heldout_set  # noqa: E402
 from dreamlet.judge import judge  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
 from dreamlet.scoring import ClipScorer, fid_kid  # noqa: E402
-from dreamlet.train import TrainConfig, train  # noqa: E402
+from dreamlet.training import TrainConfig, train  # noqa: E402
 from docs_section import write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
@@ -64,7 +64,7 @@ def main():
     for g in generators:
         pipeline = Pipeline.load(g)
         prompts = benchmark_prompts(args.prompts, args.prompts, args.prompts, seed=1234)
-        images = pipeline([p.text for p in prompts], list(range(len(prompts))))
+        images = pipeline.draw([p.text for p in prompts], list(range(len(prompts))))
         correct = np.asarray([judge(im, p)["correct"] for im, p in zip(images, prompts)])
         ranked = scorer.caption_ranked_first(images, [p.text for p in prompts], pool, 32)
         per_picture += list(zip(correct, ranked))
@@ -80,7 +80,7 @@ def main():
     pipeline = Pipeline.load(demo)
     prompts = benchmark_prompts(args.prompts, args.prompts, args.prompts, seed=1234)
     K = args.rerank
-    candidates = pipeline([p.text for p in prompts for _ in range(K)], [K * i + c for i in range(len(prompts)) for c in range(K)])
+    candidates = pipeline.draw([p.text for p in prompts for _ in range(K)], [K * i + c for i in range(len(prompts)) for c in range(K)])
     text_vectors = scorer.embed_text([p.text for p in prompts])
     image_vectors = scorer.embed_images(candidates).view(len(prompts), K, -1)
     best = (image_vectors @ text_vectors[:, :, None]).squeeze(-1).argmax(1).numpy()

@@ -60,7 +60,7 @@ def phase(name: str, shards: str, size: int, steps: int, out: str) -> None:
     else:  # "train" from the cached set, or "baseline": the same training on shapes drawn on the fly
         import torch
         torch.set_num_threads(2)
-        from dreamlet.train import TrainConfig, train
+        from dreamlet.training import TrainConfig, train
         data = shards if name == "train" else "shapes"
         train("diffusion", out, TrainConfig(data=data, size=size, preset="tiny", steps=steps, batch_size=BATCH,
                                             sample_every=0, checkpoint_every=0), quiet=True)

@@ -23,8 +23,8 @@ sys.path.insert(0, str(ROOT / "src"))
 from docs_section import write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
-from dreamlet.evaluate import evaluate_shapes  # noqa: E402
-from dreamlet.train import config_for, train  # noqa: E402
+from dreamlet.evaluation import evaluate_shapes  # noqa: E402
+from dreamlet.training import config_for, train  # noqa: E402
 
 WHAT = {"diffusion": "text-conditional diffusion (DiT, CFG)", "gan": "text-conditional GAN (projection D, matching-aware)",
         "gan-hash": "the seed's DCGAN, prompt hashed into the noise", "dalle": "DALL-E: image tokens + transformer"}

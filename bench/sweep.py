@@ -33,9 +33,9 @@ def run_one(spec: dict, out: Path) -> None:
     torch.backends.cudnn.allow_tf32 = False
     torch.backends.cuda.matmul.allow_tf32 = False
     from dreamlet.data import shapes
-    from dreamlet.evaluate import evaluate_shapes
+    from dreamlet.evaluation import evaluate_shapes
     from dreamlet.pipeline import Pipeline
-    from dreamlet.train import TrainConfig, train
+    from dreamlet.training import TrainConfig, train
 
     data = dict(spec.get("data", {}))
     cells = data.pop("pair_cells", None)

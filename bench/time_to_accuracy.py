@@ -22,8 +22,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dreamlet.evaluate import evaluate_shapes  # noqa: E402
-from dreamlet.train import TrainConfig, train  # noqa: E402
+from dreamlet.evaluation import evaluate_shapes  # noqa: E402
+from dreamlet.training import TrainConfig, train  # noqa: E402
 
 START, END = "<!-- time_to_accuracy:start -->", "<!-- time_to_accuracy:end -->"
 
