@@ -32,7 +32,7 @@ def evaluate_shapes(model_dir: str | Path, prompts: int = 64, seeds: int = 2, st
     jobs = [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
     started = time.perf_counter()
     images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], steps=steps, guidance=guidance,
-                      sampler=sampler)
+                           sampler=sampler)
     seconds = time.perf_counter() - started
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
     report = summarize(results)

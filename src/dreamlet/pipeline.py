@@ -32,6 +32,16 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
 
+def seed_jobs(prompts: list[str], seed: int, num: int, steps: int | None = None, rerank: int = 1) -> list[tuple[str, int]]:
+    """The (prompt, seed) of every picture, in seed order: picture k of prompt i gets seed
+    `seed + len(prompts) * k + i`. Checks the counts a user gives (num, steps, rerank) on the way."""
+    for name, value in (("num", num), ("rerank", rerank), ("steps", 1 if steps is None else steps)):
+        if value < 1:
+            raise UserError(f"--{name} must be at least 1")
+    return sorted(((p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)),
+                  key=lambda job: job[1])
+
+
 @dataclass
 class Drawn:
     jobs: list[tuple[str, int]]   # (prompt, seed) of each picture
@@ -124,16 +134,9 @@ class Pipeline:
             guidance: float | None = None, sampler: str | None = None, rerank: int = 1, clip=None) -> "Drawn":
         """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture, the
         pictures, and with reranking each winner's CLIP score (DALL-E's best-of-K)."""
-        for name, value in (("num", num), ("rerank", rerank)):
-            if value < 1:
-                raise UserError(f"--{name} must be at least 1")
-        if steps is not None and steps < 1:
-            raise UserError("--steps must be at least 1")
         if rerank > 1 and not clip:
             raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL (train one with --model clip)")
-        prompts = self.check_prompts(prompts)
-        jobs = sorted(((p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)),
-                      key=lambda job: job[1])
+        jobs = seed_jobs(self.check_prompts(prompts), seed, num, steps, rerank)
         if rerank == 1:
             images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
             return Drawn(jobs, images, [None] * len(jobs))

@@ -8,7 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from .checkpoint import UserError
-from .pipeline import Pipeline
+from .pipeline import Pipeline, seed_jobs
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -62,11 +62,10 @@ def optimise_with_clip(pipeline: Pipeline, prompts: list[str], num: int, seed: i
     scorer = ClipScorer(clip)
     if scorer.image_size != tokenizer.config.image_size:
         raise UserError(f"the CLIP works at {scorer.image_size} px, the image tokenizer at {tokenizer.config.image_size} px")
-    prompts = pipeline.check_prompts(prompts)
-    jobs = sorted(((p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)), key=lambda j: j[1])
+    jobs = seed_jobs(pipeline.check_prompts(prompts), seed, num, steps)
     ids = scorer.tokenizer([p for p, _ in jobs]).to(scorer.device)
     images = optimise_codes(tokenizer.to(scorer.device), scorer.model, ids, [s for _, s in jobs], steps or 100)
-    scores = [round(100 * float(v), 2) for v in (scorer.embed_images(images) * scorer.embed_text([p for p, _ in jobs])).sum(-1)]
+    scores = [round(100 * float(v), 2) for v in scorer.cosine(images, [p for p, _ in jobs])]
     return jobs, images, scores, 1
 
 

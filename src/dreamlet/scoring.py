@@ -45,10 +45,13 @@ class ClipScorer:
         return torch.cat([self.model.encode_text(self.tokenizer(captions[i:i + batch]).to(self.device))
                           for i in range(0, len(captions), batch)]).cpu()
 
+    def cosine(self, images: np.ndarray, captions: list[str]) -> torch.Tensor:
+        """Cosine similarity of each picture with its own caption: (N,)."""
+        return (self.embed_images(images) * self.embed_text(captions)).sum(-1)
+
     def clip_score(self, images: np.ndarray, captions: list[str]) -> float:
         """Mean of 100 x max(cosine, 0) between each picture and its caption (Hessel et al. 2021)."""
-        cosine = (self.embed_images(images) * self.embed_text(captions)).sum(-1)
-        return float(100 * cosine.clamp(min=0).mean())
+        return float(100 * self.cosine(images, captions).clamp(min=0).mean())
 
     def r_precision(self, images: np.ndarray, captions: list[str], pool: list[str], distractors: int = 32,
                     seed: int = 0) -> float:

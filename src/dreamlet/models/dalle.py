@@ -255,9 +255,9 @@ class DalleModel(nn.Module):
             codes = self.decode_autoregressive(both, uniform, guidance, use_cache)
         return self.vq.decode(codes.view(-1, self.vq.grid, self.vq.grid)).clamp(-1, 1)
 
-    def next_code(self, logits: torch.Tensor, uniform: torch.Tensor, guidance: float) -> torch.Tensor:
-        logits = filter_logits(self.guided(logits, guidance) / max(self.config.temperature, 1e-5),
-                               self.config.top_k, self.config.top_p)
+    def next_code(self, guided: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+        """Sample from guided logits (..., V) after temperature and top-k / top-p filtering."""
+        logits = filter_logits(guided / max(self.config.temperature, 1e-5), self.config.top_k, self.config.top_p)
         return pick(logits.softmax(-1), uniform)
 
     def decode_autoregressive(self, ids, uniform, guidance, use_cache: bool) -> torch.Tensor:
@@ -267,7 +267,7 @@ class DalleModel(nn.Module):
         codes = torch.full((len(ids), 1), self.mask_id, dtype=torch.long, device=ids.device)   # start code
         if not use_cache:
             for i in range(self.tokens):
-                new = self.next_code(self.logits(ids, codes)[:, -1], uniform[:, i], guidance)
+                new = self.next_code(self.guided(self.logits(ids, codes)[:, -1], guidance), uniform[:, i])
                 codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
             return codes[:B, 1:]
         cache: dict = {}
@@ -281,7 +281,7 @@ class DalleModel(nn.Module):
             mask = None if prefix is None else torch.cat([keep, torch.ones(len(ids), i + 1, dtype=torch.bool,
                                                                            device=ids.device)], 1)[:, None, None, :]
             logits = self.run(x, mask, text, keep, cache)[:, -1]
-            new = self.next_code(logits, uniform[:, i], guidance)
+            new = self.next_code(self.guided(logits, guidance), uniform[:, i])
             codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
         return codes[:B, 1:]
 
@@ -294,10 +294,9 @@ class DalleModel(nn.Module):
         codes = torch.full((B, N), self.mask_id, dtype=torch.long, device=ids.device)
         for step in range(steps):
             masked = codes == self.mask_id
-            logits = self.logits(ids, codes.repeat(len(ids) // B, 1))
-            draws = uniform[:, 2 * step * N:(2 * step + 1) * N]
-            sampled = self.next_code(logits, draws, guidance)                                # (B, N)
-            probs = filter_logits(self.guided(logits, guidance), self.config.top_k, self.config.top_p).softmax(-1)
+            guided = self.guided(self.logits(ids, codes.repeat(len(ids) // B, 1)), guidance)   # (B, N, V)
+            sampled = self.next_code(guided, uniform[:, 2 * step * N:(2 * step + 1) * N])      # (B, N)
+            probs = filter_logits(guided, self.config.top_k, self.config.top_p).softmax(-1)
             confidence = probs.gather(-1, sampled[..., None]).squeeze(-1).log()
             # a little Gumbel noise, fading over the steps, so early choices are not all alike
             gumbel = -torch.log(-torch.log(uniform[:, (2 * step + 1) * N:(2 * step + 2) * N].clamp(1e-6, 1 - 1e-6)))

@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..text.encoder import TextEncoder, TextEncoderConfig
+from .adversarial import discriminator_hinge, generator_hinge
 
 
 @dataclass
@@ -254,7 +254,7 @@ class TextToImageGAN(nn.Module):
         scores = self.discriminator(self.augment(torch.cat(pictures), generator),
                                     torch.cat(captions) if self.conditional else None).split(B)
         d_real, d_fake = scores[0], scores[1]
-        d_loss = F.relu(1 - d_real).mean() + F.relu(1 + d_fake).mean()
+        d_loss = discriminator_hinge(d_real, d_fake)
         if len(scores) == 3:
             other = (ids != ids.roll(1, 0)).any(1).float()
             d_loss = d_loss + c.mismatch_weight * (F.relu(1 + scores[2]) * other).sum() / other.sum().clamp(min=1)
@@ -262,8 +262,7 @@ class TextToImageGAN(nn.Module):
             grad, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
             d_loss = d_loss + c.r1 / 2 * grad.pow(2).sum([1, 2, 3]).mean()
 
-        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        g_loss = -functional_call(self.discriminator, frozen, (self.augment(fake, generator), g_text)).mean()
+        g_loss = generator_hinge(self.discriminator, self.augment(fake, generator), g_text)
 
         with torch.no_grad():
             spread = lambda x: x.float().std(0).mean().item()  # noqa: E731

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.func import functional_call
 
 from ..text.encoder import TextEncoderConfig
+from .adversarial import discriminator_hinge, generator_hinge
 
 KINDS = ("vq", "dvae", "vqgan")
 
@@ -281,9 +281,8 @@ class VQModel(nn.Module):
         pictures, and the decoder's through a detached copy of the discriminator's weights (one
         backward pass trains both, as in the gan family), weighted adaptively (Esser et al. 2021, eq. 7)."""
         real, fake = self.discriminator(torch.cat([images, reconstruction.detach()])).chunk(2)
-        d_loss = F.relu(1 - real).mean() + F.relu(1 + fake).mean()
-        frozen = {name: p.detach() for name, p in self.discriminator.named_parameters()}
-        g_loss = -functional_call(self.discriminator, frozen, (reconstruction,)).mean()
+        d_loss = discriminator_hinge(real, fake)
+        g_loss = generator_hinge(self.discriminator, reconstruction)
         # lambda = |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
         last = self.decoder.net[-2].weight
         rec_grad, = torch.autograd.grad(rec_loss, last, retain_graph=True)
