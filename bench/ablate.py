@@ -32,8 +32,9 @@ def main():
     args = parser.parse_args()
     run = ROOT / "runs" / "ablations" / args.name
     shutil.rmtree(run, ignore_errors=True)
-    config = TrainConfig(minutes=args.minutes, sample_every=0, checkpoint_every=0, **json.loads(args.train))
-    model_dir = train("diffusion", run, config, model_overrides=json.loads(args.model), quiet=True)
+    config = TrainConfig(out=str(run), minutes=args.minutes, sample_every=0, checkpoint_every=0,
+                         settings=json.loads(args.model), **json.loads(args.train)).resolved()
+    model_dir = train(config, quiet=True)
     log = list(csv.DictReader(open(run / "train_log.csv")))
     steps = int(log[-1]["step"])
     for guidance in args.guidance:

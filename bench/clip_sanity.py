@@ -51,7 +51,7 @@ def main():
     if (out / "checkpoint").exists():
         import shutil
         shutil.rmtree(out)
-    clip_dir = train("clip", out, TrainConfig(minutes=args.minutes, batch_size=64, sample_every=0), quiet=True)
+    clip_dir = train(TrainConfig(model="clip", out=str(out), minutes=args.minutes, batch_size=64, sample_every=0), quiet=True)
     steps = int(open(out / "train_log.csv").read().strip().splitlines()[-1].split(",")[0])
     scorer = ClipScorer(clip_dir)
     real_report = evaluate_clip_model(clip_dir, count=512, distractors=32)

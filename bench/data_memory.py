@@ -62,8 +62,8 @@ def phase(name: str, shards: str, size: int, steps: int, out: str) -> None:
         torch.set_num_threads(2)
         from dreamlet.training import TrainConfig, train
         data = shards if name == "train" else "shapes"
-        train("diffusion", out, TrainConfig(data=data, size=size, preset="tiny", steps=steps, batch_size=BATCH,
-                                            sample_every=0, checkpoint_every=0), quiet=True)
+        train(TrainConfig(out=str(out), data=data, size=size, preset="tiny", steps=steps, batch_size=BATCH,
+                          sample_every=0, checkpoint_every=0), quiet=True)
         detail = dict(steps=steps)
     seconds = time.perf_counter() - started
     peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

@@ -24,7 +24,7 @@ from docs_section import write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
-from dreamlet.training import config_for, train  # noqa: E402
+from dreamlet.training import TrainConfig, train  # noqa: E402
 
 WHAT = {"diffusion": "text-conditional diffusion (DiT, CFG)", "gan": "text-conditional GAN (projection D, matching-aware)",
         "gan-hash": "the seed's DCGAN, prompt hashed into the noise", "dalle": "DALL-E: image tokens + transformer"}
@@ -34,7 +34,7 @@ def run_family(family: str, minutes: float, out: Path, prompts: int, seeds: int,
     run = out / family
     if not (reuse and (run / "model").is_dir()):
         shutil.rmtree(run, ignore_errors=True)
-        train(family, run, config_for(family, minutes=minutes), quiet=True)
+        train(TrainConfig(model=family, out=str(run), minutes=minutes), quiet=True)
     log = list(csv.DictReader(open(run / "train_log.csv")))
     batch = json.loads((run / "model" / "config.json").read_text())["train"]["batch_size"]
     steps, seconds = int(log[-1]["step"]), float(log[-1]["elapsed_s"])

@@ -49,10 +49,10 @@ def run_one(spec: dict, out: Path) -> None:
         init = shapes.ShapesDataset.__init__
         shapes.ShapesDataset.__init__ = lambda self, size=32, seed=0, **kw: init(self, size, seed, **(data | kw))
     run = out / spec["name"]
-    config = TrainConfig(steps=spec["steps"], sample_every=0, checkpoint_every=0, precision="fp32",
-                         **spec.get("train", {}))
+    config = TrainConfig(out=str(run), steps=spec["steps"], sample_every=0, checkpoint_every=0, precision="fp32",
+                         settings=spec.get("model", {}), **spec.get("train", {}))
     started = time.perf_counter()
-    model_dir = train("diffusion", run, config, model_overrides=spec.get("model", {}), quiet=True)
+    model_dir = train(config, quiet=True)
     seconds = time.perf_counter() - started
     pipeline = Pipeline.load(model_dir)
     pipeline.precision = "fp32"

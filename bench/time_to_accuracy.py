@@ -55,8 +55,8 @@ def main():
         if (run / "checkpoint").exists():
             import shutil
             shutil.rmtree(run)
-        config = TrainConfig(minutes=minutes)
-        model_dir = train("diffusion", run, config, quiet=True)
+        config = TrainConfig(out=str(run), minutes=minutes).resolved()
+        model_dir = train(config, quiet=True)
         log = list(csv.DictReader(open(run / "train_log.csv")))
         steps = int(log[-1]["step"])
         images_per_s = steps * config.batch_size / float(log[-1]["elapsed_s"])

@@ -43,8 +43,8 @@ def test_repeated_captions_count_as_matches():
 def clip_run(tmp_path_factory):
     """A small CLIP trained briefly on shapes through the real training loop."""
     out = tmp_path_factory.mktemp("clip")
-    train("clip", out, TrainConfig(preset="tiny", steps=400, batch_size=64, lr=3e-3, sample_every=0, checkpoint_every=0,
-                                   tokenizer_captions=2000), quiet=True)
+    train(TrainConfig(model="clip", out=str(out), preset="tiny", steps=400, batch_size=64, lr=3e-3, sample_every=0,
+                      checkpoint_every=0, tokenizer_captions=2000), quiet=True)
     return out / "model"
 
 

@@ -5,13 +5,14 @@
     images = pipe("a large red circle at the top left", num=4)  # PIL images
     report = dreamlet.evaluate("runs/demo/model")              # the shapes judge's report
     data = dreamlet.datasets.load("emoji", size=32)            # the dataset objects the CLI trains on
+    dreamlet.train(dreamlet.TrainConfig(model="gan", out="runs/gan", minutes=5), callback=print)
 
 Names are imported on first use, so `import dreamlet` (and `dreamlet --version`) stays fast.
 """
 __version__ = "0.1.0"
 
 _LAZY = {"load": ("pipeline", "Pipeline.load"), "Pipeline": ("pipeline", "Pipeline"),
-         "train": ("training", "train"), "TrainConfig": ("training", "TrainConfig"),
+         "train": ("training", "train"), "TrainConfig": ("training", "TrainConfig"), "Progress": ("training", "Progress"),
          "evaluate": ("evaluation", "evaluate_shapes"), "datasets": ("data", None)}
 __all__ = ["__version__", *_LAZY]
 

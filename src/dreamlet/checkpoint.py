@@ -20,6 +20,16 @@ class UserError(Exception):
     """A problem the user can fix (bad path, bad flag, bad prompt): shown as one line, exit code 2."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM ended a run; its checkpoint was saved first."""
+
+    def __init__(self, signal_number: int, step: int, out: Path):
+        import signal
+        self.exit_code = 128 + signal_number
+        super().__init__(f"{signal.Signals(signal_number).name} at step {step}: checkpoint saved; "
+                         f"continue with --resume --out {out}")
+
+
 def write_dir_atomically(target: Path, write) -> None:
     """Call write(tmp_dir), then swap tmp_dir into place, so a crash never leaves half a directory."""
     target = Path(target)

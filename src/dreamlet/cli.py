@@ -6,7 +6,7 @@ import sys
 import time
 from pathlib import Path
 
-from .checkpoint import UserError
+from .checkpoint import Interrupted, UserError
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .data import DATASETS, FORMATS
     from .models import FAMILIES
     from .pipeline import PRECISIONS
-    from .training import TrainConfig
+    from .training import FAMILY_DEPENDENT
 
     parser = Parser(prog="dreamlet", description="Train your own text-to-image model, then draw from prompts.")
     from . import __version__
@@ -37,8 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
     train.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
     train.add_argument("--preset", default="", help="model size: tiny, small (CPU default), base (GPU default)")
-    train.add_argument("--batch-size", type=int, help=f"default: the family's ({TrainConfig.batch_size} for diffusion)")
-    train.add_argument("--lr", type=float, help=f"peak learning rate; default: the family's ({TrainConfig.lr} for diffusion)")
+    train.add_argument("--batch-size", type=int, help=f"default: the family's ({FAMILY_DEPENDENT['batch_size']} for diffusion)")
+    train.add_argument("--lr", type=float, help=f"peak learning rate; default: the family's ({FAMILY_DEPENDENT['lr']} for diffusion)")
     train.add_argument("--arch", choices=["decoder", "encdec"],
                        help="dalle: one transformer over [caption; image codes] (DALL-E) or text encoder + code decoder (dalle-mini)")
     train.add_argument("--decode", choices=["autoregressive", "maskgit"],
@@ -115,7 +115,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_train(args) -> None:
-    from .training import config_for, train
+    from .training import TrainConfig, train
     for name in ("steps", "batch_size", "size"):
         value = getattr(args, name)
         if value is not None and value < 1:
@@ -126,17 +126,18 @@ def run_train(args) -> None:
         raise UserError(f"--out {args.out} is a file, not a directory")
     from .models import get_family
     get_family(args.model)  # fail on a bad name before any work
-    config = config_for(args.model, data=args.data, format=args.format or "", size=args.size, preset=args.preset,
-                        batch_size=args.batch_size, lr=args.lr, steps=args.steps, minutes=args.minutes, seed=args.seed,
-                        sample_every=args.sample_every, checkpoint_every=args.checkpoint_every, precision=args.precision)
-    overrides = parse_settings(args.set)
+    settings = parse_settings(args.set)
     for flag, field in (("arch", "arch"), ("decode", "decoder")):
         if getattr(args, flag):
             if args.model != "dalle":
                 raise UserError(f"--{flag} is for --model dalle")
-            overrides[field] = getattr(args, flag)
-    model_dir = train(args.model, args.out, config, resume=args.resume, device=args.device, model_overrides=overrides)
-    print(f"model: {model_dir}")
+            settings[field] = getattr(args, flag)
+    config = TrainConfig(model=args.model, out=args.out, resume=args.resume, data=args.data, format=args.format or "",
+                         size=args.size, preset=args.preset, settings=settings, batch_size=args.batch_size, lr=args.lr,
+                         steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device or "",
+                         precision=args.precision, sample_every=args.sample_every,
+                         checkpoint_every=args.checkpoint_every)
+    print(f"model: {train(config)}")
 
 
 def parse_settings(settings: list[str]) -> dict:
@@ -269,7 +270,7 @@ def run_demo(args) -> None:
     if resume:
         print(f"continuing the run in {out}")
     started = time.perf_counter()
-    model_dir = train("diffusion", out, TrainConfig(**budget), resume=resume)
+    model_dir = train(TrainConfig(out=str(out), resume=resume, **budget))
     trained = time.perf_counter() - started
     pipeline = Pipeline.load(model_dir)
     shown = benchmark_prompts(8, 8, 8, seed=7)
@@ -298,6 +299,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as error:
         print(f"dreamlet: error: {error}", file=sys.stderr)
         return 2
+    except Interrupted as stopped:
+        print(f"dreamlet: stopped by {stopped}", file=sys.stderr)
+        return stopped.exit_code
     except KeyboardInterrupt:
         print("dreamlet: interrupted (the last checkpoint is kept)", file=sys.stderr)
         return 130

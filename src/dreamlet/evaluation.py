@@ -16,10 +16,13 @@ from .judge import judge, summarize
 from .pipeline import Pipeline
 
 
-def evaluate_shapes(model_dir: str | Path, prompts: int = 64, seeds: int = 2, steps: int | None = None,
+def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: int = 2, steps: int | None = None,
                     guidance: float | None = None, sampler: str | None = None, size: int | None = None,
                     pipeline: Pipeline | None = None) -> dict:
-    """`prompts` canonical prompts of each kind (seen single, held-out single, pair), `seeds` pictures each."""
+    """The shapes judge's report for a model (a directory or a loaded Pipeline): `prompts` canonical
+    prompts of each kind (seen single, held-out single, pair), `seeds` pictures each."""
+    if isinstance(model_dir, Pipeline):
+        model_dir, pipeline = model_dir.path or "(in memory)", model_dir
     if prompts < 1 or seeds < 1:
         raise UserError("--prompts and --seeds must be at least 1")
     pipeline = pipeline or Pipeline.load(model_dir)

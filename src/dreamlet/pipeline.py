@@ -55,6 +55,7 @@ class Pipeline:
     def __init__(self, family: str, model, tokenizer: CaptionTokenizer, meta: dict, precision: str = "auto"):
         self.family, self.model, self.tokenizer, self.meta = family, model, tokenizer, meta
         self.precision = precision
+        self.path: Path | None = None  # the model directory it was loaded from
 
     @property
     def image_size(self) -> int:
@@ -81,7 +82,9 @@ class Pipeline:
         except Exception as error:  # a truncated or foreign file: say so in one line
             raise UserError(f"cannot load weights from {model_dir / 'model.safetensors'}: {str(error).splitlines()[0]}")
         tokenizer = CaptionTokenizer.load(model_dir / "tokenizer.json", config.text.max_length)
-        return cls(meta["family"], model.to(pick_device(device)).eval(), tokenizer, meta)
+        pipeline = cls(meta["family"], model.to(pick_device(device)).eval(), tokenizer, meta)
+        pipeline.path = model_dir
+        return pipeline
 
     def save(self, model_dir: str | Path, state_dict: dict | None = None) -> None:
         """Write config.json, model.safetensors (the given weights, EMA by default) and tokenizer.json."""

@@ -312,29 +312,36 @@ class DalleModel(nn.Module):
 Config, Model = DalleConfig, DalleModel
 
 
-def prepare(out: Path, train_config, overrides: dict, device, quiet: bool):
+def prepare(train_config, overrides: dict, device, quiet: bool, saved: "DalleConfig | None" = None):
     """`dreamlet train --model dalle` is two stages in one command: the image tokenizer first (into
     OUT/tokenizer, `tokenizer_share` of a time budget, or the same number of steps), then the prior
     on its frozen codes. `--set tokenizer=DIR` reuses a tokenizer trained before instead.
-    Returns the prior's TrainConfig and model overrides (the tokenizer's directory and config)."""
+    Returns the prior's TrainConfig (its share of the budget) and model overrides (the tokenizer's
+    directory and config). On resume, `saved` is the prior's config: an unfinished tokenizer stage
+    is finished first, and the prior gets the same share of --minutes as before."""
     import dataclasses
 
     from ..checkpoint import UserError, read_json
-    from ..training import config_for, train
+    from ..training import TrainConfig, train
+    out = Path(train_config.out)
+    stage = out / "tokenizer"
+    if saved is not None:
+        overrides = {"tokenizer_share": saved.tokenizer_share}
+        if Path(saved.tokenizer).resolve() != (stage / "model").resolve():  # --set tokenizer=DIR
+            overrides["tokenizer"] = saved.tokenizer
     tokenizer = overrides.get("tokenizer") or ""
     if not tokenizer:
         share = overrides.get("tokenizer_share", DalleConfig.tokenizer_share)
         if not 0 < share < 1:
             raise UserError(f"--set tokenizer_share={share}: expected a number between 0 and 1")
-        stage = Path(out) / "tokenizer"
         budget = dict(minutes=train_config.minutes * share) if train_config.minutes else dict(steps=train_config.steps)
-        vq_config = config_for("vqvae", data=train_config.data, format=train_config.format, size=train_config.size,
-                               seed=train_config.seed, precision=train_config.precision, sample_every=0,
-                               checkpoint_every=train_config.checkpoint_every, **budget)
+        vq_config = TrainConfig(model="vqvae", out=str(stage), resume=(stage / "checkpoint" / "state.json").is_file(),
+                                data=train_config.data, format=train_config.format, size=train_config.size,
+                                seed=train_config.seed, device=train_config.device, precision=train_config.precision,
+                                sample_every=0, checkpoint_every=train_config.checkpoint_every, **budget)
         if not quiet:
             print(f"stage 1 of 2: the image tokenizer, into {stage}")
-        tokenizer = train("vqvae", stage, vq_config, resume=(stage / "checkpoint" / "state.json").is_file(),
-                          device=device, quiet=quiet)
+        tokenizer = train(vq_config, quiet=quiet)
         if train_config.minutes:
             train_config = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - share))
         if not quiet:
