@@ -2,9 +2,12 @@
 own defaults, then judged on the same canonical prompts and seeds by the same judge, with training
 images/s and sampling seconds per picture. Writes the table into docs/benchmarks.md.
 
-    .venv/bin/python bench/families.py [--families diffusion gan gan-hash] [--minutes 15] [--reuse]
+    .venv/bin/python bench/families.py [--families diffusion gan dalle ...] [--minutes 15] [--reuse]
+                                       [--clip CLIPMODEL --rerank 8]
 
-Runs go to runs/bench/families/FAMILY; `--reuse` judges a finished run again instead of retraining it.
+Runs go to runs/bench/families/NAME; `--reuse` judges a finished run again instead of retraining it.
+Rows are kept in bench/results/families.json, so measuring one family again leaves the others' rows;
+`--store FILE` keeps them in FILE instead and leaves the docs alone (bench/peers.py, one-thread runs).
 """
 from __future__ import annotations
 
@@ -26,55 +29,88 @@ from time_to_accuracy import machine  # noqa: E402
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
 
-WHAT = {"diffusion": "text-conditional diffusion (DiT, CFG)", "gan": "text-conditional GAN (projection D, matching-aware)",
-        "gan-hash": "the seed's DCGAN, prompt hashed into the noise", "dalle": "DALL-E: image tokens + transformer"}
+# name -> (family, model settings, what it is)
+VARIANTS = {
+    "diffusion": ("diffusion", {}, "text-conditional diffusion (DiT, CFG)"),
+    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware)"),
+    "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
+    "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
+    "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),
+    "dalle-maskgit": ("dalle", {"decoder": "maskgit"}, "DALL-E tokens, MaskGIT parallel decoding"),
+}
 
 
-def run_family(family: str, minutes: float, out: Path, prompts: int, seeds: int, reuse: bool) -> dict:
-    run = out / family
+def run_family(name: str, minutes: float, out: Path, prompts: int, seeds: int, reuse: bool,
+               clip: str | None, rerank: int) -> dict:
+    family, settings, _ = VARIANTS[name]
+    run = out / name
     if not (reuse and (run / "model").is_dir()):
         shutil.rmtree(run, ignore_errors=True)
-        train(TrainConfig(model=family, out=str(run), minutes=minutes), quiet=True)
+        train(TrainConfig(model=family, out=str(run), minutes=minutes, settings=settings), quiet=True)
     log = list(csv.DictReader(open(run / "train_log.csv")))
     batch = json.loads((run / "model" / "config.json").read_text())["train"]["batch_size"]
     steps, seconds = int(log[-1]["step"]), float(log[-1]["elapsed_s"])
     report = evaluate_shapes(run / "model", prompts=prompts, seeds=seeds)
-    return dict(family=family, minutes=seconds / 60, steps=steps, batch=batch, images_per_s=steps * batch / seconds,
-                seen=report["seen"], heldout=report["heldout"], pair=report["pair"], attributes=report["attributes"],
-                seconds_per_image=report["seconds_per_image"], sampler=report["sampler"], sample_steps=report["steps"])
+    row = dict(name=name, measured=time.strftime("%Y-%m-%d"), machine=machine(), budget_minutes=minutes, steps=steps,
+               batch=batch, images_per_s=steps * batch / seconds, seen=report["seen"], heldout=report["heldout"],
+               pair=report["pair"], attributes=report["attributes"], seconds_per_image=report["seconds_per_image"],
+               sampler=report["sampler"], sample_steps=report["steps"])
+    if clip:
+        reranked = evaluate_shapes(run / "model", prompts=prompts, seeds=seeds, rerank=rerank, clip=clip)
+        row["reranked"] = dict(k=rerank, seen=reranked["seen"], heldout=reranked["heldout"], pair=reranked["pair"])
+    return row
 
 
 def main():
     parser = argparse.ArgumentParser()
-    parser.add_argument("--families", nargs="+", default=["diffusion", "gan", "gan-hash"])
+    parser.add_argument("--families", nargs="+", default=["diffusion", "gan", "gan-hash"], choices=list(VARIANTS))
     parser.add_argument("--minutes", type=float, default=15)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--reuse", action="store_true")
+    parser.add_argument("--clip", help="a shapes CLIP model directory: also judge the best of --rerank candidates")
+    parser.add_argument("--rerank", type=int, default=8)
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "families"))
+    parser.add_argument("--store", help="keep the rows in this JSON file instead of bench/results/families.json and "
+                                        "leave docs/benchmarks.md as it is (runs under other conditions, e.g. one thread)")
     args = parser.parse_args()
     out = Path(args.out)
-    rows = []
-    for family in args.families:
-        rows.append(run_family(family, args.minutes, out, args.prompts, args.seeds, args.reuse))
-        print(json.dumps(rows[-1]), flush=True)
-    (out / "families.json").write_text(json.dumps(rows, indent=2))
+    out.mkdir(parents=True, exist_ok=True)
+    # rows from earlier runs stay (each with its own date and command) unless this run measures them again
+    store = Path(args.store) if args.store else ROOT / "bench" / "results" / "families.json"
+    rows = {r["name"]: r for r in (json.loads(store.read_text()) if store.exists() else [])}
+    command = " ".join(["python", "bench/families.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    for name in args.families:
+        rows[name] = run_family(name, args.minutes, out, args.prompts, args.seeds, args.reuse, args.clip, args.rerank)
+        rows[name].update(command=command, prompts=args.prompts, seeds=args.seeds)
+        print(json.dumps(rows[name]), flush=True)
+        store.parent.mkdir(parents=True, exist_ok=True)
+        store.write_text(json.dumps(list(rows.values()), indent=2))
+    if args.store:
+        return
 
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
-    lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.",
-             f"Command: `{' '.join(['.venv/bin/python', 'bench/families.py'] + [shlex.quote(a) for a in sys.argv[1:]])}`",
-             f"Each family trained {args.minutes:g} minutes with its defaults, then {args.prompts} canonical prompts of "
-             f"each kind x {args.seeds} seeds, the same for every family, judged by the exact shapes judge.", "",
-             "| family | steps x batch | train img/s | seen single | held-out single | pair | colour | shape | size "
-             "| position | relation | drawing | s/picture |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
+    lines = ["Each family trained for the same time on the same machine with its own defaults (a DALL-E run's "
+             "budget includes its image tokenizer), then the same canonical prompts and seeds, judged by the exact "
+             "shapes judge. *Reranked*: each picture is the best of K candidates by the project's shapes CLIP "
+             "(`--clip`), judged the same way.", "",
+             "| family | budget | steps x batch | train img/s | seen single | held-out single | pair "
+             "| reranked (seen / held-out / pair) | colour | shape | size | position | relation | drawing | s/picture |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in [rows[n] for n in VARIANTS if n in rows]:
         a = r["attributes"]
-        drawing = r["sampler"] if r["sample_steps"] == 1 else f"{r['sample_steps']} {r['sampler']} steps"
-        lines.append(f"| {r['family']}: {WHAT.get(r['family'], '')} | {r['steps']} x {r['batch']} | {r['images_per_s']:.0f} "
-                     f"| {pct(r['seen'])} | {pct(r['heldout'])} | {pct(r['pair'])} | {pct(a['color'])} | {pct(a['shape'])} "
-                     f"| {pct(a['size'])} | {pct(a['position'])} | {pct(a['relation'])} | {drawing} "
-                     f"| {r['seconds_per_image']:.4f} |")
+        drawing = {"one forward pass": "one forward pass", "autoregressive": "code by code, KV cache"}.get(
+            r["sampler"], f"{r['sample_steps']} {r['sampler']} steps")
+        ranked = r.get("reranked")
+        ranked = (f"best of {ranked['k']}: {pct(ranked['seen'])} / {pct(ranked['heldout'])} / {pct(ranked['pair'])}"
+                  if ranked else "not measured")
+        lines.append(f"| {r['name']}: {VARIANTS[r['name']][2]} | {r['budget_minutes']:g} min | {r['steps']} x {r['batch']} "
+                     f"| {r['images_per_s']:.0f} | {pct(r['seen'])} | {pct(r['heldout'])} | {pct(r['pair'])} | {ranked} "
+                     f"| {pct(a['color'])} | {pct(a['shape'])} | {pct(a['size'])} | {pct(a['position'])} "
+                     f"| {pct(a['relation'])} | {drawing} | {r['seconds_per_image']:.4f} |")
+    lines += ["", "Where each row comes from (date, machine, command, prompts x seeds):", ""]
+    lines += [f"- {r['name']}: {r['measured']}, {r['machine']}; `{r['command']}`; {r['prompts']} prompts of each kind "
+              f"x {r['seeds']} seeds" for r in [rows[n] for n in VARIANTS if n in rows]]
     write_section("families", "The families side by side (shapes, 32 px, same budget, same judge)", "\n".join(lines))
 
 

@@ -80,6 +80,12 @@ def test_eval_with_clip_and_rerank_through_the_cli(clip_run, tiny_run, tmp_path,
     redrawn, chosen = (np.asarray(Image.open(path), np.int16) for path in (again / first["file"], samples / records[0]["file"]))
     assert np.abs(redrawn - chosen).max() <= 1  # batched and single sampling may round one level apart
 
+    # The shapes judge on reranked pictures: each judged picture is the best of K by the CLIP
+    judged = tmp_path / "judged"
+    assert main(["eval", "--model", str(tiny_run / "model"), "--prompts", "2", "--seeds", "1", "--steps", "2",
+                 "--rerank", "3", "--clip", str(clip_run), "--out", str(judged)]) == 0
+    reranked = json.loads(judged.with_suffix(".json").read_text())
+    assert reranked["rerank"] == 3 and reranked["counts"] == {"seen": 2, "heldout": 2, "pair": 2}
     assert main(["sample", "--model", str(tiny_run / "model"), "--prompt", "a red circle", "--rerank", "2",
                  "--out", str(tmp_path / "x")]) == 2
     assert main(["sample", "--model", str(clip_run), "--prompt", "a red circle", "--out", str(tmp_path / "y")]) == 2

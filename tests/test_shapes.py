@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 
 from dreamlet.data.shapes import (COLORS, HELD_OUT, JITTER, POSITIONS, SIZES, Scene, ShapesDataset,
-                                  benchmark_prompts, canonical_caption, cell_centre, coverage, place, render)
+                                  benchmark_prompts, canonical_caption, cell_centre, coverage, paraphrase,
+                                  parse_prompt, place, random_pair, random_single, render)
 
 
 def test_palette_and_sizes_follow_the_spec():
@@ -116,3 +117,27 @@ def test_pair_contrast_gives_minimal_pairs():
         assert [(o.color, o.shape) for o in a.objects] == [(o.color, o.shape) for o in b.objects]
         assert [o.position for o in a.objects] == [o.position for o in reversed(b.objects)]
     assert 25 < pairs < 55  # about 40 % of the 100 item pairs
+
+
+def test_parse_prompt_reads_exactly_the_canonical_captions():
+    # the same Prompt objects the benchmark uses, so the judge scores a typed prompt the way eval does
+    for prompt in benchmark_prompts(500, 500, 3000):
+        assert parse_prompt(prompt.text) == prompt
+    found = parse_prompt("  A large RED circle at the top  left.")
+    assert found.text == "a large red circle at the top left" and found.kind == "seen"
+    assert found.objects == (("red", "circle", "large", "top left"),)
+    assert parse_prompt("a small red triangle at the center").kind == "heldout"
+    rng, paraphrases_read = np.random.default_rng(0), 0
+    for _ in range(200):
+        scene = random_pair(rng) if rng.random() < 0.5 else random_single(rng)
+        prompt = parse_prompt(canonical_caption(scene))
+        assert prompt is not None and prompt.relation == scene.relation
+        assert [o[:2] for o in prompt.objects] == [(o.color, o.shape) for o in scene.objects]
+        # a paraphrase is not read unless it happens to be canonical too (e.g. a pair told from the other side)
+        parsed = parse_prompt(paraphrase(scene, rng, canonical_prob=0.0))
+        paraphrases_read += parsed is not None
+        assert parsed is None or {o[:2] for o in parsed.objects} == {(o.color, o.shape) for o in scene.objects}
+    assert paraphrases_read < 40
+    for text in ("", "a red circle", "a large red circle at the top middle", "a large pink circle at the top left",
+                 "a red circle next to a blue square", "draw a large red circle at the top left"):
+        assert parse_prompt(text) is None, text

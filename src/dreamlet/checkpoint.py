@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 
@@ -25,29 +26,67 @@ class Interrupted(Exception):
 
     def __init__(self, signal_number: int, step: int, out: Path):
         import signal
-        self.exit_code = 128 + signal_number
+        self.signal_number, self.step, self.exit_code = signal_number, step, 128 + signal_number
         super().__init__(f"{signal.Signals(signal_number).name} at step {step}: checkpoint saved; "
                          f"continue with --resume --out {out}")
 
 
 def write_dir_atomically(target: Path, write) -> None:
-    """Call write(tmp_dir), then swap tmp_dir into place, so a crash never leaves half a directory."""
+    """Call write(tmp_dir), then swap tmp_dir into place, so a crash never leaves half a directory.
+
+    The files are on disk (fsync) before the swap, or a power cut could leave a complete-looking
+    directory of empty files. The swap is two renames, target -> .target.old and tmp -> target: a
+    crash between them leaves the previous directory in .target.old, which `restore_interrupted`
+    (called here and by every reader) puts back."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    restore_interrupted(target)
+    for stale in target.parent.glob(f".{target.name}.tmp*"):  # left by a crash while writing: never swapped in
+        shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
     try:
         write(tmp)
-        old = target.with_name(f".{target.name}.old")
+        for path in tmp.rglob("*"):
+            if path.is_file():
+                fsync(path)
+        fsync(tmp)
+        old = old_copy(target)
         if old.exists():
             shutil.rmtree(old)
         if target.exists():
             os.replace(target, old)
         os.replace(tmp, target)
+        fsync(target.parent)  # the renames themselves
         if old.exists():
             shutil.rmtree(old)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def old_copy(target: Path) -> Path:
+    return target.with_name(f".{target.name}.old")
+
+
+def restore_interrupted(target: Path) -> None:
+    """Put back the previous directory when a crash came between write_dir_atomically's two renames."""
+    target = Path(target)
+    if not target.exists() and old_copy(target).is_dir():
+        os.replace(old_copy(target), target)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file, or a directory's entries, to disk."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        if Path(path).is_dir():  # Windows cannot open a directory: its renames are as durable as NTFS makes them
+            return
+        raise
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def save_json(path: Path, data: dict) -> None:
@@ -59,7 +98,12 @@ def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def load_tensors(path: Path, device="cpu") -> dict[str, torch.Tensor]:
-    return load_file(str(path), device=str(device))
+    """The tensors of a safetensors file. Its header is checked before any tensor is read, and a file
+    that is not one (a pickle, a truncated or tampered file) is refused in one line: nothing is unpickled."""
+    try:
+        return load_file(str(path), device=str(device))
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"cannot read {path}: {str(error).strip().splitlines()[0]}") from None
 
 
 def optimizer_state(optimizer: torch.optim.Optimizer) -> tuple[dict[str, torch.Tensor], dict]:
@@ -87,7 +131,11 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, tensors: dict, meta: 
 
 
 def read_json(path: Path) -> dict:
+    """A JSON object from a file; anything else (not JSON, not an object, unreadable) is a UserError."""
     try:
-        return json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as error:
+        data = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise UserError(f"cannot read {path}: {error}") from None
+    if not isinstance(data, dict):
+        raise UserError(f"cannot read {path}: expected a JSON object, found {type(data).__name__}")
+    return data

@@ -43,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="dalle: one transformer over [caption; image codes] (DALL-E) or text encoder + code decoder (dalle-mini)")
     train.add_argument("--decode", choices=["autoregressive", "maskgit"],
                        help="dalle: codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of steps")
+    train.add_argument("--base", metavar="MODEL",
+                       help="diffusion-sr: the cascade's first stage (RUN/model), whose pictures this model upsamples")
+    train.add_argument("--text-encoder", metavar="DIR",
+                       help="diffusion, diffusion-sr: a frozen pretrained text encoder from a local transformers "
+                            "directory (T5, CLIP text, BERT-like) instead of one trained from scratch")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="change one model config field, e.g. --set r1=0.1 --set diffaugment=color,translation "
                             "--set dit.depth=6 (repeatable; see the family's Config)")
@@ -51,6 +56,14 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     train.add_argument("--precision", default="auto", choices=PRECISIONS,
                        help="auto: bf16 autocast on a GPU, fp32 on a CPU")
+    train.add_argument("--accumulate", type=int, default=1, metavar="N",
+                       help="split each step's batch into N micro-batches (same batch, less memory)")
+    train.add_argument("--checkpointing", action="store_true",
+                       help="activation checkpointing: recompute the transformer blocks in the backward pass "
+                            "(less memory, about 30 %% slower)")
+    train.add_argument("--compile", action="store_true", help="torch.compile the networks (slower on CPU; try it on a GPU)")
+    train.add_argument("--max-memory", type=float, metavar="GB",
+                       help="memory per process in GiB: measure the model, then choose --accumulate and --checkpointing to fit")
 
     sample = commands.add_parser("sample", help="draw pictures from prompts")
     sample.add_argument("--model", required=True, help="a model directory (RUN/model)")
@@ -64,7 +77,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--steps", type=int, help="sampler steps (default: the model's, 20)")
     sample.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     sample.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
-    sample.add_argument("--size", type=int, help="must match the size the model was trained at")
+    sample.add_argument("--size", type=int, help="a size the model draws at (a cascade's base size: that stage alone)")
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
     sample.add_argument("--rerank", type=int, default=1, metavar="K", help="draw K candidates per picture, keep the best by --clip")
@@ -89,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--distractors", type=int, default=32, help="R-precision: wrong captions beside the right one")
     evaluate.add_argument("--inception", help="with --clip: also FID in Inception-v3 space from these local weights "
                                               "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or .safetensors with its keys)")
+    evaluate.add_argument("--rerank", type=int, default=1, metavar="K",
+                          help="shapes: judge the best of K candidates by the --clip model (DALL-E's reranking)")
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
 
     compare = commands.add_parser("compare", help="eval reports of several runs in one table and plot")
@@ -111,17 +126,30 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--steps", type=int, help="a step budget instead of minutes (for quick checks)")
     demo.add_argument("--prompts", type=int, default=64, help="benchmark prompts of each kind")
     demo.add_argument("--resume", action="store_true")
+
+    serve = commands.add_parser("serve", help="a local web page and JSON API: draw from models, watch runs train")
+    serve.add_argument("--model", action="append", default=[], help="a model directory (repeatable: side by side)")
+    serve.add_argument("--run", action="append", default=[], help="a run directory to watch train (repeatable)")
+    serve.add_argument("--host", default="127.0.0.1", help="0.0.0.0 serves other machines too")
+    serve.add_argument("--port", type=int, default=7860)
+    serve.add_argument("--max-images", type=int, default=8, help="pictures per request")
+    serve.add_argument("--max-steps", type=int, default=100, help="sampler steps per request")
+    serve.add_argument("--max-prompt-chars", type=int, default=500)
+    serve.add_argument("--queue", type=int, default=8, help="requests that may wait while one draws; more get 429")
+    serve.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait to start; then 503")
     return parser
 
 
 def run_train(args) -> None:
     from .training import TrainConfig, train
-    for name in ("steps", "batch_size", "size"):
+    for name in ("steps", "batch_size", "size", "accumulate"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.minutes is not None and args.minutes <= 0:
         raise UserError("--minutes must be positive")
+    if args.max_memory is not None and not args.max_memory > 0:
+        raise UserError("--max-memory must be a positive number of GiB")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a directory")
     from .models import get_family
@@ -132,12 +160,24 @@ def run_train(args) -> None:
             if args.model != "dalle":
                 raise UserError(f"--{flag} is for --model dalle")
             settings[field] = getattr(args, flag)
+    if args.base:
+        if args.model != "diffusion-sr":
+            raise UserError("--base is for --model diffusion-sr (the stage that upsamples the base model's pictures)")
+        settings["base"] = args.base
+    if args.text_encoder:
+        if args.model not in ("diffusion", "diffusion-sr"):
+            raise UserError("--text-encoder is for --model diffusion and diffusion-sr")
+        settings.setdefault("text", {})["pretrained"] = str(Path(args.text_encoder).resolve())
     config = TrainConfig(model=args.model, out=args.out, resume=args.resume, data=args.data, format=args.format or "",
                          size=args.size, preset=args.preset, settings=settings, batch_size=args.batch_size, lr=args.lr,
                          steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device or "",
                          precision=args.precision, sample_every=args.sample_every,
-                         checkpoint_every=args.checkpoint_every)
-    print(f"model: {train(config)}")
+                         checkpoint_every=args.checkpoint_every, accumulate=args.accumulate,
+                         checkpointing=args.checkpointing, compile=args.compile, max_memory=args.max_memory)
+    model_dir = train(config)
+    from accelerate import PartialState
+    if PartialState().is_main_process:  # launched as several processes, one line, not one per process
+        print(f"model: {model_dir}")
 
 
 def parse_settings(settings: list[str]) -> dict:
@@ -205,7 +245,7 @@ def run_eval(args) -> None:
     from .pipeline import Pipeline
     if args.prompts < 1 or args.distractors < 1:
         raise UserError("--prompts and --distractors must be at least 1")
-    pipeline = Pipeline.load(args.model)
+    pipeline = Pipeline.load(args.model).at_size(args.size)  # --size: a cascade's stage
     if pipeline.family == "clip":  # how good the CLIP itself is, on real pictures
         report = evaluate_clip_model(args.model, args.data, count=3 * args.prompts, distractors=args.distractors)
         print(f"R-precision on real held-out pictures: {report['r_precision_real']:.3f} ({args.distractors} distractors); "
@@ -215,7 +255,7 @@ def run_eval(args) -> None:
         print(f"reconstruction PSNR {report['psnr']:.2f} dB, codebook usage {100 * report['usage']:.1f} % "
               f"({report['codes_used']} of {report['codebook_size']} codes), perplexity {report['perplexity']:.1f} "
               f"on {report['pictures']} held-out pictures")
-    elif args.clip:
+    elif args.clip and args.rerank == 1:
         report = evaluate_with_clip(args.model, args.clip, args.data, count=3 * args.prompts, distractors=args.distractors,
                                     steps=args.steps, guidance=args.guidance, sampler=args.sampler, pipeline=pipeline,
                                     inception=args.inception)
@@ -225,7 +265,8 @@ def run_eval(args) -> None:
             print_accuracy(report["judge"])
     else:
         report = evaluate_shapes(args.model, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
-                                 guidance=args.guidance, sampler=args.sampler, size=args.size, pipeline=pipeline)
+                                 guidance=args.guidance, sampler=args.sampler, size=args.size, pipeline=pipeline,
+                                 rerank=args.rerank, clip=args.clip)
         print_accuracy(report)
     out = args.out or str(Path(args.model).parent / "eval")
     json_path, md_path = write_report(report, out)
@@ -288,8 +329,14 @@ def run_demo(args) -> None:
     print(f"next:     dreamlet sample --model {model_dir} --prompt \"a large red circle at the top left\" --out {out / 'mine'}")
 
 
+def run_serve(args) -> None:
+    from .serve import Limits, serve
+    serve(args.model, args.run, args.host, args.port, Limits(args.max_images, args.max_steps, args.max_prompt_chars,
+                                                             args.queue, args.timeout))
+
+
 COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "data": run_data, "compare": run_compare,
-            "demo": run_demo}
+            "demo": run_demo, "serve": run_serve}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,24 +18,29 @@ from .pipeline import Pipeline
 
 def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: int = 2, steps: int | None = None,
                     guidance: float | None = None, sampler: str | None = None, size: int | None = None,
-                    pipeline: Pipeline | None = None) -> dict:
+                    pipeline: Pipeline | None = None, rerank: int = 1, clip=None) -> dict:
     """The shapes judge's report for a model (a directory or a loaded Pipeline): `prompts` canonical
-    prompts of each kind (seen single, held-out single, pair), `seeds` pictures each."""
+    prompts of each kind (seen single, held-out single, pair), `seeds` pictures each; with `rerank` K,
+    each picture is the best of K by the CLIP model `clip` (a directory or ClipScorer)."""
     if isinstance(model_dir, Pipeline):
         model_dir, pipeline = model_dir.path or "(in memory)", model_dir
     if prompts < 1 or seeds < 1:
         raise UserError("--prompts and --seeds must be at least 1")
     pipeline = pipeline or Pipeline.load(model_dir)
-    if size is not None and size != pipeline.image_size:
-        raise UserError(f"this model was trained at {pipeline.image_size} px, not {size} px")
+    pipeline = pipeline.at_size(size)  # a cascade's base stage alone when --size asks for its size
     if pipeline.meta.get("data") != "shapes":
         raise UserError(f"the shapes judge needs a model trained on shapes, not {pipeline.meta.get('data')}; "
                         f"score it with a CLIP instead: --clip CLIPMODEL")
     chosen = benchmark_prompts(prompts, prompts, prompts, seed=1234)
     jobs = [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
     started = time.perf_counter()
-    images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], steps=steps, guidance=guidance,
-                           sampler=sampler)
+    if rerank > 1:
+        if not clip:
+            raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL")
+        images = pipeline.best_of([(p.text, seed) for p, seed in jobs], rerank, clip, steps, guidance, sampler).images
+    else:
+        images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], steps=steps, guidance=guidance,
+                               sampler=sampler)
     seconds = time.perf_counter() - started
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
     report = summarize(results)
@@ -44,7 +49,7 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
         "model": str(model_dir), "benchmark": "shapes", "size": pipeline.image_size,
         "prompts_per_kind": prompts, "seeds": seeds,
         "steps": steps or config.steps, "guidance": config.guidance if guidance is None else guidance,
-        "sampler": sampler or config.sampler,
+        "sampler": sampler or config.sampler, "rerank": rerank,
         "seconds_per_image": seconds / len(jobs),
         "failures": [{"prompt": p.text, "seed": seed, "found": r["found"]}
                      for (p, seed), (_, r) in zip(jobs, results) if not r["correct"]][:40],

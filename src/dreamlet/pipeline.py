@@ -1,4 +1,8 @@
-"""A trained model ready to draw: weights + config + tokenizer, loaded from a model directory."""
+"""A trained model ready to draw: weights + config + tokenizer, loaded from a model directory.
+
+A cascade (Imagen-style) is a super-resolution stage whose model directory holds the stage before it
+in `base/`: the base stage draws the prompts at its size, and this stage upsamples its pictures.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,11 +12,12 @@ import numpy as np
 import torch
 
 from . import __version__
-from .checkpoint import UserError, load_tensors, read_json, save_json, save_tensors, write_dir_atomically
+from .checkpoint import (UserError, load_tensors, read_json, restore_interrupted, save_json, save_tensors,
+                         write_dir_atomically)
 from .config import from_dict, to_dict
-from .images import to_uint8
+from .images import to_tensor, to_uint8
 from .models import get_family
-from .text.tokenizer import CaptionTokenizer
+from .text.tokenizer import CaptionTokenizer, load_tokenizer
 
 MAX_PROMPT_CHARS = 1000
 
@@ -42,6 +47,12 @@ def seed_jobs(prompts: list[str], seed: int, num: int, steps: int | None = None,
                   key=lambda job: job[1])
 
 
+def stage_seed(seed: int, size: int) -> int:
+    """The seed of a picture's noise in a cascade's later stage, from the picture's seed and the stage's
+    size: each stage draws its own noise, not the base stage's again in another shape."""
+    return int(np.random.SeedSequence([seed % 2 ** 64, size]).generate_state(1)[0])
+
+
 @dataclass
 class Drawn:
     jobs: list[tuple[str, int]]   # (prompt, seed) of each picture
@@ -52,10 +63,16 @@ class Drawn:
 class Pipeline:
     """A model directory loaded and ready to draw (`dreamlet.load`): call it with prompts."""
 
-    def __init__(self, family: str, model, tokenizer: CaptionTokenizer, meta: dict, precision: str = "auto"):
+    def __init__(self, family: str, model, tokenizer: CaptionTokenizer, meta: dict, precision: str = "auto",
+                 base: "Pipeline | None" = None):
         self.family, self.model, self.tokenizer, self.meta = family, model, tokenizer, meta
         self.precision = precision
         self.path: Path | None = None  # the model directory it was loaded from
+        # A cascade's super-resolution stage upsamples the pictures of its base stage: loaded from
+        # MODEL/base, or, for one in training, from the copy its config names (OUT/base).
+        self.base = base
+        if base is None and getattr(model.config, "base", ""):
+            self.base = Pipeline.load(model.config.base, device=str(self.device))
 
     @property
     def image_size(self) -> int:
@@ -65,9 +82,27 @@ class Pipeline:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    @property
+    def sizes(self) -> list[int]:
+        """The sizes this pipeline draws at: its own, and in a cascade each earlier stage's."""
+        return (self.base.sizes if self.base is not None else []) + [self.image_size]
+
+    def at_size(self, size: int | None) -> "Pipeline":
+        """This pipeline, or the stage of its cascade that draws at `size` px (to sample or judge a
+        cascade's base stage alone); None: this one."""
+        stage = self
+        while stage is not None:
+            if size is None or size == stage.image_size:
+                return stage
+            stage = stage.base
+        if self.base is None:
+            raise UserError(f"this model was trained at {self.image_size} px, not {size} px")
+        raise UserError(f"this cascade draws at {' or '.join(map(str, self.sizes))} px, not {size} px")
+
     @classmethod
     def load(cls, model_dir: str | Path, device: str | None = None) -> "Pipeline":
         model_dir = Path(model_dir)
+        restore_interrupted(model_dir)  # a crash while it was being replaced left the previous one aside
         if not model_dir.is_dir():
             raise UserError(f"model directory not found: {model_dir}")
         for name in ("config.json", "model.safetensors", "tokenizer.json"):
@@ -75,14 +110,28 @@ class Pipeline:
                 raise UserError(f"{model_dir} is not a dreamlet model directory: {name} is missing")
         meta = read_json(model_dir / "config.json")
         family = get_family(meta.get("family", "?"))
-        config = from_dict(family.Config, meta["model"])
-        model = family.Model(config)
         try:
-            model.load_state_dict(load_tensors(model_dir / "model.safetensors"))
-        except Exception as error:  # a truncated or foreign file: say so in one line
+            config = from_dict(family.Config, meta["model"])
+            model = family.Model(config)
+        except (KeyError, TypeError, ValueError, RuntimeError) as error:
+            raise UserError(f"{model_dir / 'config.json'} does not describe a {meta['family']} model: "
+                            f"{type(error).__name__}: {str(error).strip().splitlines()[0]}") from None
+        weights = load_tensors(model_dir / "model.safetensors")  # not a safetensors file: UserError
+        try:
+            model.load_state_dict(weights)
+        except Exception as error:  # weights of another model: say so in one line
             raise UserError(f"cannot load weights from {model_dir / 'model.safetensors'}: {str(error).splitlines()[0]}")
-        tokenizer = CaptionTokenizer.load(model_dir / "tokenizer.json", config.text.max_length)
-        pipeline = cls(meta["family"], model.to(pick_device(device)).eval(), tokenizer, meta)
+        base = None
+        if getattr(config, "base", ""):  # the stage before this one travels in base/
+            if not (model_dir / "base").is_dir():
+                raise UserError(f"{model_dir} is a cascade's upsampling stage, but its base stage "
+                                f"({model_dir / 'base'}) is missing")
+            base = cls.load(model_dir / "base", device)
+            if base.image_size != config.low_size:
+                raise UserError(f"sizes do not chain: {model_dir / 'base'} draws {base.image_size} px pictures, "
+                                f"and {model_dir} upsamples {config.low_size} px ones")
+        tokenizer = load_tokenizer(model_dir / "tokenizer.json", config.text)
+        pipeline = cls(meta["family"], model.to(pick_device(device)).eval(), tokenizer, meta, base=base)
         pipeline.path = model_dir
         return pipeline
 
@@ -93,6 +142,8 @@ class Pipeline:
                                                        "model": to_dict(self.model.config)})
             save_tensors(tmp / "model.safetensors", state_dict or self.model.state_dict())
             self.tokenizer.save(tmp / "tokenizer.json")
+            if self.base is not None:  # a cascade: the model directory carries its base stage
+                self.base.save(tmp / "base")
         write_dir_atomically(Path(model_dir), write)
 
     def check_prompts(self, prompts: list[str]) -> list[str]:
@@ -105,8 +156,10 @@ class Pipeline:
         return checked
 
     def to(self, device: str | torch.device) -> "Pipeline":
-        """Move the model to a device ("cuda", "cpu"); returns the pipeline."""
+        """Move the model (and a cascade's earlier stages) to a device ("cuda", "cpu"); returns the pipeline."""
         self.model.to(device)
+        if self.base is not None:
+            self.base.to(device)
         return self
 
     def __call__(self, prompt: str | list[str], seed: int = 0, steps: int | None = None, guidance: float | None = None,
@@ -143,6 +196,12 @@ class Pipeline:
         if rerank == 1:
             images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
             return Drawn(jobs, images, [None] * len(jobs))
+        return self.best_of(jobs, rerank, clip, steps, guidance, sampler)
+
+    def best_of(self, jobs: list[tuple[str, int]], rerank: int, clip, steps: int | None = None,
+                guidance: float | None = None, sampler: str | None = None) -> "Drawn":
+        """For each (prompt, seed) job, draw `rerank` candidates (seeds rerank * seed + c) and keep the
+        one the CLIP model `clip` (a directory or ClipScorer) matches best to its prompt."""
         from .scoring import ClipScorer
         scorer = clip if isinstance(clip, ClipScorer) else ClipScorer(clip)
         candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
@@ -164,16 +223,46 @@ class Pipeline:
         """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise."""
         if not getattr(self.model, "generates", True):
             what = {"clip": "it scores pictures against captions",
-                    "vqvae": "it turns pictures into codes (train --model dalle with it)"}.get(self.family)
+                    "vqvae": "it turns pictures into codes (train --model dalle with it)",
+                    "diffusion-sr": "it upsamples pictures (Pipeline.upsample); train it with --base RUN/model "
+                                    "to draw as a cascade"}.get(self.family)
             raise UserError(f"a {self.family} model does not draw pictures from prompts" + (f": {what}" if what else ""))
         prompts = self.check_prompts(prompts)
-        S, out = self.image_size, []
-        empty = self.tokenizer([""]).to(self.device)
-        for i in range(0, len(prompts), batch_size):
-            ids = self.tokenizer(prompts[i:i + batch_size]).to(self.device)
-            noise = torch.stack([torch.randn(3, S, S, generator=torch.Generator().manual_seed(int(s)))
-                                 for s in seeds[i:i + batch_size]]).to(self.device)
-            with autocast(self.device, self.precision):
-                images = self.model.generate(ids, empty, noise, steps=steps, guidance=guidance, sampler=sampler)
-            out.append(to_uint8(images))
-        return np.concatenate(out)
+        return np.concatenate([to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps,
+                                                      guidance, sampler))
+                               for i in range(0, len(prompts), batch_size)])
+
+    @torch.no_grad()
+    def upsample(self, pictures: np.ndarray, prompts: list[str], seeds: list[int], steps: int | None = None,
+                 guidance: float | None = None, sampler: str | None = None, batch_size: int = 64) -> np.ndarray:
+        """A super-resolution stage's pictures from given low-res ones: (N, s, s, 3) uint8 with one prompt
+        and seed each -> (N, S, S, 3) uint8. A cascade's draw is exactly this on its base stage's draw."""
+        if self.family != "diffusion-sr":
+            raise UserError(f"a {self.family} model does not upsample pictures; a diffusion-sr model does")
+        low = self.model.config.low_size
+        if pictures.ndim != 4 or pictures.shape[1:] != (low, low, 3):
+            raise UserError(f"this model upsamples {low} x {low} RGB pictures, not {tuple(pictures.shape[1:])}")
+        prompts = self.check_prompts(prompts)
+        return np.concatenate([to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps,
+                                                      guidance, sampler, to_tensor(pictures[i:i + batch_size])))
+                               for i in range(0, len(prompts), batch_size)])
+
+    @torch.no_grad()
+    def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
+                 sampler: str | None = None, low: torch.Tensor | None = None) -> torch.Tensor:
+        """One batch of pictures, (B, 3, S, S) in [-1, 1]. A seed fixes its picture's starting noise. A
+        super-resolution stage upsamples `low` (B, 3, s, s), by default its base stage's pictures for the
+        same prompts and seeds, rounded to 8 bits as they would be saved. Steps, guidance and sampler,
+        when given, hold for every stage."""
+        if low is None and self.base is not None:
+            low = to_tensor(to_uint8(self.base.generate(prompts, seeds, steps, guidance, sampler)))
+        S = self.image_size
+        ids, empty = self.tokenizer(prompts).to(self.device), self.tokenizer([""]).to(self.device)
+        options = dict(steps=steps, guidance=guidance, sampler=sampler)
+        generators = [torch.Generator().manual_seed(int(s) if low is None else stage_seed(int(s), S)) for s in seeds]
+        noise = torch.stack([torch.randn(3, S, S, generator=g) for g in generators]).to(self.device)
+        if low is not None:
+            options |= dict(low=low.to(self.device), low_noise=torch.stack(
+                [torch.randn(low.shape[1:], generator=g) for g in generators]).to(self.device))
+        with autocast(self.device, self.precision):
+            return self.model.generate(ids, empty, noise, **options).float()

@@ -44,8 +44,7 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
     pipeline = Pipeline.load(model_dir)
     if method == "vqgan-clip":
         return save(out, *optimise_with_clip(pipeline, prompts, num, seed, steps, clip))
-    if size is not None and size != pipeline.image_size:
-        raise UserError(f"this model was trained at {pipeline.image_size} px, not {size} px")
+    pipeline = pipeline.at_size(size)  # a cascade's base stage alone when --size asks for its size
     drawn = pipeline.run(prompts, seed, num, steps, guidance, sampler, rerank, clip)
     return save(out, drawn.jobs, drawn.images, drawn.scores, rerank)
 

@@ -3,30 +3,41 @@
 forward -> backward -> clip -> AdamW step -> EMA -> log -> sample grid -> checkpoint, until a step
 count or a time budget runs out. The data stream is indexed by step and every random draw comes
 from one saved generator, so a resumed run continues exactly where the saved one stopped.
+
+The same loop runs as one process or as several (`accelerate launch` / `torchrun`, one per GPU or
+CPU worker, on one machine or several): Hugging Face accelerate starts the process group and wraps
+the model in DistributedDataParallel; each process trains on its own slice of every global batch
+(scaling.micro_batches) and the main process alone writes logs, grids and checkpoints
+(docs/training.md).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import csv
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm import tqdm
 
-from .checkpoint import (Interrupted, UserError, load_optimizer_state, load_tensors, optimizer_state, read_json, save_json,
-                         save_tensors, write_dir_atomically)
+from .checkpoint import (Interrupted, UserError, load_optimizer_state, load_tensors, optimizer_state, read_json,
+                         restore_interrupted, save_json, save_tensors, write_dir_atomically)
 from .config import from_dict, to_dict, updated
 from .data import get_dataset
 from .images import captioned_grid, to_tensor
 from .models import get_family
 from .pipeline import Pipeline, autocast, pick_device
-from .text.tokenizer import CaptionTokenizer
+from .scaling import (budget_bytes, check_split, has_unused_parameters, measure_footprint, micro_batches,
+                      plan_memory, set_activation_checkpointing)
+from .text.tokenizer import CaptionTokenizer, load_tokenizer, tokenizer_for
 
 
 # What a family may change (its TRAIN_DEFAULTS) and the value when it does not: a GAN wants another
@@ -62,6 +73,10 @@ class TrainConfig:
     sample_every: int = 500        # steps between progress grids (0: never)
     checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
     max_bad_steps: int = 5         # non-finite losses in a row before the run stops (each one is skipped)
+    accumulate: int = 1            # micro-batches per step: each of batch_size / accumulate pictures, one update
+    checkpointing: bool = False    # activation checkpointing: recompute blocks in the backward pass (less memory, ~30 % slower)
+    compile: bool = False          # torch.compile the model's networks (off by default: slower on CPU, docs/benchmarks.md)
+    max_memory: float | None = None  # GiB per process: measure the model, then choose accumulate and checkpointing to fit
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled in: the family's TRAIN_DEFAULTS, else FAMILY_DEPENDENT."""
@@ -96,37 +111,57 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
 def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
     """Train a model as `config` says and write OUT/model (EMA weights, config, tokenizer); returns that
     directory. `callback(progress)` is called as training goes (see Progress); Ctrl-C, SIGTERM and
-    `progress.stop()` all end the run with a checkpoint saved, ready for `resume=True`."""
+    `progress.stop()` all end the run with a checkpoint saved, ready for `resume=True`. Launched as
+    several processes, every process calls this and trains; the main one alone writes and calls back."""
     config = config.resolved()
-    out, device = Path(config.out), pick_device(config.device or None)
+    out = Path(config.out)
     if config.steps is None and config.minutes is None:
         raise UserError("give a budget: --steps N or --minutes M")
     family_name, family = config.model, get_family(config.model)
-    dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet)
+    processes, device = join_processes(config.device)
+    world, rank, main = processes.num_processes, processes.process_index, processes.is_main_process
+    quiet = quiet or not main  # one progress bar and one set of messages
     checkpoint_dir = out / "checkpoint"
-    generator = torch.Generator().manual_seed(config.seed)
+    if main:
+        restore_interrupted(checkpoint_dir)  # a crash between the two renames of a save left the last one aside
+    with processes.local_main_process_first():  # each machine's first process builds a data cache, then the others read it
+        dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet)
+    generator = torch.Generator().manual_seed(process_seed(config.seed, rank))
     step, elapsed = 0, 0.0
 
+    def prepare(*args, **kwargs):  # a stop in the first stage is continued by `--resume --out OUT`, not OUT/stage
+        try:
+            return family.prepare(*args, **kwargs)
+        except Interrupted as stopped:
+            raise Interrupted(stopped.signal_number, stopped.step, out) from None
+
+    if config.resume and not (checkpoint_dir / "state.json").is_file() and hasattr(family, "prepare") \
+            and any(out.glob("*/checkpoint/state.json")):
+        config = dataclasses.replace(config, resume=False)  # stopped in its first stage: prepare continues it
     if config.resume:
         if not (checkpoint_dir / "state.json").is_file():
             raise UserError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
         state = read_json(checkpoint_dir / "state.json")
-        if state["family"] != family_name:
-            raise UserError(f"{out} holds a {state['family']} run, not {family_name}")
-        saved = state["train"]
-        if saved["size"] != config.size or saved["data"] != config.data:
-            raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px; resume with the same --data and --size")
-        model_config = from_dict(family.Config, state["model"])
+        try:
+            if state["family"] != family_name:
+                raise UserError(f"{out} holds a {state['family']} run, not {family_name}")
+            saved = state["train"]
+            if saved["size"] != config.size or saved["data"] != config.data:
+                raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px; resume with the same --data and --size")
+            model_config = from_dict(family.Config, state["model"])
+            step, elapsed = int(state["step"]), float(state["elapsed"])
+        except (KeyError, TypeError, ValueError) as error:
+            raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): state.json is not a dreamlet "
+                            f"checkpoint ({type(error).__name__}: {error}); train into a new --out") from None
         if hasattr(family, "prepare"):  # finish (or skip) its first stage, and take the budget that leaves
-            config, _ = family.prepare(config, {}, device, quiet, saved=model_config)
-        tokenizer = CaptionTokenizer.load(checkpoint_dir / "tokenizer.json", model_config.text.max_length)
-        step, elapsed = state["step"], state["elapsed"]
+            config, _ = prepare(config, {}, device, quiet, saved=model_config)
+        tokenizer = load_tokenizer(checkpoint_dir / "tokenizer.json", model_config.text)
     else:
         if (checkpoint_dir / "state.json").is_file():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         model_overrides = copy.deepcopy(config.settings)
         if hasattr(family, "prepare"):  # a family that builds on another model first trains or finds it (dalle)
-            config, model_overrides = family.prepare(config, model_overrides, device, quiet)
+            config, model_overrides = prepare(config, model_overrides, device, quiet)
         preset = config.preset or ("base" if device.type == "cuda" else "small")
         if preset not in family.PRESETS:
             raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.PRESETS)}")
@@ -142,9 +177,9 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
             model_config = updated(updated(family.Config(), overrides), model_overrides)
         except ValueError as error:
             raise UserError(f"--set: {error}") from None
-        tokenizer = CaptionTokenizer(tokenizer.tokenizer, model_config.text.max_length)
+        tokenizer = tokenizer_for(model_config.text, tokenizer)  # or a pretrained text encoder's own
 
-    torch.manual_seed(config.seed)
+    torch.manual_seed(config.seed)  # the same initial weights in every process
     try:
         model = family.Model(model_config).to(device)
     except (ValueError, TypeError) as error:  # e.g. a --set value of the wrong kind
@@ -165,29 +200,81 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
             ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
             load_optimizer_state(optimizer, {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")},
                                  state["optimizer"])
-            generator.set_state(tensors["rng"])
-        except (RuntimeError, KeyError, ValueError, OSError) as error:
+            rng = "rng" if rank == 0 else f"rng.{rank}"
+            if rng in tensors:  # else resumed with more processes than saved: a fresh stream for this one
+                generator.set_state(tensors[rng])
+            else:
+                generator.manual_seed(process_seed(config.seed, rank, step))
+        except (RuntimeError, KeyError, ValueError, OSError, UserError) as error:  # UserError: not a safetensors file
             raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): "
                             f"{str(error).strip().splitlines()[0]}; train into a new --out") from None
+
+    empty = tokenizer([""]).to(device)
+    mixed = autocast(device, config.precision)
+
+    def probe_loss(module, count):  # for trial passes: the first training pictures, and a generator of their own
+        images, captions = dataset.batch(0, count)
+        with mixed:
+            return module.loss(to_tensor(images).to(device), tokenizer(captions).to(device), empty,
+                               torch.Generator().manual_seed(0))
+
+    if config.max_memory is not None:
+        if config.accumulate != 1 or config.checkpointing:
+            raise UserError("--max-memory chooses --accumulate and --checkpointing itself; give it without them")
+        plan = None
+        if main:  # measured once; every process takes the same plan (or error), or their steps would not match
+            try:
+                check_split(config.batch_size, 1, world)
+                budget = budget_bytes(config.max_memory)
+                footprint = measure_footprint(model, probe_loss, device, world)
+                plan = plan_memory(footprint, config.batch_size, budget, world)
+                if not quiet:
+                    tqdm.write("dreamlet: " + plan.describe(footprint, budget, config.batch_size, world))
+            except UserError as error:
+                plan = error
+        if world > 1:
+            from accelerate.utils import broadcast_object_list
+            plan, = broadcast_object_list([plan])
+        if isinstance(plan, UserError):
+            raise plan
+        config = dataclasses.replace(config, accumulate=plan.accumulate, checkpointing=plan.checkpointing)
+    check_split(config.batch_size, config.accumulate, world)
+    if config.checkpointing:
+        set_activation_checkpointing(model, True)
+    if config.compile:  # each network's forward; the loss around them draws random numbers and stays eager
+        for network in model.children():
+            network.compile()
+    # DistributedDataParallel averages the gradients of what runs through a module's forward: the loss, here
+    accelerator = start_accelerator(world > 1 and has_unused_parameters(model, probe_loss, device))
+    trainer, stepper = accelerator.prepare(LossForward(model), optimizer)
 
     warnings = state.get("warnings", []) if config.resume else []  # what went wrong in training, kept with the model
     meta = {"data": config.data, "size": config.size, "train": to_dict(config), "warnings": warnings}
     pipeline = Pipeline(family_name, ema, tokenizer, meta, config.precision)
-    empty = tokenizer([""]).to(device)
     preview = dataset.preview_captions(12)
     log_path = out / "train_log.csv"
     out.mkdir(parents=True, exist_ok=True)
     extra_columns = list(getattr(model, "log_fields", ()))
-    if not config.resume or not log_path.exists():
-        log_path.write_text(",".join(["step", "loss", "lr", "images_per_s", "elapsed_s"] + extra_columns) + "\n")
+    board = None
+    if main:
+        start_log(log_path, ["step", "loss", "lr", "images_per_s", "elapsed_s", "grad_norm"] + extra_columns, step)
+        board = tensorboard_writer(out / "tensorboard", step + 1 if config.resume else None)
     parameters = sum(p.numel() for p in model.parameters())
 
     def save_checkpoint():
+        streams = [generator.get_state()]
+        if world > 1:  # every process draws its own noise: all the streams are saved, for an exact resume
+            from accelerate.utils import gather_object
+            streams = gather_object(streams)
+        if not main:
+            return
+
         def write(tmp: Path):
             tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
             tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
             opt_tensors, opt_meta = optimizer_state(optimizer)
-            tensors |= {f"opt.{k}": v for k, v in opt_tensors.items()} | {"rng": generator.get_state()}
+            tensors |= {f"opt.{k}": v for k, v in opt_tensors.items()} | {"rng": streams[0]}
+            tensors |= {f"rng.{r}": s for r, s in enumerate(streams) if r}
             save_tensors(tmp / "state.safetensors", tensors)
             save_json(tmp / "state.json", {"family": family_name, "step": step, "elapsed": elapsed,
                                            "train": to_dict(config), "model": to_dict(model_config),
@@ -210,81 +297,186 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
                desc=f"train {family_name} {parameters / 1e6:.1f}M params",
                bar_format="{desc}: {n_fmt}/{total_fmt} steps{postfix} [{elapsed}<{remaining}]" if total else
                "{desc}: {n_fmt} steps{postfix} [{elapsed}]")
-    window_loss, window_steps, window_images, window_time = 0.0, 0, 0, 0.0
+    window_loss, window_norm, window_steps, window_images, window_time = 0.0, 0.0, 0, 0, 0.0
     bad_steps = 0
-    mixed = autocast(device, config.precision)
-    with StopSignals() as signals:
+    with StopSignals() as signals, board or contextlib.nullcontext():  # the writer closes (flushes) on the way out
         while not done() and not signals.received:
             started = time.perf_counter()
-            images, captions = dataset.batch(step * config.batch_size, config.batch_size)
-            images, ids = to_tensor(images).to(device), tokenizer(captions).to(device)
             lr = learning_rate(config, step, budget_progress())
             for group in optimizer.param_groups:
                 group["lr"] = lr * group.get("lr_scale", 1.0)
-            with mixed:
-                loss = model.loss(images, ids, empty, generator)
-            optimizer.zero_grad(set_to_none=True)
-            finite = bool(torch.isfinite(loss))
+            stepper.zero_grad(set_to_none=True)  # before the forward pass, so old gradients do not sit through it
+            parts = micro_batches(step, config.batch_size, config.accumulate, rank, world)
+            step_loss, finite = 0.0, True
+            for i, (start, count) in enumerate(parts):
+                images, captions = dataset.batch(start, count)
+                images, ids = to_tensor(images).to(device), tokenizer(captions).to(device)
+                # gradients are averaged across processes once a step, in the last micro-batch's backward pass
+                with accelerator.no_sync(trainer) if i < len(parts) - 1 else contextlib.nullcontext():
+                    with mixed:
+                        loss = trainer(images, ids, empty, generator)
+                    if len(parts) > 1:
+                        loss = loss / len(parts)  # the step's gradient is the mean over its whole batch
+                    finite = not agree(processes, [not torch.isfinite(loss)])[0]  # all processes skip together
+                    if not finite:
+                        break
+                    accelerator.backward(loss)
+                step_loss += loss.item()
             if finite:
-                loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-                finite = bool(torch.isfinite(norm))
+                finite = bool(torch.isfinite(norm))  # gradients are averaged already: the same in every process
             if not finite:  # skip the update (the data still moves on), and stop if it keeps happening
                 bad_steps += 1
-                tqdm.write(f"dreamlet: warning: non-finite loss or gradient at step {step}; step skipped")
+                if main:
+                    tqdm.write(f"dreamlet: warning: non-finite loss or gradient at step {step}; step skipped")
                 if bad_steps >= config.max_bad_steps:
                     bar.close()
                     raise UserError(f"{bad_steps} non-finite losses in a row at step {step}; lower --lr "
                                     f"(the last checkpoint, in {checkpoint_dir}, is kept)")
             else:
                 bad_steps = 0
-                optimizer.step()
+                stepper.step()
                 with torch.no_grad():  # EMA with a warmup, so early averages are not dominated by the init
                     d = min(config.ema_decay, (1 + step) / (10 + step))
                     for e, p in zip(ema.parameters(), model.parameters()):
                         e.lerp_(p, 1 - d)
                     for e, b in zip(ema.buffers(), model.buffers()):
                         e.copy_(b)
-                window_loss, window_steps = window_loss + loss.item(), window_steps + 1
+                window_loss, window_norm, window_steps = window_loss + step_loss, window_norm + float(norm), window_steps + 1
             step += 1
             spent = time.perf_counter() - started
             elapsed += spent
-            window_images, window_time = window_images + len(images), window_time + spent
+            if world > 1:  # a time budget ends at the same step in every process: the slowest clock counts
+                elapsed, = agree(processes, [elapsed])
+            window_images, window_time = window_images + config.batch_size, window_time + spent
             progress = None
             if step % config.log_every == 0 or done():
+                if world > 1:  # each process saw its own pictures: the batch's loss is the mean over them
+                    window_loss = agree(processes, [window_loss], "sum")[0] / world
                 mean_loss, rate = window_loss / max(window_steps, 1), window_images / window_time
-                extra = model.log_values() if extra_columns else {}
-                with open(log_path, "a", newline="") as f:
-                    csv.writer(f).writerow([step, f"{mean_loss:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.1f}"]
-                                           + [f"{extra.get(k, float('nan')):.4f}" for k in extra_columns])
-                warning = model.health() if hasattr(model, "health") else None
-                if warning and not any(w["message"].split(":")[0] == warning.split(":")[0] for w in warnings):  # once each
-                    warnings.append({"step": step, "message": warning})
-                    tqdm.write(f"dreamlet: warning at step {step}: {warning}")
+                grad_norm = window_norm / max(window_steps, 1)  # before clipping: how hard the clip works
+                if main:
+                    extra = model.log_values() if extra_columns else {}
+                    with open(log_path, "a", newline="") as f:
+                        csv.writer(f, lineterminator="\n").writerow(
+                            [step, f"{mean_loss:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.1f}", f"{grad_norm:.4g}"]
+                            + [f"{extra.get(k, float('nan')):.4f}" for k in extra_columns])
+                    if board:
+                        for name, value in dict(loss=mean_loss, lr=lr, grad_norm=grad_norm, images_per_s=rate, **extra).items():
+                            board.add_scalar(name, value, step)
+                    warning = model.health() if hasattr(model, "health") else None
+                    if warning and not any(w["message"].split(":")[0] == warning.split(":")[0] for w in warnings):  # once each
+                        warnings.append({"step": step, "message": warning})
+                        tqdm.write(f"dreamlet: warning at step {step}: {warning}")
                 left = f" {max(0.0, 60 * config.minutes - elapsed) / 60:.1f} min left" if total is None else ""
                 bar.set_postfix_str(f"loss {mean_loss:.4f} {rate:.0f} img/s{left}")
                 progress = Progress(step, mean_loss, lr, rate, elapsed)
-                window_loss, window_steps, window_images, window_time = 0.0, 0, 0, 0.0
+                window_loss, window_norm, window_steps, window_images, window_time = 0.0, 0.0, 0, 0, 0.0
             bar.update(1)
-            if config.sample_every and step % config.sample_every == 0 and not done() and getattr(model, "generates", True):
+            if main and config.sample_every and step % config.sample_every == 0 and not done() \
+                    and getattr(model, "generates", True):
                 grid_dir = out / "progress"
                 grid_dir.mkdir(exist_ok=True)
                 images = pipeline.draw(preview, list(range(len(preview))), steps=10)
                 grid = captioned_grid(images, preview, columns=6)
                 grid.save(grid_dir / f"step_{step:06d}.png")
+                if board:
+                    board.add_image("progress", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
                 progress = progress or Progress(step, float("nan"), lr, float("nan"), elapsed)
                 progress.grid = grid
-            if callback is not None and progress is not None:
+            stop = False
+            if main and callback is not None and progress is not None:
                 callback(progress)
-                if progress.stop_requested:
-                    break
+                stop = progress.stop_requested
+            if world > 1:  # a callback's stop or a signal to any process ends the run at this step in all of them
+                received, stop = agree(processes, [signals.received, stop])
+                signals.received, stop = int(received), bool(stop)
+            if stop:
+                break
             if config.checkpoint_every and step % config.checkpoint_every == 0 and not done() and not bad_steps:
                 save_checkpoint()  # not in a streak of skipped steps: the last checkpoint stays the last good one
         bar.close()
         save_checkpoint()
+    processes.wait_for_everyone()  # the model is written before any process returns it
     if signals.received:
         raise Interrupted(signals.received, step, out)
     return out / "model"
+
+
+class LossForward(torch.nn.Module):
+    """A model's `loss` as a module's forward. DistributedDataParallel synchronises the gradients of
+    what runs through its wrapped module's forward, and every family trains through `loss`."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, images, ids, empty_ids, generator):
+        return self.model.loss(images, ids, empty_ids, generator)
+
+
+def join_processes(device_name: str):
+    """This process's place in the run, and the device to train on. Alone, a process trains where it is
+    told (`--device`, else cuda when there is one); started by `accelerate launch` or torchrun, it joins
+    the others (NCCL between GPUs, gloo between CPU processes) and each takes its own GPU."""
+    from accelerate import PartialState
+    wanted = pick_device(device_name or None)
+    launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
+    # `cpu` only where it matters, on launch: accelerate's state is made once per process and refuses changes
+    processes = PartialState(cpu=launched and wanted.type == "cpu")
+    return processes, (processes.device if processes.num_processes > 1 else wanted)
+
+
+def start_accelerator(find_unused_parameters: bool):
+    """accelerate's Accelerator for this run (one process: it wraps nothing). Tensors are placed by us,
+    and precision stays --precision's (our autocast), whatever `accelerate launch --mixed_precision` says."""
+    from accelerate import Accelerator
+    from accelerate.utils import DistributedDataParallelKwargs
+    ddp = DistributedDataParallelKwargs(find_unused_parameters=find_unused_parameters)
+    return Accelerator(mixed_precision="no", device_placement=False, kwargs_handlers=[ddp])
+
+
+def process_seed(seed: int, rank: int, step: int = 0) -> int:
+    """The seed of a process's random stream: the main process uses the run's seed itself, so one
+    process trains exactly as before; the others draw other noise for their other pictures."""
+    if rank == 0 and step == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
+
+
+def agree(processes, values: list, op: str = "max") -> list[float]:
+    """The same numbers in every process: the largest of each (or with op="sum" the total); as they are
+    in a single process. What decides the loop's path (stop, skip) must agree, or the processes hang."""
+    if processes.num_processes == 1:
+        return [float(v) for v in values]
+    import torch.distributed as dist
+    tensor = torch.tensor([float(v) for v in values], dtype=torch.float64, device=processes.device)
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX if op == "max" else dist.ReduceOp.SUM)
+    return tensor.tolist()
+
+
+def start_log(path: Path, columns: list[str], step: int) -> None:
+    """Write the training log's header; on resume (step > 0) keep the rows up to the checkpoint's step,
+    since a run that crashed after its last checkpoint logged steps that are now trained again. Rows
+    from an older dreamlet without a newer column get "nan" there."""
+    rows = []
+    if step and path.exists():
+        with open(path, newline="") as f:
+            rows = [row for row in csv.DictReader(f) if (row.get("step") or "").isdigit() and int(row["step"]) <= step]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, columns, restval="nan", extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def tensorboard_writer(directory: Path, purge_step: int | None):
+    """A TensorBoard writer when the tensorboard package is installed, else None (the CSV log has the same
+    numbers). On resume, purge_step hides what a crashed run wrote after its checkpoint."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(directory), purge_step=purge_step)
 
 
 class StopSignals:

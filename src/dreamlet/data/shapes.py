@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from functools import cache
 
 import numpy as np
 
@@ -303,3 +304,31 @@ def benchmark_prompts(seen: int = 60, heldout: int = 36, pairs: int = 36, seed: 
         out.append(Prompt(f"a {ca} {sa} {r} a {cb} {sb}", "pair",
                           ((ca, sa, None, None), (cb, sb, None, None)), r))
     return out
+
+
+@cache
+def _canonical_prompts() -> dict[str, Prompt]:
+    """Every canonical caption (2,736 of them) and its benchmark Prompt: looking a text up here is exact
+    where a grammar would have to be kept in step with `canonical_caption` by hand."""
+    out = {}
+    for c in COLORS:
+        for s in SHAPES:
+            kind = "heldout" if (c, s) in HELD_OUT else "seen"
+            for z in SIZES:
+                for p in POSITIONS:
+                    text = f"a {z} {c} {s} at the {p}"
+                    out[text] = Prompt(text, kind, ((c, s, z, p),))
+    objects = [(c, s) for c in COLORS for s in SHAPES]
+    for ca, sa in objects:
+        for cb, sb in objects:
+            for r in RELATIONS:
+                text = f"a {ca} {sa} {r} a {cb} {sb}"
+                out[text] = Prompt(text, "pair", ((ca, sa, None, None), (cb, sb, None, None)), r)
+    return out
+
+
+def parse_prompt(text: str) -> Prompt | None:
+    """The benchmark Prompt of a canonical caption (case, spacing and a final full stop aside), so the judge
+    can score a picture drawn from it; None for anything else (paraphrases included: their meaning is the
+    same, but the benchmark is defined on canonical captions)."""
+    return _canonical_prompts().get(" ".join(text.lower().strip().removesuffix(".").split()))

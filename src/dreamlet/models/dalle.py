@@ -43,9 +43,9 @@ class DalleConfig:
     heads: int = 6
     mlp_ratio: float = 4.0
     cond_drop: float = 0.1           # share of captions replaced by the empty one in training (for guidance)
-    guidance: float = 3.0            # default guidance scale at sampling (1: none)
-    temperature: float = 1.0
-    top_k: int = 0                   # keep the k likeliest codes (0: all)
+    guidance: float = 2.0            # default guidance scale at sampling (1: none)
+    temperature: float = 0.7         # below 1 and top-k: fewer stray codes, so fewer broken objects (docs/dalle.md)
+    top_k: int = 8                   # keep the k likeliest codes (0: all)
     top_p: float = 1.0               # keep the smallest set of codes with this much probability (1: all)
     steps: int = 8                   # maskgit: parallel decoding steps (autoregressive: one per code)
     tokenizer_share: float = 0.15    # `dreamlet train --model dalle`: the share of the budget for the tokenizer
@@ -148,11 +148,17 @@ class DalleModel(nn.Module):
         self.vq = VQModel(c.vq).requires_grad_(False)       # frozen: trained first, by `--model vqvae`
         self.tokens = self.vq.grid ** 2                      # codes per picture, in raster order
         self.mask_id = c.vq.codebook_size                    # maskgit's [MASK]; autoregressive's start code
+        # Embeddings start at the positions' scale (GPT-2's 0.02), not nn.Embedding's 1: at 1 the
+        # position is 2 % of each input and the network starts out blind to where it is drawing.
+        # Positions are a row part plus a column part, so "at the right" is one column signal in every row.
         self.code = nn.Embedding(c.vq.codebook_size + 1, c.width)
-        self.code_position = nn.Parameter(torch.randn(self.tokens, c.width) * 0.02)
+        nn.init.normal_(self.code.weight, std=0.02)
+        self.code_row = nn.Parameter(torch.randn(self.vq.grid, 1, c.width) * 0.02)
+        self.code_column = nn.Parameter(torch.randn(1, self.vq.grid, c.width) * 0.02)
         text_width = 0
         if c.arch == "decoder":
             self.word = nn.Embedding(c.text.vocab_size, c.width)
+            nn.init.normal_(self.word.weight, std=0.02)
             self.word_position = nn.Parameter(torch.randn(c.text.max_length, c.width) * 0.02)
         else:
             self.text_encoder = TextEncoder(c.text)
@@ -185,7 +191,8 @@ class DalleModel(nn.Module):
 
     def code_input(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Codes (B, N) at raster positions start.. -> embeddings (B, N, D)."""
-        return self.code(codes) + self.code_position[start:start + codes.shape[1]]
+        position = (self.code_row + self.code_column).flatten(0, 1)
+        return self.code(codes) + position[start:start + codes.shape[1]]
 
     def run(self, x, mask, text, keep, cache=None):
         text_mask = None if text is None else keep[:, None, None, :]
@@ -317,18 +324,18 @@ def prepare(train_config, overrides: dict, device, quiet: bool, saved: "DalleCon
     OUT/tokenizer, `tokenizer_share` of a time budget, or the same number of steps), then the prior
     on its frozen codes. `--set tokenizer=DIR` reuses a tokenizer trained before instead.
     Returns the prior's TrainConfig (its share of the budget) and model overrides (the tokenizer's
-    directory and config). On resume, `saved` is the prior's config: an unfinished tokenizer stage
-    is finished first, and the prior gets the same share of --minutes as before."""
+    directory and config). On resume, `saved` is the prior's config: the tokenizer it was trained
+    with stays as it is, and the prior gets the same share of --minutes as before."""
     import dataclasses
 
     from ..checkpoint import UserError, read_json
     from ..training import TrainConfig, train
     out = Path(train_config.out)
     stage = out / "tokenizer"
-    if saved is not None:
-        overrides = {"tokenizer_share": saved.tokenizer_share}
-        if Path(saved.tokenizer).resolve() != (stage / "model").resolve():  # --set tokenizer=DIR
-            overrides["tokenizer"] = saved.tokenizer
+    if saved is not None:  # the prior has a checkpoint: its frozen tokenizer (a copy is in its weights) stays as it is
+        if Path(saved.tokenizer).resolve() == (stage / "model").resolve() and train_config.minutes:
+            train_config = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - saved.tokenizer_share))
+        return train_config, {}
     tokenizer = overrides.get("tokenizer") or ""
     if not tokenizer:
         share = overrides.get("tokenizer_share", DalleConfig.tokenizer_share)

@@ -1,4 +1,5 @@
-"""A small transformer text encoder, trained from scratch together with the image model."""
+"""A small transformer text encoder, trained from scratch together with the image model (or, with
+`pretrained` set, a frozen pretrained one behind a learned projection: text/pretrained.py)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ class TextEncoderConfig:
     pad_id: int = 0
     token_std: float = 1.0     # initial spread of the token embeddings (torch's default is 1)
     position_std: float = 0.02 # initial spread of the learned position embeddings
+    pretrained: str = ""       # a local transformers model directory (`--text-encoder`): its frozen features,
+                               # projected to `width`, replace this encoder; the directory is not copied
 
 
 class Block(nn.Module):
@@ -40,6 +43,8 @@ class Block(nn.Module):
 class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
+        if config.pretrained:  # a family that builds this class directly has no frozen-encoder path
+            raise ValueError("a pretrained text encoder (text.pretrained) is for the diffusion families")
         self.config = config
         self.token = nn.Embedding(config.vocab_size, config.width)
         nn.init.normal_(self.token.weight, std=config.token_std)
@@ -56,3 +61,11 @@ class TextEncoder(nn.Module):
         x = self.norm(x)
         pooled = (x * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
         return x, keep, pooled
+
+
+def build_text_encoder(config: TextEncoderConfig) -> nn.Module:
+    """The encoder a config asks for: trained from scratch, or a frozen pretrained one (`pretrained`)."""
+    if config.pretrained:
+        from .pretrained import PretrainedTextEncoder
+        return PretrainedTextEncoder(config)
+    return TextEncoder(config)

@@ -1,15 +1,19 @@
 """A caption tokenizer trained on the training captions with Hugging Face `tokenizers`.
 
-WordPiece over lower-cased words: every caption word of the training set becomes one token, and an
-unknown word falls back to its known pieces or to [UNK], so no prompt can make it fail. Prompts
+WordPiece over lower-cased words: every caption word of the training set becomes one token (the
+most frequent ones, when there are more than the vocabulary holds), and an unknown word is spelled
+out in characters, or [UNK] for a character never seen, so no prompt can make it fail. Prompts
 longer than `max_length` are truncated.
 """
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import torch
-from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
+
+from ..checkpoint import UserError
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 
@@ -23,13 +27,24 @@ class CaptionTokenizer:
 
     @classmethod
     def train(cls, captions, vocab_size: int = 4096, max_length: int = 32) -> "CaptionTokenizer":
-        tok = Tokenizer(models.WordPiece(unk_token=UNK, max_input_chars_per_word=64))
-        tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        tok.decoder = decoders.WordPiece()
-        trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=[PAD, UNK, BOS, EOS],
-                                            show_progress=False)
-        tok.train_from_iterator(captions, trainer)
+        """The special tokens, every character (alone and as a "##" continuation, so an unseen word can
+        still be spelled), then the caption words, most frequent first, up to vocab_size: the
+        vocabulary WordPiece training gives a caption set, whose words almost all fit, counted here
+        rather than by tokenizers' WordPieceTrainer, whose token set and ids depend on hash-map order
+        from one process to the next (huggingface/tokenizers#1794; measured on the emoji captions):
+        the same captions must give the same ids, or the same --seed would not give the same model."""
+        normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        counts = Counter(word for caption in captions
+                         for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(str(caption))))
+        chars = sorted({char for word in counts for char in word})
+        vocab = [PAD, UNK, BOS, EOS] + chars + ["##" + char for char in chars]
+        words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))  # ties: alphabetical
+        vocab += words[:max(0, vocab_size - len(vocab))]
+        tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token=UNK,
+                                         max_input_chars_per_word=64))
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+        tok.add_special_tokens([PAD, UNK, BOS, EOS])  # their ids stay; decode(skip_special_tokens) drops them
         from tokenizers.processors import TemplateProcessing
         tok.post_processor = TemplateProcessing(single=f"{BOS} $A {EOS}",
                                                 special_tokens=[(BOS, tok.token_to_id(BOS)),
@@ -38,7 +53,13 @@ class CaptionTokenizer:
 
     @classmethod
     def load(cls, path: str | Path, max_length: int = 32) -> "CaptionTokenizer":
-        return cls(Tokenizer.from_file(str(path)), max_length)
+        try:
+            tokenizer = Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception for a file that is not a tokenizer
+            raise UserError(f"cannot read {path}: {str(error).strip().splitlines()[0]}") from None
+        if tokenizer.token_to_id(PAD) is None:
+            raise UserError(f"cannot read {path}: not a dreamlet caption tokenizer (no {PAD} token)")
+        return cls(tokenizer, max_length)
 
     def save(self, path: str | Path) -> None:
         self.tokenizer.save(str(path))
@@ -58,3 +79,19 @@ class CaptionTokenizer:
 
     def decode(self, ids) -> str:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
+
+
+def tokenizer_for(text_config, trained: CaptionTokenizer):
+    """The tokenizer a new model uses: the one trained on its captions, or a pretrained encoder's own."""
+    if getattr(text_config, "pretrained", ""):
+        from .pretrained import PretrainedTokenizer
+        return PretrainedTokenizer.from_pretrained(text_config.pretrained, text_config.max_length)
+    return CaptionTokenizer(trained.tokenizer, text_config.max_length)
+
+
+def load_tokenizer(path: str | Path, text_config):
+    """The tokenizer a model was saved with (its tokenizer.json), of the kind its text config says."""
+    if getattr(text_config, "pretrained", ""):
+        from .pretrained import PretrainedTokenizer
+        return PretrainedTokenizer.load(path, text_config.max_length)
+    return CaptionTokenizer.load(path, text_config.max_length)

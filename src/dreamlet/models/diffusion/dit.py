@@ -16,6 +16,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...scaling import checkpointed
 from .unet import ResBlock, position_embedding, timestep_embedding
 
 
@@ -144,10 +145,13 @@ class DiT(nn.Module):
             for layer in (self.stem_block.conv2, self.head_block.conv2, self.head):
                 nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, text, keep, pooled):
-        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
+    def forward(self, x, t, text, keep, pooled, extra=None):
+        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S).
+        `extra` (B, E): more conditioning, added to the timestep embedding (the SR stage's augmentation level)."""
         c, p, g = self.config, self.config.patch, self.grid
         cond = self.time(timestep_embedding(t, c.time_width))                          # (B, E)
+        if extra is not None:
+            cond = cond + extra
         if self.pooled is not None:
             cond = cond + self.pooled(pooled)
         if c.conv_width:
@@ -165,8 +169,8 @@ class DiT(nn.Module):
         if c.text_mode == "joint":  # caption tokens ride along with the patches, then are dropped
             h = torch.cat([h, self.text_in(text)], dim=1)                              # (B, N + L, D)
             mask = F.pad(keep, (N, 0), value=True)[:, None, None, :]                   # (B, 1, 1, N + L)
-        for block in self.blocks:
-            h = block(h, cond, text, keep, mask)
+        for block in self.blocks:  # with --checkpointing, recomputed in the backward pass instead of kept
+            h = checkpointed(block, h, cond, text, keep, mask)
         h = h[:, :N]
         shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=1)
         h = modulate(self.norm_out(h), shift, scale)                                   # (B, N, D)

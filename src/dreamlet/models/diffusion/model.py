@@ -9,8 +9,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...text.encoder import TextEncoder, TextEncoderConfig
-from .sampling import SAMPLERS
+from ...text.encoder import TextEncoderConfig, build_text_encoder
+from .sampling import SAMPLERS, dynamic_threshold
 from .schedule import alpha_sigma, sample_timesteps, sampling_times
 from .dit import DiT, DiTConfig
 from .unet import UNet, UNetConfig
@@ -31,6 +31,11 @@ class DiffusionConfig:
     sampler: str = "dpmpp_2m"         # default sampler: dpmpp_2m | ddim
     steps: int = 20                   # default sampling steps
     guidance: float = 5.0             # default classifier-free guidance scale (1 = no guidance)
+    dynamic_threshold: float = 0.995  # Imagen's dynamic thresholding of the clean estimate at this percentile
+                                      # of |x0| (sampling.dynamic_threshold; 0: static clipping) ...
+    dynamic_threshold_above: float = 5.0  # ... applied when guidance is above this: it matters where guided
+                                          # estimates overshoot; at the default 5 and below sampling stays
+                                          # statically clipped, as every figure in docs/benchmarks.md was drawn
 
     @property
     def denoiser(self) -> UNetConfig | DiTConfig:
@@ -62,7 +67,7 @@ class TextToImageDiffusion(nn.Module):
         if config.text.width != config.denoiser.text_width:
             raise ValueError(f"text encoder width and {config.network}.text_width differ")
         self.config = config
-        self.text_encoder = TextEncoder(config.text)
+        self.text_encoder = build_text_encoder(config.text)
         in_channels = 2 * config.denoiser.channels if config.self_condition else None
         self.net = (UNet if config.network == "unet" else DiT)(config.denoiser, in_channels)
 
@@ -102,6 +107,7 @@ class TextToImageDiffusion(nn.Module):
         steps = steps or self.config.steps
         guidance = self.config.guidance if guidance is None else guidance
         sample = SAMPLERS[sampler or self.config.sampler]
+        percentile = self.config.dynamic_threshold if guidance > self.config.dynamic_threshold_above else 0.0
         B = ids.shape[0]
         both = torch.cat([ids, empty_ids.expand(B, -1)]) if guidance != 1 else ids
         previous = {}  # self-conditioning: each branch's last clean estimate
@@ -116,6 +122,6 @@ class TextToImageDiffusion(nn.Module):
             if guidance != 1:
                 cond, uncond = x0.chunk(2)
                 x0 = uncond + guidance * (cond - uncond)
-            return x0.clamp(-1, 1)  # static thresholding: keeps guided estimates in the data range
+            return dynamic_threshold(x0, percentile)  # keeps guided estimates in the data range
 
         return sample(denoise, noise.float(), sampling_times(steps)).clamp(-1, 1)

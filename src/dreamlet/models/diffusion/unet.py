@@ -157,10 +157,13 @@ class UNet(nn.Module):
                     nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
         nn.init.zeros_(self.out.weight), nn.init.zeros_(self.out.bias)
 
-    def forward(self, x, t, text, keep, pooled):
-        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S)."""
+    def forward(self, x, t, text, keep, pooled, extra=None):
+        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S).
+        `extra` (B, E): more conditioning, added to the timestep embedding (the SR stage's augmentation level)."""
         c = self.config
         emb = self.time(timestep_embedding(t, c.time_width)) + self.pooled(pooled)  # (B, E)
+        if extra is not None:
+            emb = emb + extra
         h = self.stem(F.pixel_unshuffle(x, c.patch))                                # (B, C0, S/p, S/p)
         skips, blocks, downsamples = [], iter(self.down), iter(self.downsample)
         for level in range(len(c.widths)):

@@ -1,0 +1,202 @@
+"""Text-conditional super-resolution diffusion: the second stage of an Imagen-style cascade
+(Saharia et al. 2022; Ho et al. 2022, "Cascaded Diffusion Models"), p(high-res | low-res, caption).
+
+The low-res picture is upsampled (bilinear) to the output size and stacked on the noisy picture as
+three more input channels, so every layer of the denoiser sees it in place. Training makes the
+low-res picture itself, by box-filtering (area-downsampling) the training picture, and noises it to
+a random level first: *noise conditioning augmentation*. In a cascade this stage is fed the base
+stage's pictures, not real ones, and a stage trained on clean inputs copies their flaws faithfully;
+one trained on noised inputs, and told the level through an embedding added to the timestep's,
+learns to redraw detail rather than trust every low-res pixel. Sampling then noises the base
+stage's picture to a fixed small level (`aug_level`).
+
+Everything else is the base family's: the DiT with its convolutional stem and head (the default;
+the UNet, `network="unet"`, with attention at its lowest resolution only as in Imagen's
+super-resolution U-Nets, learned far slower in a CPU budget: docs/imagen.md), the text encoder (or a
+frozen pretrained one), the cosine schedule, v-prediction, the samplers, and
+classifier-free guidance (only the caption is dropped; the low-res picture stays in both halves),
+and dynamic thresholding above guidance 5.
+
+`dreamlet train --model diffusion-sr --base RUN/model --size 64` builds the cascade: the base model
+directory is copied in (OUT/base, then MODEL/base), and `dreamlet.load(MODEL)` draws with both stages.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ...text.encoder import TextEncoderConfig, build_text_encoder
+from .dit import DiT, DiTConfig
+from .sampling import SAMPLERS, dynamic_threshold
+from .schedule import alpha_sigma, sample_timesteps, sampling_times
+from .unet import UNet, UNetConfig, timestep_embedding
+
+
+@dataclass
+class SuperResolutionConfig:
+    image_size: int = 64              # the output side (`--size`)
+    low_size: int = 32                # the input side: the base stage's size (a divisor of image_size)
+    network: str = "dit"              # the denoiser: dit (default; docs/imagen.md: the UNet learned far slower) | unet
+    dit: DiTConfig = field(default_factory=lambda: DiTConfig(image_size=64, layout_rank=0))  # layout: the low-res picture's
+    unet: UNetConfig = field(default_factory=lambda: UNetConfig(image_size=64, widths=(32, 64, 128), attention_levels=()))
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    cond_drop: float = 0.1            # share of captions replaced by the empty one in training (for CFG)
+    timesteps: str = "logit_normal"   # training timestep distribution: logit_normal | uniform
+    timestep_mean: float = 0.0        # centred: the layout comes with the low-res picture, unlike the base stage's
+    aug_max: float = 0.5              # training noises the low-res picture to a level ~ U(0, aug_max) on the
+                                      # diffusion schedule (0.5: signal and noise of equal power at the top)
+    aug_level: float = 0.2            # the fixed level at sampling (imagen-pytorch's lowres_sample_noise_level)
+    sampler: str = "dpmpp_2m"
+    steps: int = 20
+    guidance: float = 3.0
+    dynamic_threshold: float = 0.995  # Imagen's dynamic thresholding percentile (0: static clipping) ...
+    dynamic_threshold_above: float = 5.0  # ... above this guidance, as the base family: always on, it greyed the
+                                          # black shapes background (docs/imagen.md)
+    base: str = ""                    # the base stage it was trained with (OUT/base; MODEL/base travels with it)
+
+    @property
+    def denoiser(self) -> UNetConfig | DiTConfig:
+        if self.network not in ("unet", "dit"):
+            raise ValueError(f"unknown network {self.network!r}; expected unet or dit")
+        return getattr(self, self.network)
+
+
+# CPU presets upsample 32 -> 64 px; "base" is the GPU size for 64 -> 256 (docs/imagen.md: its memory),
+# with 8 x 8 patches there so that the transformer sees 32 x 32 tokens and the convolutional stem and
+# head, at half the output size, draw the detail.
+PRESETS = {
+    "tiny": dict(dit=dict(width=32, depth=2, heads=2, conv_width=16, text_width=32, time_width=32),
+                 unet=dict(widths=(16, 32), blocks=1, heads=2, text_width=32, time_width=32),
+                 text=dict(width=32, layers=1, heads=2)),
+    "small": dict(),
+    "base": dict(dit=dict(patch=8, width=384, depth=8, heads=6, conv_width=128, text_width=256, time_width=512),
+                 unet=dict(widths=(64, 128, 256, 256), blocks=2, heads=8, text_width=256, time_width=512),
+                 text=dict(width=256, layers=4, heads=8)),
+}
+
+
+class SuperResolutionDiffusion(nn.Module):
+    def __init__(self, config: SuperResolutionConfig):
+        super().__init__()
+        c = config
+        if c.low_size < 1 or c.image_size % c.low_size or c.image_size <= c.low_size:
+            raise ValueError(f"sizes do not chain: {c.image_size} px is not a larger multiple of low_size {c.low_size} px")
+        if c.denoiser.image_size != c.image_size:
+            raise ValueError(f"{c.network}.image_size {c.denoiser.image_size} differs from image_size {c.image_size}")
+        if c.text.width != c.denoiser.text_width:
+            raise ValueError(f"text encoder width and {c.network}.text_width differ")
+        self.config = c
+        self.text_encoder = build_text_encoder(c.text)
+        self.net = (UNet if c.network == "unet" else DiT)(c.denoiser, 2 * c.denoiser.channels)  # noisy + low-res
+        width = c.denoiser.time_width
+        self.augmentation = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+
+    @property
+    def generates(self) -> bool:
+        """Draws from prompts alone only in a cascade; otherwise it upsamples given pictures (Pipeline.upsample)."""
+        return bool(self.config.base)
+
+    def downsample(self, images: torch.Tensor) -> torch.Tensor:
+        """Training's low-res pictures: the box filter (area average) over each factor x factor block."""
+        return F.avg_pool2d(images, self.config.image_size // self.config.low_size)
+
+    def condition(self, low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The low-res pictures (B, 3, s, s) noised to `level` (B,) on the diffusion schedule, then
+        upsampled: (B, 3, S, S). Noised at the low size, so the noise is at the scale of the base
+        stage's own errors."""
+        a, s = (v.view(-1, 1, 1, 1).to(low.dtype) for v in alpha_sigma(level))
+        return F.interpolate(a * low + s * noise, size=self.config.image_size, mode="bilinear", align_corners=False)
+
+    def velocity(self, x, t, ids, condition, level):
+        """Noisy pictures (B, 3, S, S), times (B,), token ids (B, L), the upsampled conditioning
+        (B, 3, S, S) and its augmentation level (B,) -> predicted v."""
+        text, keep, pooled = self.text_encoder(ids)
+        told = self.augmentation(timestep_embedding(level, self.config.denoiser.time_width))
+        return self.net(torch.cat([x, condition.to(x.dtype)], dim=1), t, text, keep, pooled, told)
+
+    def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+             generator: torch.Generator | None = None) -> torch.Tensor:
+        """Mean squared error on v for pictures in [-1, 1] at image_size, given their own box-filtered,
+        noise-augmented low-res versions; some captions are dropped to the empty one."""
+        c, B, device = self.config, images.shape[0], images.device
+        drop = torch.rand(B, generator=generator).to(device) < c.cond_drop
+        ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
+        t = sample_timesteps(B, c.timesteps, generator, device, c.timestep_mean)
+        noise = torch.randn(images.shape, generator=generator).to(device)
+        low = self.downsample(images)
+        level = (c.aug_max * torch.rand(B, generator=generator)).to(device)
+        condition = self.condition(low, level, torch.randn(low.shape, generator=generator).to(device))
+        a, s = (v.view(B, 1, 1, 1) for v in alpha_sigma(t))
+        x_t = a * images + s * noise
+        target = a * noise - s * images
+        return F.mse_loss(self.velocity(x_t, t, ids, condition, level).float(), target)
+
+    @torch.no_grad()
+    def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor, steps: int | None = None,
+                 guidance: float | None = None, sampler: str | None = None, low: torch.Tensor | None = None,
+                 low_noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Pictures in [-1, 1] (B, 3, S, S) from token ids (B, L), starting noise (B, 3, S, S), the
+        low-res pictures `low` (B, 3, s, s) in [-1, 1] and the noise that augments them (B, 3, s, s)."""
+        c = self.config
+        if low is None or low_noise is None:
+            raise ValueError("the super-resolution stage draws from low-res pictures: give low and low_noise")
+        if low.shape[-1] != c.low_size:
+            raise ValueError(f"this stage upsamples {c.low_size} px pictures, not {low.shape[-1]} px")
+        steps = steps or c.steps
+        guidance = c.guidance if guidance is None else guidance
+        sample = SAMPLERS[sampler or c.sampler]
+        percentile = c.dynamic_threshold if guidance > c.dynamic_threshold_above else 0.0
+        B, halves = ids.shape[0], 1 if guidance == 1 else 2
+        level = torch.full((B,), c.aug_level, device=noise.device)
+        condition = self.condition(low.float(), level, low_noise.float()).repeat(halves, 1, 1, 1)
+        level = level.repeat(halves)
+        both = torch.cat([ids, empty_ids.expand(B, -1)]) if halves == 2 else ids
+
+        def denoise(x, t):
+            t_batch = torch.full((len(both),), float(t), device=x.device)
+            xx = x.repeat(halves, 1, 1, 1)
+            v = self.velocity(xx, t_batch, both, condition, level).float()
+            a, s = alpha_sigma(t_batch.double())
+            x0 = (a.view(-1, 1, 1, 1) * xx - s.view(-1, 1, 1, 1) * v).float()
+            if halves == 2:
+                cond, uncond = x0.chunk(2)
+                x0 = uncond + guidance * (cond - uncond)
+            return dynamic_threshold(x0, percentile)
+
+        return sample(denoise, noise.float(), sampling_times(steps)).clamp(-1, 1)
+
+
+Config, Model = SuperResolutionConfig, SuperResolutionDiffusion
+
+
+def prepare(train_config, overrides: dict, device, quiet: bool, saved: "SuperResolutionConfig | None" = None):
+    """Before training: with `--base RUN/model` (`--set base=...`), check that the sizes chain, copy
+    the base model into OUT/base (the cascade keeps the base it was trained with, whatever happens
+    to RUN later) and take low_size from it. Without a base, low_size defaults to half of --size.
+    On resume (`saved`), nothing changes."""
+    from ...checkpoint import UserError
+    if saved is not None:
+        return train_config, {}
+    size, base = train_config.size, overrides.get("base") or ""
+    if base:
+        from ...pipeline import Pipeline
+        pipeline = Pipeline.load(base)
+        if not getattr(pipeline.model, "generates", True):
+            raise UserError(f"--base {base}: a {pipeline.family} model does not draw pictures from prompts")
+        low = pipeline.image_size
+        if overrides.get("low_size", low) != low:
+            raise UserError(f"--base {base} draws {low} px pictures, not low_size {overrides['low_size']} px")
+        if size % low or size <= low:
+            raise UserError(f"sizes do not chain: the base model draws {low} px pictures, so --size must be a "
+                            f"larger multiple of {low} (such as {2 * low}), not {size}")
+        copy = Path(train_config.out) / "base"
+        pipeline.save(copy)
+        return train_config, overrides | {"base": str(copy.resolve()), "low_size": low}
+    low = overrides.get("low_size", size // 2)
+    if not isinstance(low, int) or low < 1 or size % low or size <= low:
+        raise UserError(f"sizes do not chain: low_size {low} px must divide --size {size} px and be smaller")
+    return train_config, overrides | {"low_size": low}
