@@ -314,6 +314,8 @@ class MinImagenPeer(Peer):
         loss = self.imagen(images, text_embeds=embeds, text_masks=mask, unet_number=1)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        # as minimagen's training.py does; once Imagen has moved its unets out of their ModuleList (its first
+        # forward does), imagen.parameters() is empty, so this clips nothing there either
         torch.nn.utils.clip_grad_norm_(self.imagen.parameters(), 50)
         self.optimizer.step()
         return loss.item()

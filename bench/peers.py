@@ -269,7 +269,8 @@ def main(argv=None):
     store = ROOT / "bench" / "results" / "peers.json"
     stored = json.loads(store.read_text()) if store.exists() and not args.quick else {}
     # the command that trained a row: this one, or (with --reuse) the one recorded when it was trained
-    recorded = {(kind, r["name"]): r.get("command") for kind in ("peers", "dreamlet") for r in stored.get(kind, [])}
+    recorded = {(kind, r["name"]): r.get("command") for kind in ("peers", "dreamlet") for r in stored.get(kind, [])
+                if kind == "peers" or r.get("source") == "same run"}
     trained_now = {j.get("peer") or j.get("family") for j in jobs if j.get("rc") == 0}
     peer_rows, failed = [], {}
     for peer in args.peers:
