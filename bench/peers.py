@@ -281,7 +281,10 @@ def main(argv=None):
             row["command"] = command if peer in trained_now else recorded.get(("peers", row["name"])) or command
             peer_rows.append(row)
         else:
-            failed[PEERS[peer]["package"]] = tail(out / f"{peer}.log") or "no result"
+            log = tail(out / f"{peer}.log", lines=3)
+            killed = log and "Error" not in log and "Traceback" not in log
+            failed[PEERS[peer]["package"]] = ("no result; the run ended without an error (killed from outside), "
+                                              f"its log ends: {log}" if killed else log or "no result")
     if args.with_dreamlet:
         same_run = []
         for family in families:
