@@ -16,3 +16,12 @@ def write_section(name: str, heading: str, table: str, docs: Path = DOCS) -> Non
     else:
         text += f"\n## {heading}\n\n{block}\n"
     docs.write_text(text)
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """The command a figure came from: this script's, and bench/run_all.py's when that one ran it."""
+    import os
+    import shlex
+    own = " ".join(["python", f"bench/{script}"] + [shlex.quote(a) for a in argv])
+    outer = os.environ.get("DREAMLET_BENCH_COMMAND")
+    return f"{outer}` (which ran `{own}" if outer else own

@@ -130,7 +130,8 @@ def main():
     results_file = ROOT / "bench" / "results" / "memory.json"
     results_file.parent.mkdir(exist_ok=True)
     results_file.write_text(json.dumps(results, indent=2))
-    command = " ".join(["python", "bench/memory.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    from docs_section import command_line
+    command = command_line("memory.py", sys.argv[1:])
     lines = [f"Measured {time.strftime('%Y-%m-%d')} on {machine()}. Command: `{command}`.", "",
              f"The diffusion model (DiT), batch {BATCH} in one micro-batch, fp32 on the CPU. *Estimate*: the "
              "`--max-memory` planner's prediction (weights, EMA, AdamW moments and gradients counted; activations "

@@ -36,7 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
     train.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
-    train.add_argument("--preset", default="", help="model size: tiny, small (CPU default), base (GPU default)")
+    train.add_argument("--preset", default="", help="model size: tiny, small (the default, CPU and GPU), base (wider; see docs/training.md)")
     train.add_argument("--batch-size", type=int, help=f"default: the family's ({FAMILY_DEPENDENT['batch_size']} for diffusion)")
     train.add_argument("--lr", type=float, help=f"peak learning rate; default: the family's ({FAMILY_DEPENDENT['lr']} for diffusion)")
     train.add_argument("--arch", choices=["decoder", "encdec"],

@@ -54,7 +54,7 @@ class TrainConfig:
     data: str = "shapes"            # a built-in set (shapes, emoji, digits) or a path
     format: str = ""               # the path's format ("" : detected; see dreamlet.data.formats)
     size: int = 32                 # image side in pixels
-    preset: str = ""               # model size preset; "" picks "small" on CPU, "base" on a GPU
+    preset: str = "small"          # model size preset: small (the tuned default, CPU and GPU), base, tiny
     settings: dict = field(default_factory=dict)  # model config changes, e.g. {"dit": {"depth": 6}} (--set)
     batch_size: int | None = None  # None: the family's (32 for diffusion: small batches, more steps on a CPU)
     lr: float | None = None        # peak AdamW learning rate (None: the family's, 2e-3 for diffusion)
@@ -95,9 +95,18 @@ class Progress:
     elapsed_s: float
     grid: "Image.Image | None" = None
     stop_requested: bool = False
+    pipeline: "Pipeline | None" = field(default=None, repr=False)
 
     def stop(self) -> None:
         self.stop_requested = True
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the model as it is now (EMA weights, config, tokenizer) to `directory`, a model
+        directory like OUT/model: to keep the model at several points of one run."""
+        if self.pipeline is None:
+            raise ValueError("this Progress has no model to save")
+        self.pipeline.save(Path(directory))
+        return Path(directory)
 
 
 def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
@@ -162,7 +171,9 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
         model_overrides = copy.deepcopy(config.settings)
         if hasattr(family, "prepare"):  # a family that builds on another model first trains or finds it (dalle)
             config, model_overrides = prepare(config, model_overrides, device, quiet)
-        preset = config.preset or ("base" if device.type == "cuda" else "small")
+        # "small" on a GPU too: the wider "base" preset diverges at the default learning rate under bf16
+        # and learns far slower per step at a lower one (docs/benchmarks.md, GPU section)
+        preset = config.preset or "small"
         if preset not in family.PRESETS:
             raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.PRESETS)}")
         tokenizer = CaptionTokenizer.train(dataset.captions(config.tokenizer_captions))
@@ -370,7 +381,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
                         tqdm.write(f"dreamlet: warning at step {step}: {warning}")
                 left = f" {max(0.0, 60 * config.minutes - elapsed) / 60:.1f} min left" if total is None else ""
                 bar.set_postfix_str(f"loss {mean_loss:.4f} {rate:.0f} img/s{left}")
-                progress = Progress(step, mean_loss, lr, rate, elapsed)
+                progress = Progress(step, mean_loss, lr, rate, elapsed, pipeline=pipeline)
                 window_loss, window_norm, window_steps, window_images, window_time = 0.0, 0.0, 0, 0, 0.0
             bar.update(1)
             if main and config.sample_every and step % config.sample_every == 0 and not done() \
@@ -382,7 +393,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
                 grid.save(grid_dir / f"step_{step:06d}.png")
                 if board:
                     board.add_image("progress", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
-                progress = progress or Progress(step, float("nan"), lr, float("nan"), elapsed)
+                progress = progress or Progress(step, float("nan"), lr, float("nan"), elapsed, pipeline=pipeline)
                 progress.grid = grid
             stop = False
             if main and callback is not None and progress is not None:

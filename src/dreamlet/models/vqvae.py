@@ -264,7 +264,8 @@ class VQModel(nn.Module):
         one_hot = F.one_hot(codes, self.config.codebook_size).type_as(z)            # (N, K)
         decay = self.config.ema_decay
         self.cluster_size.lerp_(one_hot.sum(0) / batch, 1 - decay)
-        self.embed_sum.lerp_(one_hot.T @ z, 1 - decay)
+        with torch.autocast(z.device.type, enabled=False):  # sums of many vectors: fp32 under a bf16 autocast too
+            self.embed_sum.lerp_(one_hot.T @ z, 1 - decay)
         # Restart: new codes at encoder outputs drawn in proportion to their squared distance from
         # their code (k-means++), with the loop's generator so runs repeat exactly. A restarted code
         # that finds no use is restarted again after about ln 3 / (1 - decay) steps.
