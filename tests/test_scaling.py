@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -53,6 +54,26 @@ def test_every_split_of_a_step_covers_its_global_batch_once(accumulate, world):
              for i in range(start, start + count)]
     assert sorted(taken) == list(range(step * batch, (step + 1) * batch))
     assert micro_batches(step, batch) == [(step * batch, batch)]  # one process, one batch: as before
+
+
+def test_worker_processes_draw_the_same_steps_in_the_same_order(tmp_path):
+    """--workers draws pictures ahead in other processes: the stream, the weights and a resume are the
+    same as drawing them in the training loop."""
+    from dreamlet.data import get_dataset
+    from dreamlet.scaling import step_batches
+    dataset = get_dataset("shapes", 16, 3, None, True)
+    inline, ahead = step_batches(dataset, 5, 8, 2, 1, 2, 0), step_batches(dataset, 5, 8, 2, 1, 2, 2)
+    for _ in range(7):
+        a, b = next(inline), next(ahead)
+        assert len(a) == len(b) == 2
+        for (images_a, captions_a), (images_b, captions_b) in zip(a, b):
+            assert np.array_equal(images_a, np.asarray(images_b)) and list(captions_a) == list(captions_b)
+    config = dict(TINY, steps=6, checkpoint_every=3)
+    dreamlet.train(dreamlet.TrainConfig(out=str(tmp_path / "inline"), workers=0, **config), quiet=True)
+    dreamlet.train(dreamlet.TrainConfig(out=str(tmp_path / "ahead"), workers=2, **dict(config, steps=3)), quiet=True)
+    dreamlet.train(dreamlet.TrainConfig(out=str(tmp_path / "ahead"), workers=2, resume=True, **config), quiet=True)
+    x, y = (load_file(tmp_path / run / "model" / "model.safetensors") for run in ("inline", "ahead"))
+    assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)  # bit for bit
 
 
 def test_a_batch_that_does_not_split_is_refused_in_one_line(tmp_path, capsys):

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="activation checkpointing: recompute the transformer blocks in the backward pass "
                             "(less memory, about 30 %% slower)")
     train.add_argument("--compile", action="store_true", help="torch.compile the networks (slower on CPU; try it on a GPU)")
+    train.add_argument("--workers", type=int, metavar="N",
+                       help="processes drawing the next steps' pictures ahead of training (default: up to 4 on a GPU, 0 on a CPU)")
     train.add_argument("--max-memory", type=float, metavar="GB",
                        help="memory per process in GiB: measure the model, then choose --accumulate and --checkpointing to fit")
 
@@ -148,6 +150,8 @@ def run_train(args) -> None:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     if args.minutes is not None and args.minutes <= 0:
         raise UserError("--minutes must be positive")
+    if args.workers is not None and args.workers < 0:
+        raise UserError("--workers must be 0 or more")
     if args.max_memory is not None and not args.max_memory > 0:
         raise UserError("--max-memory must be a positive number of GiB")
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -173,7 +177,8 @@ def run_train(args) -> None:
                          steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device or "",
                          precision=args.precision, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, accumulate=args.accumulate,
-                         checkpointing=args.checkpointing, compile=args.compile, max_memory=args.max_memory)
+                         checkpointing=args.checkpointing, compile=args.compile, max_memory=args.max_memory,
+                         workers=args.workers)
     model_dir = train(config)
     from accelerate import PartialState
     if PartialState().is_main_process:  # launched as several processes, one line, not one per process

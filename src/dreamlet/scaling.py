@@ -1,7 +1,8 @@
 """Scaling a run past one process and past memory: what the training loop needs besides `accelerate`.
 
 - `micro_batches`: which part of a step's global batch each process and micro-step trains on, so
-  that N processes, or N accumulated micro-batches, see the very pictures one process would.
+  that N processes, or N accumulated micro-batches, see the very pictures one process would;
+  `step_batches` draws them, in worker processes ahead of the step when asked (`--workers`).
 - `checkpointed`: activation checkpointing for a model's blocks, switched on by a flag the loop sets
   on every module (`--checkpointing`); a model opts in by calling its blocks through it.
 - `measure_footprint` and `plan_memory`: the `--max-memory` planner. Weights, EMA and AdamW moments
@@ -34,6 +35,36 @@ def micro_batches(step: int, batch_size: int, accumulate: int = 1, rank: int = 0
     order does not depend on how many processes or micro-batches share the work."""
     size = batch_size // (accumulate * world)
     return [(step * batch_size + (i * world + rank) * size, size) for i in range(accumulate)]
+
+
+class StepBatches(torch.utils.data.IterableDataset):
+    """Each step's micro-batches from step `first` on, as (pictures, captions) pairs: what the loop
+    would draw itself. With DataLoader workers, worker w of n draws steps first + w, first + w + n ...
+    and the loader takes them in turn, so the order (and an exact resume) is the same with any count."""
+
+    def __init__(self, dataset, first: int, batch_size: int, accumulate: int, rank: int, world: int):
+        super().__init__()
+        self.dataset, self.first = dataset, first
+        self.split = (batch_size, accumulate, rank, world)
+
+    def __iter__(self):
+        worker = torch.utils.data.get_worker_info()
+        step, stride = (self.first + worker.id, worker.num_workers) if worker else (self.first, 1)
+        while True:
+            yield [self.dataset.batch(start, count) for start, count in micro_batches(step, *self.split)]
+            step += stride
+
+
+def step_batches(dataset, first: int, batch_size: int, accumulate: int, rank: int, world: int, workers: int):
+    """An endless iterator of each step's micro-batches; `workers` > 0 draws them in that many
+    processes ahead of the training step (worth it on a GPU, where drawing pictures on the CPU in the
+    training thread would leave the GPU waiting; on a CPU the cores are busy training already)."""
+    stream = StepBatches(dataset, first, batch_size, accumulate, rank, world)
+    if workers <= 0:
+        return iter(stream)
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers, prefetch_factor=4,
+                                         collate_fn=lambda parts: parts, persistent_workers=False)
+    return iter(loader)
 
 
 def check_split(batch_size: int, accumulate: int, world: int) -> None:
