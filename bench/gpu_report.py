@@ -18,7 +18,7 @@ def main():
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
     lines = [f"Measured {r['date']} on one {r['gpu']} ({r['cpu_cores']} CPU cores), torch {r['torch']}, CUDA {r['cuda']}, "
              "bf16 autocast. Stored in bench/results/gpu.json; the commands are in bench/gpu.py and bench/gpu_quality.sh.",
-             "", "**Quality in 3 minutes** (shapes 32 px, `dreamlet train --minutes 3` then `dreamlet eval --prompts 64`, "
+             "", "**Quality in 3-4 minutes** (shapes 32 px, `dreamlet train --minutes 3` unless the flags say 4, then `dreamlet eval --prompts 64`, "
              "64 canonical prompts of each kind x 2 seeds; runs in one call shared the GPU, so their step counts are lower "
              "than a run alone gets):", "",
              "| flags | steps | train img/s | seen single | held-out single | pair | s/picture | conditions |",
