@@ -313,3 +313,58 @@ def test_resuming_drops_log_rows_a_crashed_run_wrote_after_its_checkpoint(tmp_pa
     # an older log without grad_norm keeps its rows, with nan in the new column
     assert log.read_text() == ("step,loss,lr,images_per_s,elapsed_s,grad_norm\n"
                                "5,0.9,0.001,80,1.0,nan\n10,0.8,0.001,80,2.0,nan\n")
+
+
+class FakeWandb:
+    """What dreamlet uses of the wandb package, recording the calls (the real one needs an account or
+    WANDB_MODE=offline, and is not a dependency)."""
+
+    def __init__(self):
+        self.inits, self.logs, self.finished = [], [], []
+        wandb = self
+
+        class Run:
+            id = "run-abc"
+
+            def log(self, values, step):
+                wandb.logs.append((step, values))
+
+            def finish(self, exit_code=0):
+                wandb.finished.append(exit_code)
+
+        class Image:
+            def __init__(self, picture):
+                self.size = picture.size
+
+        self.Run, self.Image = Run, Image
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        return self.Run()
+
+
+def test_wandb_gets_the_logged_numbers_and_grids_and_a_resume_continues_its_run(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    out = tmp_path / "run"
+    config = dict(out=str(out), log_every=2, sample_every=2, checkpoint_every=0, wandb="shapes-runs", **TINY)
+    dreamlet.train(dreamlet.TrainConfig(steps=4, **config), quiet=True)
+    assert fake.inits[0]["project"] == "shapes-runs" and fake.inits[0]["id"] is None
+    assert fake.inits[0]["config"]["steps"] == 4 and fake.finished == [0]
+    scalars = [(step, values) for step, values in fake.logs if "loss" in values]
+    with open(out / "train_log.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [s for s, _ in scalars] == [2, 4] == [int(r["step"]) for r in rows]
+    assert all(math.isclose(v["loss"], float(r["loss"]), abs_tol=1e-5) and {"lr", "grad_norm", "images_per_s"} <= v.keys()
+               for (_, v), r in zip(scalars, rows))
+    assert [step for step, values in fake.logs if "progress" in values] == [2]
+    dreamlet.train(dreamlet.TrainConfig(steps=6, resume=True, **config), quiet=True)
+    assert fake.inits[1]["id"] == "run-abc" and fake.inits[1]["resume"] == "allow"
+
+
+def test_wandb_asked_for_but_not_installed_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    code = main(["train", "--model", "diffusion", *CLI_TINY, "--steps", "2",
+                     "--out", str(tmp_path / "run"), "--wandb", "shapes-runs"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "pip install wandb" in err and len(err.splitlines()) == 1

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="activation checkpointing: recompute the transformer blocks in the backward pass "
                             "(less memory, about 30 %% slower)")
     train.add_argument("--compile", action="store_true", help="torch.compile the networks (slower on CPU; try it on a GPU)")
+    train.add_argument("--wandb", metavar="PROJECT", default="",
+                       help="also log to this Weights & Biases project (needs the wandb package)")
     train.add_argument("--workers", type=int, metavar="N",
                        help="processes drawing the next steps' pictures ahead of training (default: up to 4 on a GPU, 0 on a CPU)")
     train.add_argument("--max-memory", type=float, metavar="GB",
@@ -178,7 +180,7 @@ def run_train(args) -> None:
                          precision=args.precision, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, accumulate=args.accumulate,
                          checkpointing=args.checkpointing, compile=args.compile, max_memory=args.max_memory,
-                         workers=args.workers)
+                         workers=args.workers, wandb=args.wandb)
     model_dir = train(config)
     from accelerate import PartialState
     if PartialState().is_main_process:  # launched as several processes, one line, not one per process

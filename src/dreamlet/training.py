@@ -77,6 +77,7 @@ class TrainConfig:
     checkpointing: bool = False    # activation checkpointing: recompute blocks in the backward pass (less memory, ~30 % slower)
     compile: bool = False          # torch.compile the model's networks (off by default: slower on CPU, docs/benchmarks.md)
     max_memory: float | None = None  # GiB per process: measure the model, then choose accumulate and checkpointing to fit
+    wandb: str = ""                # a Weights & Biases project to log to as well ("" : TensorBoard and CSV only)
     workers: int | None = None     # processes drawing the next steps' pictures ahead (None: up to 4 on a GPU, 0 on a CPU)
 
     def resolved(self) -> "TrainConfig":
@@ -270,7 +271,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
     board = None
     if main:
         start_log(log_path, ["step", "loss", "lr", "images_per_s", "elapsed_s", "grad_norm"] + extra_columns, step)
-        board = tensorboard_writer(out / "tensorboard", step + 1 if config.resume else None)
+        board = RunLog(out, step + 1 if config.resume else None, config)
     parameters = sum(p.numel() for p in model.parameters())
 
     def save_checkpoint():
@@ -378,8 +379,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
                             [step, f"{mean_loss:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.1f}", f"{grad_norm:.4g}"]
                             + [f"{extra.get(k, float('nan')):.4f}" for k in extra_columns])
                     if board:
-                        for name, value in dict(loss=mean_loss, lr=lr, grad_norm=grad_norm, images_per_s=rate, **extra).items():
-                            board.add_scalar(name, value, step)
+                        board.scalars(dict(loss=mean_loss, lr=lr, grad_norm=grad_norm, images_per_s=rate, **extra), step)
                     warning = model.health() if hasattr(model, "health") else None
                     if warning and not any(w["message"].split(":")[0] == warning.split(":")[0] for w in warnings):  # once each
                         warnings.append({"step": step, "message": warning})
@@ -397,7 +397,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
                 grid = captioned_grid(images, preview, columns=6)
                 grid.save(grid_dir / f"step_{step:06d}.png")
                 if board:
-                    board.add_image("progress", np.asarray(grid.convert("RGB")), step, dataformats="HWC")
+                    board.image("progress", grid, step)
                 progress = progress or Progress(step, float("nan"), lr, float("nan"), elapsed, pipeline=pipeline)
                 progress.grid = grid
             stop = False
@@ -485,14 +485,53 @@ def start_log(path: Path, columns: list[str], step: int) -> None:
         writer.writerows(rows)
 
 
-def tensorboard_writer(directory: Path, purge_step: int | None):
-    """A TensorBoard writer when the tensorboard package is installed, else None (the CSV log has the same
-    numbers). On resume, purge_step hides what a crashed run wrote after its checkpoint."""
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(directory), purge_step=purge_step)
+class RunLog:
+    """Where the main process sends a run's scalars and progress grids besides OUT/train_log.csv:
+    TensorBoard (OUT/tensorboard) when the package is installed, and Weights & Biases when the config
+    names a project (`--wandb PROJECT`). A resumed run continues the same wandb run (its id is kept in
+    OUT/wandb_run_id) and, on TensorBoard, hides what a crashed run wrote after its checkpoint."""
+
+    def __init__(self, out: Path, purge_step: int | None, config: TrainConfig):
+        self.board = self.wandb = None
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+            self.board = SummaryWriter(str(out / "tensorboard"), purge_step=purge_step)
+        except ImportError:
+            pass
+        if config.wandb:
+            try:
+                import wandb
+            except ImportError:
+                raise UserError("--wandb needs the wandb package: pip install wandb "
+                                "(WANDB_MODE=offline logs without an account or a network)") from None
+            id_file = out / "wandb_run_id"
+            run_id = id_file.read_text().strip() if config.resume and id_file.is_file() else None
+            self.wandb = wandb.init(project=config.wandb, dir=str(out), config=to_dict(config),
+                                    id=run_id, resume="allow" if run_id else None)
+            id_file.write_text(str(self.wandb.id))
+
+    def scalars(self, values: dict, step: int) -> None:
+        if self.board:
+            for name, value in values.items():
+                self.board.add_scalar(name, value, step)
+        if self.wandb:
+            self.wandb.log(values, step=step)
+
+    def image(self, name: str, picture: "Image.Image", step: int) -> None:
+        if self.board:
+            self.board.add_image(name, np.asarray(picture.convert("RGB")), step, dataformats="HWC")
+        if self.wandb:
+            import wandb
+            self.wandb.log({name: wandb.Image(picture)}, step=step)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):  # flushes the events; a wandb run is marked failed when training raised
+        if self.board:
+            self.board.close()
+        if self.wandb:
+            self.wandb.finish(exit_code=1 if exc[0] is not None else 0)
 
 
 class StopSignals:
