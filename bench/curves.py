@@ -54,6 +54,8 @@ def train_with_snapshots(name: str, budgets: list[float], run: Path) -> list[dic
     def keep(progress):
         if not offset:
             offset.append(first_stage_seconds(run))
+            while pending and pending[0] * 60 < offset[0]:  # passed while the first stage trained: no model yet
+                pending.pop(0)
         minutes = (offset[0] + progress.elapsed_s) / 60
         while pending and minutes >= pending[0]:
             budget = pending.pop(0)
@@ -103,8 +105,13 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "curves"))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "curves.json"))
     parser.add_argument("--plot", default=str(ROOT / "docs" / "images" / "time_to_accuracy.png"))
+    parser.add_argument("--table-only", action="store_true", help="write the table and plot from --results, train nothing")
     args = parser.parse_args(argv)
     command = command_line("curves.py", sys.argv[1:] if argv is None else argv)
+    if args.table_only:  # write the table and plot again from the stored figures
+        measured = json.loads(Path(args.results).read_text())
+        write_docs(measured, args.plot)
+        return
     rows = []
     for name in args.families:  # all training first, then all judging: the judge's work never shares the clock
         for snapshot in train_with_snapshots(name, args.budgets, Path(args.out) / name):
@@ -119,23 +126,29 @@ def main(argv=None):
                     seeds=args.seeds, budgets=args.budgets, rows=rows)
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(measured, indent=2))
-    plot(rows, Path(args.plot), f"shapes 32 px, {measured['machine']}, {args.prompts} prompts x {args.seeds} seeds")
+    write_docs(measured, args.plot)
+
+
+def write_docs(measured: dict, plot_path: str) -> None:
+    rows, command, budgets = measured["rows"], measured["command"], measured["budgets"]
+    families = list(dict.fromkeys(r["name"] for r in rows))
+    plot(rows, Path(plot_path), f"shapes 32 px, {measured['machine']}, {measured['prompts']} prompts x {measured['seeds']} seeds")
 
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
-    longest = max(args.budgets)
-    lines = [f"Measured {measured['date']} on {measured['machine']}. Command: `{command}`. Judge: {args.prompts} "
-             f"canonical prompts of each kind x {args.seeds} seeds, each family's default sampler.", "",
+    longest = max(budgets)
+    lines = [f"Measured {measured['date']} on {measured['machine']}. Command: `{command}`. Judge: {measured['prompts']} "
+             f"canonical prompts of each kind x {measured['seeds']} seeds, each family's default sampler.", "",
              f"One run per family for {longest:g} minutes with its defaults; the model was kept after "
-             f"{', '.join(f'{b:g}' for b in sorted(args.budgets)[:-1])} minutes of training time and each snapshot "
+             f"{', '.join(f'{b:g}' for b in sorted(budgets)[:-1])} minutes of training time and each snapshot "
              "judged afterwards (the learning rate decays over the whole run, so an early snapshot is a little below a "
              "run budgeted for that time: compare the diffusion table above). A dalle run's clock includes its image "
              "tokenizer (the first 15 % of the budget).", "",
-             f"![time to accuracy]({os.path.relpath(args.plot, ROOT / 'docs')})",
+             f"![time to accuracy]({os.path.relpath(plot_path, ROOT / 'docs')})",
              "", "| family | after | steps x batch | seen single | held-out single | pair | s/picture |",
              "|---|---|---|---|---|---|---|"]
-    for name in args.families:
+    for name in families:
         done = {r["budget"]: r for r in rows if r["name"] == name}
-        for budget in sorted(args.budgets):
+        for budget in sorted(budgets):
             r = done.get(budget)
             if r is None:
                 lines.append(f"| {name} | {budget:g} min | still training its image tokenizer | | | | |")

@@ -24,4 +24,4 @@ def command_line(script: str, argv: list[str]) -> str:
     import shlex
     own = " ".join(["python", f"bench/{script}"] + [shlex.quote(a) for a in argv])
     outer = os.environ.get("DREAMLET_BENCH_COMMAND")
-    return f"{outer}` (which ran `{own}" if outer else own
+    return f"{outer} (which ran: {own})" if outer else own

@@ -23,11 +23,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-CURVES = ROOT / "runs" / "bench" / "curves"
 
 FULL = {
     "curves": ["curves.py", "--budgets", "2", "5", "10", "20", "--prompts", "64", "--seeds", "2"],
-    "samplers": ["samplers.py", "--model", str(CURVES / "diffusion" / "model"), "--steps", "5", "10", "20", "50", "100",
+    "samplers": ["samplers.py", "--model", "runs/bench/curves/diffusion/model", "--steps", "5", "10", "20", "50", "100",
                  "--prompts", "32", "--seeds", "1"],
     "memory": ["memory.py"],
     "peers": ["peers.py", "--peers", "imagen", "dalle", "minimagen", "--minutes", "15", "--with-dreamlet", "--jobs", "2",
@@ -35,7 +34,7 @@ FULL = {
 }
 QUICK = {
     "curves": ["curves.py", "--budgets", "0.5", "1", "2", "--prompts", "16", "--seeds", "1"],
-    "samplers": ["samplers.py", "--model", str(CURVES / "diffusion" / "model"), "--steps", "5", "10", "20",
+    "samplers": ["samplers.py", "--model", "runs/bench/curves/diffusion/model", "--steps", "5", "10", "20",
                  "--prompts", "8", "--seeds", "1"],
     "memory": ["memory.py", "--sizes", "32", "--large", "base:64"],
     "peers": ["peers.py", "--quick", "--minutes", "1"],
