@@ -124,3 +124,16 @@ def test_inception_fid_from_local_weights_through_the_cli(clip_run, tiny_run, tm
     assert main(base + ["--inception", str(weights)]) == 0
     report = json.loads(out.with_suffix(".json").read_text())
     assert report["fid_inception"] > 0 and "| FID (Inception-v3) |" in out.with_suffix(".md").read_text()
+
+
+def test_eval_with_clip_scores_a_gan_and_a_dalle_prior_too(clip_run, tmp_path, capsys):
+    """A GAN has no sampler steps or guidance: the report says none instead of failing."""
+    for family in ("gan", "dalle"):
+        run = tmp_path / family
+        assert main(["train", "--model", family, "--preset", "tiny", "--steps", "3", "--batch-size", "8",
+                     "--sample-every", "0", "--out", str(run)]) == 0
+        out = tmp_path / f"{family}-report"
+        assert main(["eval", "--model", str(run / "model"), "--clip", str(clip_run), "--prompts", "4",
+                     "--out", str(out)]) == 0, capsys.readouterr().err
+        report = json.loads(out.with_suffix(".json").read_text())
+        assert report["pictures"] == 12 and 0 <= report["r_precision"] <= 1 and report["fid"] > 0

@@ -143,8 +143,9 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     seconds = time.perf_counter() - started
     config = pipeline.model.config
     report = {"model": str(model_dir), "clip": str(clip_dir), "data": data, "pictures": len(fake),
-              "distractors": distractors, "steps": steps or config.steps,
-              "guidance": config.guidance if guidance is None else guidance, "seconds_per_image": seconds / len(fake),
+              "distractors": distractors, "steps": steps or getattr(config, "steps", None),  # a GAN has neither
+              "guidance": getattr(config, "guidance", None) if guidance is None else guidance,
+              "seconds_per_image": seconds / len(fake),
               "clip_score": scorer.clip_score(fake, captions), "clip_score_real": scorer.clip_score(real, captions),
               "r_precision": scorer.r_precision(fake, captions, pool, distractors),
               "r_precision_real": scorer.r_precision(real, captions, pool, distractors)}
@@ -167,8 +168,9 @@ def clip_markdown(report: dict) -> str:
                   f"| FID, real half vs real half | {report['fid_real_halves']:.1f} |",
                   f"| FID, real vs noise | {report['fid_real_noise']:.1f} |"]
         return "\n".join(lines) + "\n"
+    drawing = "one forward pass" if report["steps"] is None else f"{report['steps']} steps, guidance {report['guidance']}"
     lines += [f"CLIP: {report['clip']}. Data: {report['data']}, {report['pictures']} held-out captions, one picture each, "
-              f"{report['steps']} steps, guidance {report['guidance']}, {report['distractors']} distractors.", "",
+              f"{drawing}, {report['distractors']} distractors.", "",
               "| metric | generated | real |", "|---|---|---|",
               f"| CLIP score | {report['clip_score']:.1f} | {report['clip_score_real']:.1f} |",
               f"| R-precision | {report['r_precision']:.3f} | {report['r_precision_real']:.3f} |",
