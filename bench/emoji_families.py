@@ -24,7 +24,7 @@ from docs_section import command_line, write_section  # noqa: E402
 from families import VARIANTS  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
-from dreamlet.evaluation import evaluate_clip_model, evaluate_with_clip  # noqa: E402
+from dreamlet.evaluation import evaluate_clip_model, evaluate_with_clip, heldout_set  # noqa: E402
 from dreamlet.images import captioned_grid  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
@@ -62,7 +62,6 @@ def main(argv=None):
     for name, model_dir in trained.items():
         report = evaluate_with_clip(model_dir, clip_run / "model", count=args.count)
         pipeline = Pipeline.load(model_dir)
-        from dreamlet.evaluation import heldout_set
         _, captions, _ = heldout_set("emoji", pipeline.image_size, 24)
         pictures = pipeline.draw(captions, list(range(len(captions))))
         grid = ROOT / "docs" / "images" / f"emoji_{name}.png"
