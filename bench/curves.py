@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, write_section  # noqa: E402
+from docs_section import command_line, save_figure, write_section  # noqa: E402
 from families import VARIANTS  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
@@ -89,11 +89,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     axes[0].set_ylabel("judged correct (%)")
     axes[0].set_ylim(-2, 102)
     axes[-1].legend(loc="upper left")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, title)
 
 
 def main(argv=None):

@@ -25,3 +25,13 @@ def command_line(script: str, argv: list[str]) -> str:
     own = " ".join(["python", f"bench/{script}"] + [shlex.quote(a) for a in argv])
     outer = os.environ.get("DREAMLET_BENCH_COMMAND")
     return f"{outer} (which ran: {own})" if outer else own
+
+
+def save_figure(figure, path: Path, title: str) -> None:
+    """A benchmark's matplotlib figure, titled with where it was measured, written for the docs."""
+    import matplotlib.pyplot as plt
+    figure.suptitle(title, fontsize=10)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -22,7 +22,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, write_section  # noqa: E402
+from docs_section import command_line, save_figure, write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
@@ -52,11 +52,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     accuracy.set_ylabel("judged correct (%)")
     accuracy.set_ylim(-2, 102)
     seconds.set_ylabel("seconds per picture")
-    figure.suptitle(title, fontsize=10)
-    figure.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    save_figure(figure, path, title)
 
 
 def main(argv=None):
