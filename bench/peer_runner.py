@@ -19,7 +19,6 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 import types
@@ -34,26 +33,13 @@ sys.path.insert(0, str(ROOT / "src"))
 
 from dreamlet.data.shapes import ShapesDataset, benchmark_prompts  # noqa: E402
 from dreamlet.judge import judge, summarize  # noqa: E402
+from docs_section import machine  # noqa: E402  (bench/: this script's folder)
 
 SIZE = 32
 TOKENIZER_CAPTIONS = 20_000  # as many captions as dreamlet's training trains its tokenizer on
 
 
 # ----------------------------------------------------------------------------- the protocol (no peer needed)
-
-def machine() -> str:
-    """The same description bench/time_to_accuracy.py writes, from inside this environment."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
-
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
     """(B, S, S, 3) uint8 -> (B, 3, S, S) float in [0, 1], the range every peer here takes."""

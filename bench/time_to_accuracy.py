@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import platform
 import re
 import shlex
 import sys
@@ -22,23 +20,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from docs_section import machine  # noqa: E402,F401  (re-exported: other bench scripts import it from here)
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
 
 START, END = "<!-- time_to_accuracy:start -->", "<!-- time_to_accuracy:end -->"
-
-
-def machine() -> str:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
 
 
 def main():
