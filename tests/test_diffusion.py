@@ -96,6 +96,22 @@ def test_seeded_sampling_is_deterministic_and_guidance_and_steps_matter(tiny_run
     assert not (a == pipe.draw(prompts, [1, 2], steps=3)).all()
 
 
+def test_linear_guidance_schedule_changes_pictures_and_guidance_one_ignores_it(tiny_run):
+    model = Pipeline.load(tiny_run / "model").model
+    # A stand-in network whose caption matters a lot, so the scale visibly changes the result.
+    model.velocity = lambda x, t, ids, previous=None: 0.1 * x + 0.05 * (ids.float().mean(1) > 0).view(-1, 1, 1, 1)
+    ids, empty = torch.tensor([[1, 5, 6, 2]]), torch.zeros(1, 4, dtype=torch.long)
+    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+
+    def draw(schedule, guidance):
+        model.config.guidance_schedule = schedule
+        return model.generate(ids, empty, noise, steps=5, guidance=guidance)
+    assert not torch.allclose(draw("constant", 4.0), draw("linear", 4.0))
+    assert torch.equal(draw("constant", 1.0), draw("linear", 1.0))
+    with pytest.raises(ValueError, match="guidance_schedule"):
+        draw("cosine", 4.0)
+
+
 def test_save_load_gives_identical_samples(tiny_run, tmp_path):
     pipe = Pipeline.load(tiny_run / "model")
     pipe.save(tmp_path / "copy")

@@ -44,3 +44,18 @@ def test_text_encoder_shapes_and_padding_invariance():
     enc.position.data[8:] += 1.0
     t2, _, p2 = enc(short)
     assert torch.allclose(pooled[:1], p2, atol=1e-5)
+
+
+def test_token_convolution_binds_neighbours_and_ignores_padding():
+    """With `conv`, a word's feature depends on its neighbours ("green circle" vs "red circle" at "circle"),
+    and padding, which the convolution also reads, still changes nothing."""
+    tok = make_tokenizer()
+    enc = TextEncoder(TextEncoderConfig(vocab_size=tok.vocab_size, max_length=16, width=32, layers=0, heads=4,
+                                        pad_id=tok.pad_id, conv=3)).eval()
+    ids = tok(["a green circle", "a red circle", "a small green square at the top"])
+    tokens, _, pooled = enc(ids)
+    circle = tok.tokenizer.token_to_id("circle")
+    at = [int((row == circle).nonzero()[0]) for row in ids[:2]]
+    assert at[0] == at[1] and not torch.allclose(tokens[0, at[0]], tokens[1, at[1]], atol=1e-3)
+    t2, _, p2 = enc(ids[:1, :6])  # the same caption, less padding
+    assert torch.allclose(pooled[:1], p2, atol=1e-5)

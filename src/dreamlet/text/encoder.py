@@ -19,6 +19,8 @@ class TextEncoderConfig:
     pad_id: int = 0
     token_std: float = 1.0     # initial spread of the token embeddings (torch's default is 1)
     position_std: float = 0.02 # initial spread of the learned position embeddings
+    conv: int = 0              # > 0: a 1-D convolution of this width over neighbouring tokens before the blocks,
+                               # so "green circle" is one feature at "circle" from the first step (0: none)
     pretrained: str = ""       # a local transformers model directory (`--text-encoder`): its frozen features,
                                # projected to `width`, replace this encoder; the directory is not copied
 
@@ -51,11 +53,15 @@ class TextEncoder(nn.Module):
         self.position = nn.Parameter(torch.randn(config.max_length, config.width) * config.position_std)
         self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.width)
+        if config.conv:
+            self.conv = nn.Conv1d(config.width, config.width, config.conv, padding=config.conv // 2)
 
     def forward(self, ids: torch.Tensor):
         """ids (B, L) -> tokens (B, L, D), keep mask (B, L) bool, pooled (B, D) mean of real tokens."""
         keep = ids != self.config.pad_id                                   # (B, L)
         x = self.token(ids) + self.position[: ids.shape[1]]                # (B, L, D)
+        if self.config.conv:  # padding reads as zeros, so a caption's features do not depend on its batch
+            x = x + self.conv((x * keep[..., None]).transpose(1, 2)).transpose(1, 2)
         for block in self.blocks:
             x = block(x, keep[:, None, None, :])
         x = self.norm(x)
