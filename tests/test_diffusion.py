@@ -119,3 +119,12 @@ def test_save_load_gives_identical_samples(tiny_run, tmp_path):
     prompts = ["a large green diamond at the center"]
     assert (pipe.draw(prompts, [7], steps=4) == again.draw(prompts, [7], steps=4)).all()
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tiny_run / "model").iterdir())
+
+
+def test_unknown_guidance_schedule_is_refused_before_training(tmp_path, capsys):
+    from dreamlet.cli import main
+    assert main(["train", "--steps", "1", "--preset", "tiny", "--out", str(tmp_path / "r"),
+                 "--set", "guidance_schedule=cosine"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown guidance_schedule 'cosine'" in err
+    assert not (tmp_path / "r" / "model").exists()

@@ -70,6 +70,8 @@ PRESETS = {
 class TextToImageDiffusion(nn.Module):
     def __init__(self, config: DiffusionConfig):
         super().__init__()
+        if config.guidance_schedule not in ("constant", "linear"):
+            raise ValueError(f"unknown guidance_schedule {config.guidance_schedule!r}; expected constant or linear")
         if config.text.width != config.denoiser.text_width:
             raise ValueError(f"text encoder width and {config.network}.text_width differ")
         self.config = config
