@@ -67,11 +67,19 @@ PRESETS = {
 }
 
 
+def guidance_scale(schedule: str, guidance: float, t: float) -> float:
+    """The guidance scale at time t (1: pure noise, 0: the picture) for a `guidance_schedule`."""
+    if schedule == "constant":
+        return guidance
+    if schedule == "linear":  # 1 at pure noise, 2 g - 1 at the end: g on average
+        return 1 + (guidance - 1) * 2 * (1 - t)
+    raise ValueError(f"unknown guidance_schedule {schedule!r}; expected constant or linear")
+
+
 class TextToImageDiffusion(nn.Module):
     def __init__(self, config: DiffusionConfig):
         super().__init__()
-        if config.guidance_schedule not in ("constant", "linear"):
-            raise ValueError(f"unknown guidance_schedule {config.guidance_schedule!r}; expected constant or linear")
+        guidance_scale(config.guidance_schedule, config.guidance, 1.0)  # an unknown schedule fails here, not mid-run
         if config.text.width != config.denoiser.text_width:
             raise ValueError(f"text encoder width and {config.network}.text_width differ")
         self.config = config
@@ -115,8 +123,6 @@ class TextToImageDiffusion(nn.Module):
         steps = steps or self.config.steps
         guidance = self.config.guidance if guidance is None else guidance
         sample = SAMPLERS[sampler or self.config.sampler]
-        if self.config.guidance_schedule not in ("constant", "linear"):
-            raise ValueError(f"unknown guidance_schedule {self.config.guidance_schedule!r}; expected constant or linear")
         percentile = self.config.dynamic_threshold if guidance > self.config.dynamic_threshold_above else 0.0
         B = ids.shape[0]
         both = torch.cat([ids, empty_ids.expand(B, -1)]) if guidance != 1 else ids
@@ -131,10 +137,7 @@ class TextToImageDiffusion(nn.Module):
             previous["x0"] = x0.clamp(-1, 1).to(x.dtype)
             if guidance != 1:
                 cond, uncond = x0.chunk(2)
-                scale = guidance
-                if self.config.guidance_schedule == "linear":
-                    scale = 1 + (guidance - 1) * 2 * (1 - float(t))
-                x0 = uncond + scale * (cond - uncond)
+                x0 = uncond + guidance_scale(self.config.guidance_schedule, guidance, float(t)) * (cond - uncond)
             return dynamic_threshold(x0, percentile)  # keeps guided estimates in the data range
 
         return sample(denoise, noise.float(), sampling_times(steps)).clamp(-1, 1)
