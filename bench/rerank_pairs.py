@@ -30,17 +30,17 @@ def draw(args):
     from dreamlet.pipeline import Pipeline
     pipeline = Pipeline.load(args.generator)
     prompts = benchmark_prompts(args.prompts, args.prompts, args.prompts, seed=1234)
-    texts = [p.text for p in prompts for _ in range(args.candidates)]
-    seeds = list(range(len(texts)))
+    jobs = [p for p in prompts for _ in range(args.candidates)]  # each prompt's candidates side by side
     started = time.perf_counter()
-    images = pipeline.draw(texts, seeds, steps=args.steps)
-    correct = np.asarray([judge(im, p)["correct"] for im, p in zip(images, [p for p in prompts for _ in range(args.candidates)])])
+    images = pipeline.draw([p.text for p in jobs], list(range(len(jobs))), steps=args.steps)
+    correct = np.asarray([judge(im, p)["correct"] for im, p in zip(images, jobs)]).reshape(len(prompts), -1)
+    kinds = np.asarray([p.kind for p in prompts])
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(out / "candidates.npz", images=images, correct=correct.reshape(len(prompts), -1),
-                        texts=np.asarray([p.text for p in prompts]), kinds=np.asarray([p.kind for p in prompts]))
+    np.savez_compressed(out / "candidates.npz", images=images, correct=correct,
+                        texts=np.asarray([p.text for p in prompts]), kinds=kinds)
     print(json.dumps(dict(generator=args.generator, seconds=round(time.perf_counter() - started, 1),
-                          **summary(correct.reshape(len(prompts), -1), np.asarray([p.kind for p in prompts])))))
+                          **summary(correct, kinds))))
 
 
 def summary(correct: np.ndarray, kinds: np.ndarray, chosen: np.ndarray | None = None) -> dict:
@@ -56,12 +56,11 @@ def summary(correct: np.ndarray, kinds: np.ndarray, chosen: np.ndarray | None = 
 def clip(args):
     import torch
     torch.set_num_threads(args.threads)
-    from dreamlet.data import shapes
     from dreamlet.scoring import ClipScorer
     from dreamlet.training import TrainConfig, train
+    from sweep import shapes_with
     if args.contrast:  # pair scenes come with their mirror image, the caption differing in the relation only
-        init = shapes.ShapesDataset.__init__
-        shapes.ShapesDataset.__init__ = lambda self, size=32, seed=0, **kw: init(self, size, seed, **({"pair_contrast": True} | kw))
+        shapes_with({"pair_contrast": True})
     run = Path(args.out) / args.name
     if args.minutes:
         import shutil

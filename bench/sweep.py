@@ -26,6 +26,14 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def shapes_with(options: dict) -> None:
+    """Every shapes set this process builds from now on gets `options` (pair_fraction, pair_contrast ...),
+    unless its caller passes them itself."""
+    from dreamlet.data import shapes
+    init = shapes.ShapesDataset.__init__
+    shapes.ShapesDataset.__init__ = lambda self, size=32, seed=0, **kw: init(self, size, seed, **(options | kw))
+
+
 def run_one(spec: dict, out: Path) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     import torch
@@ -46,8 +54,7 @@ def run_one(spec: dict, out: Path) -> None:
                     and (cells == "aligned" or abs(divmod(a, 3)[1 - axis] - divmod(b, 3)[1 - axis]) == 2)]
             pairs[:] = keep
     if data:  # the dataset's mix (share of pair scenes, of canonical captions) for this experiment
-        init = shapes.ShapesDataset.__init__
-        shapes.ShapesDataset.__init__ = lambda self, size=32, seed=0, **kw: init(self, size, seed, **(data | kw))
+        shapes_with(data)
     run = out / spec["name"]
     config = TrainConfig(out=str(run), steps=spec["steps"], sample_every=0, checkpoint_every=0, precision="fp32",
                          settings=spec.get("model", {}), **spec.get("train", {}))
