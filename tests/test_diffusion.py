@@ -5,13 +5,16 @@ import torch
 from dreamlet.config import updated
 from dreamlet.models.diffusion import PRESETS, DiffusionConfig, TextToImageDiffusion
 from dreamlet.models.diffusion.sampling import SAMPLERS
-from dreamlet.models.diffusion.schedule import sampling_times
+from dreamlet.models.diffusion.schedule import alpha_sigma, sampling_times
 from dreamlet.pipeline import Pipeline
 
 
 # Network variants: dit-plain has linear patches (no conv stem), dit-joint reads the caption in
-# self-attention, dit-nolayout has no layout path; "+sc" adds self-conditioning.
-VARIANTS = {"dit-plain": {"conv_width": 0}, "dit-joint": {"text_mode": "joint"}, "dit-nolayout": {"layout_rank": 0}}
+# self-attention, dit-nolayout has no layout path, dit-pooled the layout path without attention or
+# preview (the default before the seventh round); "+sc" adds self-conditioning.
+NO_PREVIEW = {"layout_preview": 0.0, "preview_residual": False}
+VARIANTS = {"dit-plain": {"conv_width": 0}, "dit-joint": {"text_mode": "joint"},
+            "dit-nolayout": {"layout_rank": 0, **NO_PREVIEW}, "dit-pooled": {"layout_input": "pooled", **NO_PREVIEW}}
 
 
 def tiny(size=32, network="dit"):
@@ -23,7 +26,8 @@ def tiny(size=32, network="dit"):
     return updated(DiffusionConfig(), overrides)
 
 
-@pytest.mark.parametrize("network", ["unet", "dit", "dit-plain", "dit-joint", "dit-nolayout", "dit+sc", "unet+sc"])
+@pytest.mark.parametrize("network", ["unet", "dit", "dit-plain", "dit-joint", "dit-nolayout", "dit-pooled", "dit+sc",
+                                     "unet+sc"])
 @pytest.mark.parametrize("size", [16, 32, 64])
 def test_model_output_shapes(size, network):
     torch.manual_seed(0)
@@ -49,6 +53,11 @@ def randomized(model):
     for p in model.parameters():
         torch.nn.init.normal_(p, std=0.05)
     return model
+
+
+def preview_of(model, ids):
+    """The caption's preview picture, (B, 3, S, S)."""
+    return model.net.preview(model.net.layout(*model.text_encoder(ids)))
 
 
 def test_layout_path_writes_a_caption_dependent_bias_that_reaches_the_output():
@@ -82,7 +91,11 @@ def test_overfits_one_batch():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    assert losses[-1] < 0.2 * losses[0]
+    # The preview's share cannot reach 0: the tiny preset's rank-4 layout path cannot hold 8 random pictures.
+    with torch.no_grad():
+        preview_error = torch.nn.functional.mse_loss(preview_of(model, ids), x).item()
+    denoising = losses[-1] - model.config.dit.layout_preview * preview_error
+    assert denoising < 0.1 * losses[0] and losses[-1] < 0.5 * losses[0]
 
 
 def test_seeded_sampling_is_deterministic_and_guidance_and_steps_matter(tiny_run):
@@ -128,3 +141,57 @@ def test_unknown_guidance_schedule_is_refused_before_training(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown guidance_schedule 'cosine'" in err
     assert not (tmp_path / "r" / "model").exists()
+
+
+def test_a_residual_without_a_preview_is_refused_in_one_line(tmp_path, capsys):
+    from dreamlet.cli import main
+    assert main(["train", "--steps", "1", "--preset", "tiny", "--out", str(tmp_path / "r"),
+                 "--set", "dit.layout_preview=0"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "preview_residual needs a preview" in err
+
+
+@pytest.mark.parametrize("power", [2.0, 8.0])
+def test_caption_preview_is_the_clean_estimate_at_pure_noise(power):
+    """With preview_residual, a network that predicts nothing (its zero-initialised output) still gives
+    the caption's preview as its clean estimate at t = 1, sigma^power of it on the way, none at t = 0."""
+    model = TextToImageDiffusion(updated(tiny(16), {"dit": {"preview_power": power}}))  # residual on by default
+    torch.manual_seed(2)
+    torch.nn.init.normal_(model.net.layout_preview.weight, std=0.5)
+    ids = torch.randint(4, 64, (2, 24))
+    preview = preview_of(model, ids)                                            # (2, 3, 16, 16)
+    assert preview.shape == (2, 3, 16, 16) and not torch.allclose(preview[0], preview[1])
+    x = torch.randn(2, 3, 16, 16)
+    for t in (1.0, 0.6, 0.0):
+        a, s = (v.view(-1, 1, 1, 1) for v in alpha_sigma(torch.full((2,), t)))
+        x0 = a * x - s * model.velocity(x, torch.full((2,), t), ids)
+        assert torch.allclose(x0, a * x + s ** power * preview, atol=1e-5)
+
+
+def test_preview_loss_trains_the_layout_path_towards_the_picture():
+    torch.manual_seed(0)
+    model = TextToImageDiffusion(tiny(16))  # the default: preview loss on, layout read by attention
+    assert model.config.dit.layout_preview > 0 and model.config.dit.layout_input == "attention"
+    # Two captions, each always with its own picture: a bright left half, or a bright right half.
+    left = -torch.ones(3, 16, 16)
+    left[:, :, :8] = 1
+    images = torch.stack([left, left.flip(-1)] * 2)
+    ids = torch.randint(4, 64, (2, 24)).repeat(2, 1)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    error = lambda: torch.nn.functional.mse_loss(preview_of(model, ids), images).item()  # noqa: E731
+    before = error()
+    for _ in range(100):
+        loss = model.loss(images, ids, torch.zeros(1, 24, dtype=torch.long), torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert error() < 0.1 * before
+
+
+def test_attention_layout_reads_the_words_and_ignores_padding():
+    model = randomized(TextToImageDiffusion(updated(tiny(16), {"dit": {"layout_input": "attention"}})))
+    ids = torch.tensor([[1, 5, 6, 7, 2] + [0] * 19, [1, 5, 9, 7, 2] + [0] * 19])
+    layout = model.net.layout(*model.text_encoder(ids))                          # (2, N, rank)
+    assert layout.shape == (2, 16, 4) and not torch.allclose(layout[0], layout[1])
+    short = model.net.layout(*model.text_encoder(ids[:1, :8]))
+    assert torch.allclose(layout[:1], short, atol=1e-5)

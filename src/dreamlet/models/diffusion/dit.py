@@ -7,6 +7,12 @@ bias on every patch through a low-rank linear map. Cross-attention has to align 
 (a product of two learned maps starting from a closed gate) before "top left" means a place; the
 linear path learns it in a few hundred steps, and with it position accuracy went from 85 % to
 100 % in the same budget (docs/benchmarks.md).
+
+Two objects and a relation need more (docs/benchmarks.md, seventh round): each patch also reads the
+caption's words through a learned query of its own (`layout_input="attention"`), and the layout path
+predicts the caption's mean picture, its preview, from the words alone (`layout_preview`), which
+the clean estimate then starts from (`preview_residual`). Denoising teaches where a pair's objects
+go only through a faint, noisy average; the preview learns it from the pictures themselves.
 """
 from __future__ import annotations
 
@@ -39,7 +45,16 @@ class DiTConfig:
     layout_rank: int = 32   # > 0: the pooled caption also writes a bias on every patch through a rank-r
                             # linear map: a direct path from words like "top left" to places (0: none)
     layout_input: str = "pooled"  # what the layout path reads: pooled (the mean caption vector) | tokens
-                                  # (every token in its slot, through a small MLP: word order can matter)
+                                  # (every token in its slot, through a small MLP: word order can matter) |
+                                  # attention (pooled, plus each patch's own learned query over the caption's
+                                  # tokens: the patch reads the words that put an object there)
+    layout_preview: float = 0.0  # > 0: the layout path also predicts the picture from the caption alone (its
+                                 # preview: the mean of every picture the caption may describe), with this weight
+                                 # in the loss; noise-free, so "a red circle to the left of ..." is learned soon
+    preview_residual: bool = False  # the clean estimate is the preview plus what the network adds (needs
+                                    # layout_preview): the caption's layout is there from the first sampling step
+    preview_power: float = 8.0      # the preview's share of the clean estimate is sigma(t) ** this: all of it at
+                                    # pure noise, 6 % at t = 0.5; with 2 (half at t = 0.5) shapes failed in one seed
     text_mode: str = "cross"  # cross: patches read the caption by cross-attention (PixArt-alpha);
                               # joint: caption tokens join the patches in self-attention (U-ViT, SD3)
 
@@ -98,6 +113,10 @@ class DiT(nn.Module):
             raise ValueError(f"image size {c.image_size} does not split into patches of {c.patch}")
         if c.text_mode not in ("cross", "joint"):
             raise ValueError(f"unknown text_mode {c.text_mode!r}; expected cross or joint")
+        if c.layout_input not in ("pooled", "tokens", "attention"):
+            raise ValueError(f"unknown layout_input {c.layout_input!r}; expected pooled, tokens or attention")
+        if c.preview_residual and not (c.layout_preview and c.layout_rank):
+            raise ValueError("preview_residual needs a preview: set layout_preview > 0 (and layout_rank > 0)")
         self.grid = c.image_size // c.patch
         folded, in_channels = c.channels * c.patch ** 2, in_channels or c.channels
         if c.conv_width:
@@ -118,8 +137,15 @@ class DiT(nn.Module):
             self.layout_in = nn.Linear(4 * c.text_width, self.grid ** 2 * c.layout_rank)
         elif c.layout_rank:
             self.layout_in = nn.Linear(c.text_width, self.grid ** 2 * c.layout_rank)
+        if c.layout_rank and c.layout_input == "attention":  # per patch: a query, and a null word to read
+            self.layout_queries = nn.Parameter(torch.randn(self.grid ** 2, c.text_width) * 0.5)
+            self.layout_kv = nn.Linear(c.text_width, 2 * c.text_width)
+            self.layout_null = nn.Parameter(torch.zeros(2, c.text_width))  # a key and value for "nothing here"
+            self.layout_read = nn.Linear(c.text_width, c.layout_rank)
         if c.layout_rank:
             self.layout_out = nn.Linear(c.layout_rank, c.width)
+        if c.layout_rank and c.layout_preview:
+            self.layout_preview = nn.Linear(c.layout_rank, c.channels * c.patch ** 2)
         self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(), nn.Linear(c.time_width, c.time_width))
         self.pooled = nn.Linear(c.text_width, c.time_width) if c.pooled_text else None
         self.blocks = nn.ModuleList(DiTBlock(c.width, c.heads, c.text_width, c.mlp_ratio, c.time_width,
@@ -145,9 +171,37 @@ class DiT(nn.Module):
             for layer in (self.stem_block.conv2, self.head_block.conv2, self.head):
                 nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
 
-    def forward(self, x, t, text, keep, pooled, extra=None):
+    def layout(self, text, keep, pooled):
+        """The layout path's low-rank map of the caption, text (B, L, T), keep (B, L), pooled (B, T) -> (B, N, r)."""
+        c = self.config
+        source = pooled
+        if c.layout_input == "tokens":  # (B, L, T) with padding zeroed, in fixed slots
+            slots = F.pad(text * keep[..., None], (0, 0, 0, c.text_length - text.shape[1]))[:, :c.text_length]
+            source = self.layout_tokens(slots.flatten(1))                           # (B, 4T)
+        out = self.layout_in(source).view(len(pooled), self.grid ** 2, c.layout_rank)  # (B, N, r)
+        if c.layout_input == "attention":
+            B, heads = len(pooled), 4  # every preset's text width splits into 4 heads
+            k, v = self.layout_kv(text).chunk(2, dim=-1)                                  # (B, L, T)
+            k = torch.cat([self.layout_null[0].expand(B, 1, -1), k], 1)                  # (B, 1 + L, T)
+            v = torch.cat([self.layout_null[1].expand(B, 1, -1), v], 1)
+            split = lambda z: z.view(B, z.shape[1], heads, -1).transpose(1, 2)          # noqa: E731
+            queries = split(self.layout_queries.expand(B, -1, -1))                      # (B, heads, N, T / heads)
+            mask = F.pad(keep, (1, 0), value=True)[:, None, None, :]                    # the null word is always there
+            a = F.scaled_dot_product_attention(queries, split(k), split(v), attn_mask=mask)
+            out = out + self.layout_read(a.transpose(1, 2).reshape(B, self.grid ** 2, -1))  # (B, N, r)
+        return out
+
+    def preview(self, layout):
+        """The picture the caption alone predicts, its mean over every picture it may describe, from the
+        layout path's map (B, N, r): (B, C, S, S)."""
+        g, p = self.grid, self.config.patch
+        h = self.layout_preview(layout)                                                 # (B, N, C p p)
+        return F.pixel_shuffle(h.transpose(1, 2).reshape(len(layout), -1, g, g), p)  # (B, C, S, S)
+
+    def forward(self, x, t, text, keep, pooled, extra=None, layout=None):
         """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S).
-        `extra` (B, E): more conditioning, added to the timestep embedding (the SR stage's augmentation level)."""
+        `extra` (B, E): more conditioning, added to the timestep embedding (the SR stage's augmentation level);
+        `layout`: `self.layout(text, keep, pooled)` when the caller already has it."""
         c, p, g = self.config, self.config.patch, self.grid
         cond = self.time(timestep_embedding(t, c.time_width))                          # (B, E)
         if extra is not None:
@@ -161,11 +215,8 @@ class DiT(nn.Module):
             h = self.embed(F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2))         # (B, N, D)
         h, N, mask = h + self.position, g * g, None
         if c.layout_rank:
-            source = pooled
-            if c.layout_input == "tokens":  # (B, L, T) with padding zeroed, in fixed slots
-                slots = F.pad(text * keep[..., None], (0, 0, 0, c.text_length - text.shape[1]))[:, :c.text_length]
-                source = self.layout_tokens(slots.flatten(1))                       # (B, 4T)
-            h = h + self.layout_out(self.layout_in(source).view(len(x), N, c.layout_rank))  # (B, N, D)
+            layout = self.layout(text, keep, pooled) if layout is None else layout
+            h = h + self.layout_out(layout)                                            # (B, N, D)
         if c.text_mode == "joint":  # caption tokens ride along with the patches, then are dropped
             h = torch.cat([h, self.text_in(text)], dim=1)                              # (B, N + L, D)
             mask = F.pad(keep, (N, 0), value=True)[:, None, None, :]                   # (B, 1, 1, N + L)

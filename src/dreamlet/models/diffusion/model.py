@@ -20,7 +20,11 @@ from .unet import UNet, UNetConfig
 class DiffusionConfig:
     network: str = "dit"              # the denoiser: dit (default) | unet (the ablation baseline)
     unet: UNetConfig = field(default_factory=UNetConfig)
-    dit: DiTConfig = field(default_factory=DiTConfig)
+    # Each patch reads the caption's words, and the clean estimate starts from the caption's preview: pair
+    # prompts 20-22 -> 38-52 % at the same step count in two seeds (docs/benchmarks.md, seventh round).
+    # DiTConfig's own defaults stay off, so model directories trained before load as they were trained.
+    dit: DiTConfig = field(default_factory=lambda: DiTConfig(layout_input="attention", layout_preview=1.0,
+                                                             preview_residual=True))
     # Position embeddings as large as the token embeddings and a convolution over neighbouring tokens:
     # the caption's features then say which colour goes with which shape and which object comes first,
     # which pair prompts need (pairs 10 -> 18-24 % at the same step count: docs/benchmarks.md, sixth round).
@@ -90,14 +94,29 @@ class TextToImageDiffusion(nn.Module):
     def velocity(self, x, t, ids, x0_previous=None):
         """The network: noisy images (B, 3, S, S), times (B,), token ids (B, L) and, with
         self-conditioning, the previous clean estimate (B, 3, S, S; zeros for none) -> predicted v."""
-        text, keep, pooled = self.text_encoder(ids)
+        return self.predict(x, t, self.text_encoder(ids), x0_previous)[0]
+
+    def predict(self, x, t, caption, x0_previous=None):
+        """`velocity` from the text encoder's output (text, keep, pooled): (v, the caption's preview or None)."""
+        text, keep, pooled = caption
         if self.config.self_condition:
             x = torch.cat([x, torch.zeros_like(x) if x0_previous is None else x0_previous], dim=1)
-        return self.net(x, t, text, keep, pooled)
+        if not getattr(self.config.denoiser, "layout_preview", 0.0):
+            return self.net(x, t, text, keep, pooled), None
+        layout = self.net.layout(text, keep, pooled)                                   # (B, N, r)
+        preview = self.net.preview(layout)                                             # (B, 3, S, S)
+        v = self.net(x, t, text, keep, pooled, layout=layout)
+        if self.config.denoiser.preview_residual:
+            # x0 = a x_t - s v, so predicting v - s^(k-1) P adds s^k P to the clean estimate: all of the caption's
+            # preview at pure noise, none of it at the end; the network learns the difference (DiTConfig)
+            sigma = alpha_sigma(t)[1].view(-1, 1, 1, 1)
+            v = v - sigma ** (self.config.denoiser.preview_power - 1) * preview
+        return v, preview
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error on v for images in [-1, 1]; some captions are dropped to the empty one."""
+        """Mean squared error on v for images in [-1, 1]; some captions are dropped to the empty one.
+        With `layout_preview`, plus that weight times the error of the caption's preview of the picture."""
         B, device = images.shape[0], images.device
         drop = torch.rand(B, generator=generator).to(device) < self.config.cond_drop
         ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
@@ -106,6 +125,7 @@ class TextToImageDiffusion(nn.Module):
         a, s = (v.view(B, 1, 1, 1) for v in alpha_sigma(t))
         x_t = a * images + s * noise
         target = a * noise - s * images
+        caption = self.text_encoder(ids)
         x0_previous = None
         if self.config.self_condition:  # half the batch first makes an estimate without gradient, then refines it
             x0_previous = torch.zeros_like(images)
@@ -114,7 +134,11 @@ class TextToImageDiffusion(nn.Module):
                 with torch.no_grad():
                     v = self.velocity(x_t[use], t[use], ids[use]).float()
                     x0_previous[use] = (a[use] * x_t[use] - s[use] * v).clamp(-1, 1)
-        return F.mse_loss(self.velocity(x_t, t, ids, x0_previous).float(), target)
+        v, preview = self.predict(x_t, t, caption, x0_previous)
+        loss = F.mse_loss(v.float(), target)
+        if preview is not None:  # noise-free: where a caption puts its objects is learned far sooner than by denoising
+            loss = loss + self.config.denoiser.layout_preview * F.mse_loss(preview.float(), images)
+        return loss
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,

@@ -1,0 +1,86 @@
+"""Where a model's pair pictures fail: the right two objects, their relation, extra objects.
+
+    .venv/bin/python bench/pair_diagnosis.py runs/demo/model [--prompts 64] [--guidance 3]
+
+Draws the judge's prompts (`prompts` of each kind x 2 seeds, as `dreamlet eval`) and prints one JSON
+line: the accuracies, then for pair pictures the share whose two largest objects are the two asked for
+(`both`), the share of those whose relation is right (`relation_given_both`; 0.5 is chance), and how many
+pictures hold two, or three and more, objects at least 30 % as large as the largest. Then `early`: how
+often the model's clean estimate from pure noise (t = 0.95, no guidance) already puts the first
+object's colour on the asked side of the second's (0.5: the caption's relation does not reach the
+layout). docs/benchmarks.md (seventh round) reads these figures.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from dreamlet.data.shapes import COLORS, benchmark_prompts  # noqa: E402
+from dreamlet.judge import find_objects, judge, summarize  # noqa: E402
+from dreamlet.models.diffusion.schedule import alpha_sigma  # noqa: E402
+from dreamlet.pipeline import Pipeline  # noqa: E402
+
+RELATION_HOLDS = {"to the left of": lambda dx, dy: dx < 0, "to the right of": lambda dx, dy: dx > 0,
+                  "above": lambda dx, dy: dy < 0, "below": lambda dx, dy: dy > 0}
+
+
+def early_relation(pipeline: Pipeline, pairs, t: float = 0.95, seeds: int = 4) -> float:
+    """Share of (pair prompt, noise) where the clean estimate at time t puts the first colour's mass on the
+    asked side of the second's (prompts whose two colours differ)."""
+    pairs = [p for p in pairs if p.objects[0][0] != p.objects[1][0]]
+    ids = pipeline.tokenizer([p.text for p in pairs]).to(pipeline.device)
+    size = pipeline.image_size
+    rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
+                                indexing="ij")
+    a, s = alpha_sigma(torch.tensor(t))
+    right = 0
+    for seed in range(seeds):
+        noise = torch.randn(len(pairs), 3, size, size, generator=torch.Generator().manual_seed(seed))
+        with torch.no_grad():
+            x0 = a * noise - s * pipeline.model.velocity(noise, torch.full((len(pairs),), t), ids).cpu().float()
+        for picture, prompt in zip(x0, pairs):
+            def mass(color):  # where the estimate is closest to this colour, as weights summing to 1
+                target = torch.tensor(COLORS[color], dtype=torch.float32) / 127.5 - 1
+                return torch.softmax(-((picture - target[:, None, None]) ** 2).sum(0).flatten() / 0.5, 0).view(size, size)
+            first, second = mass(prompt.objects[0][0]), mass(prompt.objects[1][0])
+            dx, dy = ((first - second) * cols).sum(), ((first - second) * rows).sum()
+            right += bool(RELATION_HOLDS[prompt.relation](dx, dy))
+    return right / (len(pairs) * seeds)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--guidance", type=float)
+    args = parser.parse_args()
+    pipeline = Pipeline.load(args.model)
+    chosen = benchmark_prompts(args.prompts, args.prompts, args.prompts, seed=1234)  # as evaluate_shapes
+    jobs = [(p, 10_000 * s + i) for s in range(2) for i, p in enumerate(chosen)]
+    images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], guidance=args.guidance)
+    results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
+    report = summarize(results)
+    both = correct = two = three_plus = pictures = 0
+    for (prompt, _), image, (_, result) in zip(jobs, images, results):
+        if prompt.kind != "pair":
+            continue
+        objects = find_objects(image)
+        wanted = sorted((c, s) for c, s, _, _ in prompt.objects)
+        both += sorted((o.color, o.shape) for o in objects[:2]) == wanted
+        correct += result["correct"]
+        comparable = sum(o.area >= 0.3 * objects[0].area for o in objects) if objects else 0
+        two, three_plus, pictures = two + (comparable == 2), three_plus + (comparable >= 3), pictures + 1
+    print(json.dumps(dict(
+        model=args.model, seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
+        both=both / pictures, relation_given_both=correct / max(both, 1), two_objects=two / pictures,
+        three_plus=three_plus / pictures, early=early_relation(pipeline, [p for p in chosen if p.kind == "pair"]))))
+
+
+if __name__ == "__main__":
+    main()
