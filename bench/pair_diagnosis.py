@@ -21,7 +21,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dreamlet.data.shapes import COLORS, benchmark_prompts  # noqa: E402
+from dreamlet.data.shapes import COLORS, benchmark_jobs  # noqa: E402
 from dreamlet.judge import find_objects, judge, summarize  # noqa: E402
 from dreamlet.models.diffusion.schedule import alpha_sigma  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
@@ -61,8 +61,7 @@ def main():
     parser.add_argument("--guidance", type=float)
     args = parser.parse_args()
     pipeline = Pipeline.load(args.model)
-    chosen = benchmark_prompts(args.prompts, args.prompts, args.prompts, seed=1234)  # as evaluate_shapes
-    jobs = [(p, 10_000 * s + i) for s in range(2) for i, p in enumerate(chosen)]
+    jobs = benchmark_jobs(args.prompts, 2)  # as `dreamlet eval`
     images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], guidance=args.guidance)
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
     report = summarize(results)
@@ -71,15 +70,14 @@ def main():
         if prompt.kind != "pair":
             continue
         objects = find_objects(image)
-        wanted = sorted((c, s) for c, s, _, _ in prompt.objects)
-        both += sorted((o.color, o.shape) for o in objects[:2]) == wanted
-        correct += result["correct"]
+        both, correct = both + result["both_objects"], correct + result["correct"]
         comparable = sum(o.area >= 0.3 * objects[0].area for o in objects) if objects else 0
         two, three_plus, pictures = two + (comparable == 2), three_plus + (comparable >= 3), pictures + 1
+    pair_prompts = [p for p, seed in jobs if p.kind == "pair" and seed < 10_000]  # each once
     print(json.dumps(dict(
         model=args.model, seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
         both=both / pictures, relation_given_both=correct / max(both, 1), two_objects=two / pictures,
-        three_plus=three_plus / pictures, early=early_relation(pipeline, [p for p in chosen if p.kind == "pair"]))))
+        three_plus=three_plus / pictures, early=early_relation(pipeline, pair_prompts))))
 
 
 if __name__ == "__main__":

@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from dreamlet.data.shapes import ShapesDataset, benchmark_prompts  # noqa: E402
+from dreamlet.data.shapes import ShapesDataset, benchmark_jobs  # noqa: E402
 from dreamlet.judge import judge, summarize  # noqa: E402
 from docs_section import machine  # noqa: E402  (bench/: this script's folder)
 
@@ -51,17 +51,11 @@ def to_uint8(images: torch.Tensor) -> np.ndarray:
     return images.detach().float().clamp(0, 1).mul(255).round().byte().permute(0, 2, 3, 1).cpu().numpy()
 
 
-def eval_jobs(prompts: int, seeds: int) -> list:
-    """(prompt, seed) pairs exactly as dreamlet's evaluate_shapes draws them."""
-    chosen = benchmark_prompts(prompts, prompts, prompts, seed=1234)
-    return [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
-
-
 def judge_drawings(draw: Callable[[list[str], list[int]], np.ndarray], prompts: int, seeds: int,
                    batch: int = 64) -> tuple[dict, np.ndarray]:
     """Draw every benchmark picture with `draw(texts, seeds) -> (N, S, S, 3) uint8`, `batch` at a time,
     and judge it: the report has evaluate_shapes' accuracies plus seconds per picture."""
-    jobs = eval_jobs(prompts, seeds)
+    jobs = benchmark_jobs(prompts, seeds)  # exactly what `dreamlet eval` draws
     pictures = []
     started = time.perf_counter()
     for i in range(0, len(jobs), batch):

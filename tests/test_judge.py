@@ -42,7 +42,10 @@ def test_judge_rejects_a_second_large_object_and_a_reversed_relation():
     image = render(Scene((a, b), "to the left of"), 32)
     pair = lambda r: Prompt("", "pair", (("green", "circle", None, None), ("red", "square", None, None)), r)  # noqa: E731
     assert judge(image, pair("to the left of"))["correct"]
-    assert not judge(image, pair("to the right of"))["correct"]
+    reversed_relation = judge(image, pair("to the right of"))
+    assert not reversed_relation["correct"] and reversed_relation["both_objects"]  # right objects, wrong places
+    other_shape = Prompt("", "pair", (("green", "triangle", None, None), ("red", "square", None, None)), "to the left of")
+    assert not judge(image, other_shape)["both_objects"]
     single = Prompt("", "seen", (("green", "circle", "small", "left"),))
     assert not judge(image, single)["correct"]  # a second object as large as the first
 

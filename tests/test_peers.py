@@ -44,9 +44,10 @@ def test_a_perfect_peer_scores_near_100_percent_through_the_runner():
 
 
 def test_the_runner_asks_for_what_evaluate_shapes_asks_for():
-    from dreamlet.data.shapes import benchmark_prompts
-    jobs = peer_runner.eval_jobs(4, 2)
-    chosen = benchmark_prompts(4, 4, 4, seed=1234)
+    from dreamlet.data import shapes
+    assert peer_runner.benchmark_jobs is shapes.benchmark_jobs  # the one list evaluate_shapes draws too
+    jobs = shapes.benchmark_jobs(4, 2)
+    chosen = shapes.benchmark_prompts(4, 4, 4, seed=1234)
     assert [(p.text, s) for p, s in jobs] == [(p.text, 10_000 * s + i) for s in range(2) for i, p in enumerate(chosen)]
 
 

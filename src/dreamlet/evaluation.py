@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .checkpoint import UserError
-from .data.shapes import benchmark_prompts
+from .data.shapes import benchmark_jobs, benchmark_prompts
 from .images import to_tensor, to_uint8
 from .judge import judge, summarize
 from .pipeline import Pipeline
@@ -31,8 +31,7 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
     if pipeline.meta.get("data") != "shapes":
         raise UserError(f"the shapes judge needs a model trained on shapes, not {pipeline.meta.get('data')}; "
                         f"score it with a CLIP instead: --clip CLIPMODEL")
-    chosen = benchmark_prompts(prompts, prompts, prompts, seed=1234)
-    jobs = [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
+    jobs = benchmark_jobs(prompts, seeds)
     started = time.perf_counter()
     if rerank > 1:
         if not clip:

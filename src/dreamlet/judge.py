@@ -125,7 +125,7 @@ def judge(image: np.ndarray, prompt: Prompt) -> dict:
         relation = relation_holds(prompt.relation, first, second)
     scores = dict(color=sorted(c for c, _ in got) == sorted(c for c, _ in wanted),
                   shape=sorted(s for _, s in got) == sorted(s for _, s in wanted),
-                  relation=relation)
+                  relation=relation, both_objects=both)  # the two largest are the two asked for
     scores["correct"] = both and relation
     return scores | dict(found=[_brief(o) for o in objects[:3]])
 

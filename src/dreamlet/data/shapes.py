@@ -306,6 +306,13 @@ def benchmark_prompts(seen: int = 60, heldout: int = 36, pairs: int = 36, seed: 
     return out
 
 
+def benchmark_jobs(per_kind: int, seeds: int) -> list[tuple[Prompt, int]]:
+    """The judge's (prompt, seed) pairs: `per_kind` prompts of each kind, each drawn with `seeds` seeds. Every
+    script that scores a model the way `dreamlet eval` does draws exactly these."""
+    chosen = benchmark_prompts(per_kind, per_kind, per_kind, seed=1234)
+    return [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
+
+
 @cache
 def _canonical_prompts() -> dict[str, Prompt]:
     """Every canonical caption (2,736 of them) and its benchmark Prompt: looking a text up here is exact
