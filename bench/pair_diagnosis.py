@@ -73,7 +73,7 @@ def main():
         both, correct = both + result["both_objects"], correct + result["correct"]
         comparable = sum(o.area >= 0.3 * objects[0].area for o in objects) if objects else 0
         two, three_plus, pictures = two + (comparable == 2), three_plus + (comparable >= 3), pictures + 1
-    pair_prompts = [p for p, seed in jobs if p.kind == "pair" and seed < 10_000]  # each once
+    pair_prompts = list(dict.fromkeys(p for p, _ in jobs if p.kind == "pair"))  # each prompt once
     print(json.dumps(dict(
         model=args.model, seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
         both=both / pictures, relation_given_both=correct / max(both, 1), two_objects=two / pictures,

@@ -57,7 +57,8 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_it(tmp
     run = tmp_path / "run"
     assert main(["train", "--size", "16", *TINY, "--steps", "2", "--out", str(run)]) == 0
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    state["model"]["dit"].update(layout_rank=0, layout_preview=0.0, preview_residual=False)  # a version without the layout path
+    # as saved by a version without the layout path
+    state["model"]["dit"].update(layout_rank=0, layout_preview=0.0, preview_residual=False)
     (run / "checkpoint" / "state.json").write_text(json.dumps(state))
     before = (run / "checkpoint" / "state.safetensors").read_bytes()
     assert main(["train", "--size", "16", *TINY, "--steps", "4", "--out", str(run), "--resume"]) == 2
