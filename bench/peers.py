@@ -126,9 +126,9 @@ def dreamlet_params(family: str) -> int | None:
         from dreamlet.text.tokenizer import CaptionTokenizer
         module = get_family(family)
         tokenizer = CaptionTokenizer.train(ShapesDataset(32).captions(20_000))
-        config = module.Config()
+        config = module.config()
         config.text.vocab_size, config.text.pad_id = tokenizer.vocab_size, tokenizer.pad_id
-        return sum(p.numel() for p in module.Model(config).parameters())
+        return sum(p.numel() for p in module.model(config).parameters())
     except Exception as error:  # noqa: BLE001 - a count is a nicety; the table says "-" without it
         print(f"[peers] could not count dreamlet {family} parameters: {error}", flush=True)
         return None

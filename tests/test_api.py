@@ -93,7 +93,7 @@ def test_callback_sees_progress_and_can_stop(tmp_path):
 
 def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     from dreamlet.models import get_family
-    model_class = get_family("diffusion").Model
+    model_class = get_family("diffusion").model
     real_loss, calls = model_class.loss, []
 
     def sometimes_nan(self, *args):

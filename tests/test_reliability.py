@@ -58,7 +58,7 @@ def test_a_stopped_run_resumes_bit_for_bit(family, tmp_path, monkeypatch):
             progress.stop()
 
     if family == "dalle":  # also stop it in its first stage, the image tokenizer (SIGTERM at its 5th step)
-        tokenizer_model = get_family("vqvae").Model
+        tokenizer_model = get_family("vqvae").model
         real_loss, calls = tokenizer_model.loss, []
 
         def loss_then_sigterm(self, *args):

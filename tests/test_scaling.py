@@ -95,7 +95,7 @@ def test_accumulated_micro_batches_train_like_the_whole_batch(tmp_path, monkeypa
     """With nothing random in the loss, 2 micro-batches of 4 give the weights of one batch of 8 (to
     rounding); with the real loss, which draws other noise for the smaller batches, the loss curve
     stays within the noise of the real one."""
-    model = get_family("diffusion").Model
+    model = get_family("diffusion").model
     real_loss = model.loss
     monkeypatch.setattr(model, "loss", fixed_loss)
     config = dreamlet.TrainConfig(steps=4, batch_size=8, warmup=0, log_every=1, **TINY)
@@ -138,7 +138,7 @@ def noting(write_dir):
 for module in (dreamlet.training, dreamlet.pipeline):
     module.write_dir_atomically = noting(module.write_dir_atomically)
 if "fixed" in options:
-    get_family("diffusion").Model.loss = fixed_loss
+    get_family("diffusion").model.loss = fixed_loss
 config = dreamlet.TrainConfig(**config)
 if "split" in options:
     dreamlet.train(config, callback=lambda progress: progress.step == 2 and progress.stop(), quiet=True)
@@ -169,7 +169,7 @@ def test_two_processes_train_like_one_on_the_same_global_batch(tmp_path, monkeyp
     launch(tmp_path, 2, config | {"out": str(tmp_path / "two")}, "fixed")
     writes = (tmp_path / "writes.txt").read_text().split()
     assert writes == ["0", "checkpoint", "0", "model"]  # one save, at the end, by rank 0 alone
-    monkeypatch.setattr(get_family("diffusion").Model, "loss", fixed_loss)
+    monkeypatch.setattr(get_family("diffusion").model, "loss", fixed_loss)
     dreamlet.train(dreamlet.TrainConfig(out=str(tmp_path / "one"), **config), quiet=True)
     one, two = losses(tmp_path / "one"), losses(tmp_path / "two")
     assert [(s, lr) for s, lr, _ in one] == [(s, lr) for s, lr, _ in two] and len(one) == 4
@@ -227,9 +227,9 @@ def test_activation_checkpointing_gives_the_same_weights(tmp_path):
 
 def tiny_diffusion(depth: int = 4):
     family = get_family("diffusion")
-    overrides = family.PRESETS["tiny"] | {"dit": family.PRESETS["tiny"]["dit"] | {"image_size": 32, "depth": depth}}
+    overrides = family.presets["tiny"] | {"dit": family.presets["tiny"]["dit"] | {"image_size": 32, "depth": depth}}
     torch.manual_seed(0)
-    return family.Model(updated(family.Config(), overrides))
+    return family.model(updated(family.config(), overrides))
 
 
 def random_loss(module, count):

@@ -111,8 +111,8 @@ class Pipeline:
         meta = read_json(model_dir / "config.json")
         family = get_family(meta.get("family", "?"))
         try:
-            config = from_dict(family.Config, meta["model"])
-            model = family.Model(config)
+            config = family.load_config(meta["model"], meta.get("config_version"))
+            model = family.model(config)
         except (KeyError, TypeError, ValueError, RuntimeError) as error:
             raise UserError(f"{model_dir / 'config.json'} does not describe a {meta['family']} model: "
                             f"{type(error).__name__}: {str(error).strip().splitlines()[0]}") from None
@@ -139,6 +139,7 @@ class Pipeline:
         """Write config.json, model.safetensors (the given weights, EMA by default) and tokenizer.json."""
         def write(tmp: Path):
             save_json(tmp / "config.json", self.meta | {"family": self.family, "dreamlet": __version__,
+                                                       "config_version": get_family(self.family).version,
                                                        "model": to_dict(self.model.config)})
             save_tensors(tmp / "model.safetensors", state_dict or self.model.state_dict())
             self.tokenizer.save(tmp / "tokenizer.json")

@@ -82,7 +82,7 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled in: the family's TRAIN_DEFAULTS, else FAMILY_DEPENDENT."""
-        family_defaults = FAMILY_DEPENDENT | getattr(get_family(self.model), "TRAIN_DEFAULTS", {})
+        family_defaults = FAMILY_DEPENDENT | get_family(self.model).train_defaults
         return dataclasses.replace(self, **{k: v for k, v in family_defaults.items() if getattr(self, k) is None})
 
 
@@ -146,7 +146,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
         except Interrupted as stopped:
             raise Interrupted(stopped.signal_number, stopped.step, out) from None
 
-    if config.resume and not (checkpoint_dir / "state.json").is_file() and hasattr(family, "prepare") \
+    if config.resume and not (checkpoint_dir / "state.json").is_file() and family.prepare \
             and any(out.glob("*/checkpoint/state.json")):
         config = dataclasses.replace(config, resume=False)  # stopped in its first stage: prepare continues it
     if config.resume:
@@ -159,42 +159,42 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
             saved = state["train"]
             if saved["size"] != config.size or saved["data"] != config.data:
                 raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px; resume with the same --data and --size")
-            model_config = from_dict(family.Config, state["model"])
+            model_config = family.load_config(state["model"], state.get("config_version"))
             step, elapsed = int(state["step"]), float(state["elapsed"])
         except (KeyError, TypeError, ValueError) as error:
             raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): state.json is not a dreamlet "
                             f"checkpoint ({type(error).__name__}: {error}); train into a new --out") from None
-        if hasattr(family, "prepare"):  # finish (or skip) its first stage, and take the budget that leaves
+        if family.prepare:  # finish (or skip) its first stage, and take the budget that leaves
             config, _ = prepare(config, {}, device, quiet, saved=model_config)
         tokenizer = load_tokenizer(checkpoint_dir / "tokenizer.json", model_config.text)
     else:
         if (checkpoint_dir / "state.json").is_file():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
         model_overrides = copy.deepcopy(config.settings)
-        if hasattr(family, "prepare"):  # a family that builds on another model first trains or finds it (dalle)
+        if family.prepare:  # a family that builds on another model first trains or finds it (dalle)
             config, model_overrides = prepare(config, model_overrides, device, quiet)
         # "small" on a GPU too: the wider "base" preset diverges at the default learning rate under bf16
         # and learns far slower per step at a lower one (docs/benchmarks.md, GPU section)
         preset = config.preset or "small"
-        if preset not in family.PRESETS:
-            raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.PRESETS)}")
+        if preset not in family.presets:
+            raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.presets)}")
         tokenizer = CaptionTokenizer.train(dataset.captions(config.tokenizer_captions))
-        overrides = copy.deepcopy(family.PRESETS[preset])
-        sized = {f.name for f in fields(family.Config)}
+        overrides = copy.deepcopy(family.presets[preset])
+        sized = {f.name for f in fields(family.config)}
         if "image_size" in sized:
             overrides["image_size"] = config.size
         for network in sized & {"unet", "dit"}:
             overrides.setdefault(network, {})["image_size"] = config.size
         overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
         try:
-            model_config = updated(updated(family.Config(), overrides), model_overrides)
+            model_config = updated(updated(family.config(), overrides), model_overrides)
         except ValueError as error:
             raise UserError(f"--set: {error}") from None
         tokenizer = tokenizer_for(model_config.text, tokenizer)  # or a pretrained text encoder's own
 
     torch.manual_seed(config.seed)  # the same initial weights in every process
     try:
-        model = family.Model(model_config).to(device)
+        model = family.model(model_config).to(device)
     except (ValueError, TypeError) as error:  # e.g. a --set value of the wrong kind
         raise UserError(f"cannot build a {family_name} model from this config: {error}") from None
     if not config.resume and getattr(model_config, "tokenizer", ""):  # the prior's frozen image tokenizer
@@ -290,7 +290,8 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
             tensors |= {f"rng.{r}": s for r, s in enumerate(streams) if r}
             save_tensors(tmp / "state.safetensors", tensors)
             save_json(tmp / "state.json", {"family": family_name, "step": step, "elapsed": elapsed,
-                                           "train": to_dict(config), "model": to_dict(model_config),
+                                           "train": to_dict(config), "config_version": family.version,
+                                           "model": to_dict(model_config),
                                            "optimizer": opt_meta, "warnings": warnings})
             tokenizer.save(tmp / "tokenizer.json")
         write_dir_atomically(checkpoint_dir, write)

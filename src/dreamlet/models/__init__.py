@@ -1,29 +1,105 @@
-"""Model families behind one interface.
+"""Model families behind one interface, and the registry that names them.
 
-A family module exposes `Config` (a dataclass), `Model` (an nn.Module built from it, with
-`loss(images, ids, empty_ids, generator)` and `generate(ids, empty_ids, noise, ...)`) and `PRESETS`
-(named sizes as nested config overrides). A model that scores rather than draws (CLIP) or an
-image tokenizer (vqvae: `encode` pictures to codes, `decode` codes to pictures) sets
-`generates = False` and has no `generate`. Optional: `TRAIN_DEFAULTS` (TrainConfig fields the family
-wants changed, e.g. a GAN's learning rate), `Model.param_groups(weight_decay)` (its own optimizer
-groups, with an `lr_scale` each), `Model.log_fields` and `Model.log_values()` (extra columns for the training log) and
-`Model.health()` (a warning when training has gone wrong, such as a collapsed GAN). A super-resolution
-stage (diffusion-sr) also takes `low` pictures in `generate`, and draws from prompts alone only as the
-second stage of a cascade (`generates` is then true; see pipeline.Pipeline.base).
+Each family module ends with one declaration, `FAMILY = Family(...)`: its config dataclass, its
+model class, its size presets, and what the rest of dreamlet needs to know about it (the
+`dreamlet train` flags it adds, whether it draws pictures, a first stage to train, its own
+evaluation, the migrations of its saved configs). The CLI, the pipeline and the training loop read
+these declarations and never branch on a family's name: adding a family is one module and one line
+in `FAMILIES` (docs/architecture.md walks through an example).
+
+A model (`Family.model`, an nn.Module built from a `Family.config`) has
+`loss(images, ids, empty_ids, generator) -> scalar` and, when it draws,
+`generate(ids, empty_ids, noise, steps=, guidance=, sampler=) -> pictures in [-1, 1]`. Optional
+model methods: `param_groups(weight_decay)` (its own optimizer groups, each with an `lr_scale`),
+`log_fields` / `log_values()` (extra training-log columns), `health()` (a warning when training
+has gone wrong, such as a collapsed GAN).
 """
 from __future__ import annotations
 
+import copy
 import importlib
+from dataclasses import dataclass, field
+from typing import Callable
 
 from ..checkpoint import UserError
+from ..config import from_dict
 
 FAMILIES = {"diffusion": "dreamlet.models.diffusion", "diffusion-sr": "dreamlet.models.diffusion.super_resolution",
-            "gan": "dreamlet.models.gan",
-            "gan-hash": "dreamlet.models.gan_hash", "dalle": "dreamlet.models.dalle", "clip": "dreamlet.models.clip",
-            "vqvae": "dreamlet.models.vqvae"}
+            "gan": "dreamlet.models.gan", "gan-hash": "dreamlet.models.gan_hash", "dalle": "dreamlet.models.dalle",
+            "clip": "dreamlet.models.clip", "vqvae": "dreamlet.models.vqvae"}
 
 
-def get_family(name: str):
+@dataclass(frozen=True)
+class Flag:
+    """A `dreamlet train` option of a family's own: `--NAME VALUE` sets the model config field
+    `field` (dotted for a nested one, e.g. "text.pretrained")."""
+    name: str                        # the flag without dashes, e.g. "arch"
+    field: str                       # the config field it sets
+    help: str
+    choices: tuple[str, ...] = ()
+    metavar: str | None = None
+    path: bool = False               # a file or folder: stored as an absolute path
+
+
+@dataclass(frozen=True)
+class Family:
+    """What a family module declares about itself (its module's `FAMILY`)."""
+    name: str                        # the `--model` name
+    config: type                     # the config dataclass (saved as config.json's "model")
+    model: type                      # the nn.Module built from a config
+    presets: dict                    # named sizes: nested overrides of the config's defaults
+    train_defaults: dict = field(default_factory=dict)  # TrainConfig fields it wants changed (a GAN's lr ...)
+    flags: tuple[Flag, ...] = ()     # its own `dreamlet train` options
+    # Draws pictures from prompts (Pipeline.draw, sample, the shapes judge): a bool, or a function of
+    # the model's config for a family that draws only in some setups (a super-resolution stage: in a cascade).
+    draws: bool | Callable[[object], bool] = True
+    scores: bool = False             # scores pictures against captions (a CLIP: reranking, eval --clip)
+    does_instead: str = ""           # when it does not draw: what it does, for the one-line refusal
+    # A first stage trained (or found) before this family's own training, e.g. dalle's image tokenizer:
+    # prepare(train_config, overrides, device, quiet, saved=None) -> (train_config, overrides).
+    prepare: Callable | None = None
+    # `dreamlet eval` for a family the drawing evaluations do not fit: evaluate(args, pipeline) -> report dict.
+    evaluate: Callable | None = None
+    # config.json's "model" written today has `config_version` = version; migrations[v] turns a version-v
+    # config dict into a version v + 1 one (or raises UserError when the model cannot be loaded any more).
+    version: int = 1
+    migrations: dict[int, Callable[[dict], dict]] = field(default_factory=dict)
+
+    def can_draw(self, config) -> bool:
+        return self.draws(config) if callable(self.draws) else self.draws
+
+    def refuse_to_draw(self, config) -> None:
+        """One line (UserError) when a model with this config does not draw from prompts."""
+        if not self.can_draw(config):
+            raise UserError(f"a {self.name} model does not draw pictures from prompts"
+                            + (f": {self.does_instead}" if self.does_instead else ""))
+
+
+    def load_config(self, data: dict, version: int | None):
+        """The config dataclass from a saved dict of `config_version` `version` (None: before versions, 1),
+        through the migrations to today's version. Unknown fields raise ValueError (config.from_dict)."""
+        version = 1 if version is None else int(version)
+        if version > self.version:
+            raise UserError(f"this {self.name} model was saved by a newer dreamlet (config version {version}, "
+                            f"this one reads up to {self.version}); upgrade dreamlet")
+        for v in range(version, self.version):
+            data = self.migrations[v](copy.deepcopy(data))
+        return from_dict(self.config, data)
+
+
+def removed(data: dict, *paths: str) -> dict:
+    """A migration step: `data` without the dotted fields `paths` (those that are there)."""
+    for path in paths:
+        *parents, leaf = path.split(".")
+        node = data
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise UserError(f"unknown --model {name!r}; choose one of: {', '.join(FAMILIES)}")
-    return importlib.import_module(FAMILIES[name])
+    return importlib.import_module(FAMILIES[name]).FAMILY

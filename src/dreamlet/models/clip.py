@@ -17,6 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import Family, removed
 from ..text.encoder import TextEncoder, TextEncoderConfig
 
 
@@ -104,4 +105,6 @@ class CLIP(nn.Module):
         return self.encode_images(images) @ self.encode_text(ids).T
 
 
-Config, Model = ClipConfig, CLIP
+FAMILY = Family("clip", ClipConfig, CLIP, PRESETS, draws=False, scores=True,
+                does_instead="it scores pictures against captions", version=2,
+                migrations={1: lambda config: removed(config, "text.token_std")})

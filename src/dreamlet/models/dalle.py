@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import Family, Flag, removed
 from ..text.encoder import TextEncoder, TextEncoderConfig
 from .vqvae import VQConfig, VQModel
 
@@ -316,9 +317,6 @@ class DalleModel(nn.Module):
         return codes
 
 
-Config, Model = DalleConfig, DalleModel
-
-
 def prepare(train_config, overrides: dict, device, quiet: bool, saved: "DalleConfig | None" = None):
     """`dreamlet train --model dalle` is two stages in one command: the image tokenizer first (into
     OUT/tokenizer, `tokenizer_share` of a time budget, or the same number of steps), then the prior
@@ -363,3 +361,12 @@ def prepare(train_config, overrides: dict, device, quiet: bool, saved: "DalleCon
         raise UserError(f"the image tokenizer in {tokenizer} works at {meta['model']['image_size']} px, not {train_config.size}")
     from ..config import from_dict
     return train_config, overrides | {"tokenizer": str(tokenizer), "vq": from_dict(VQConfig, meta["model"])}
+
+
+FAMILY = Family(
+    "dalle", DalleConfig, DalleModel, PRESETS, train_defaults=TRAIN_DEFAULTS, prepare=prepare,
+    flags=(Flag("arch", "arch", choices=("decoder", "encdec"),
+                help="one transformer over [caption; image codes] (DALL-E) or text encoder + code decoder (dalle-mini)"),
+           Flag("decode", "decoder", choices=("autoregressive", "maskgit"),
+                help="codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of steps")),
+    version=2, migrations={1: lambda config: removed(config, "text.token_std", "vq.text.token_std")})

@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
+from . import Family, removed
 from ..text.encoder import TextEncoder, TextEncoderConfig
 from .adversarial import discriminator_hinge, generator_hinge
 
@@ -300,4 +301,5 @@ class TextToImageGAN(nn.Module):
         return self.generator(z, self.caption(ids) if self.conditional else None).float()
 
 
-Config, Model = GanConfig, TextToImageGAN
+FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2,
+                migrations={1: lambda config: removed(config, "text.token_std")})

@@ -5,13 +5,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import Family, removed
 from .gan import PRESETS, TRAIN_DEFAULTS, GanConfig, TextToImageGAN
 
 
 @dataclass
-class Config(GanConfig):
+class HashGanConfig(GanConfig):
     conditioning: str = "hash"
 
 
-Model = TextToImageGAN
-__all__ = ["Config", "Model", "PRESETS", "TRAIN_DEFAULTS"]
+FAMILY = Family("gan-hash", HashGanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2,
+                migrations={1: lambda config: removed(config, "text.token_std")})

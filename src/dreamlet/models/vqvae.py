@@ -35,6 +35,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from . import Family, removed
 from ..text.encoder import TextEncoderConfig
 from .adversarial import discriminator_hinge, generator_hinge
 
@@ -299,4 +300,6 @@ class VQModel(nn.Module):
         return values
 
 
-Config, Model = VQConfig, VQModel
+FAMILY = Family("vqvae", VQConfig, VQModel, PRESETS, train_defaults=TRAIN_DEFAULTS, draws=False,
+                does_instead="it turns pictures into codes (train --model dalle with it)", version=2,
+                migrations={1: lambda config: removed(config, "text.token_std")})

@@ -17,7 +17,6 @@ class TextEncoderConfig:
     layers: int = 2
     heads: int = 4
     pad_id: int = 0
-    token_std: float = 1.0     # initial spread of the token embeddings (torch's default is 1)
     position_std: float = 0.02 # initial spread of the learned position embeddings
     conv: int = 0              # > 0: a 1-D convolution of this width over neighbouring tokens before the blocks,
                                # so "green circle" is one feature at "circle" from the first step (0: none)
@@ -49,7 +48,7 @@ class TextEncoder(nn.Module):
             raise ValueError("a pretrained text encoder (text.pretrained) is for the diffusion families")
         self.config = config
         self.token = nn.Embedding(config.vocab_size, config.width)
-        nn.init.normal_(self.token.weight, std=config.token_std)
+        nn.init.normal_(self.token.weight)  # N(0, 1) drawn again, as before: a seed gives the weights it gave
         self.position = nn.Parameter(torch.randn(config.max_length, config.width) * config.position_std)
         self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.width)

@@ -30,6 +30,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...text.encoder import TextEncoderConfig, build_text_encoder
+from .. import Family, Flag, removed
+from . import TEXT_ENCODER_FLAG
 from .dit import DiT, DiTConfig
 from .sampling import SAMPLERS, dynamic_threshold
 from .schedule import alpha_sigma, sample_timesteps, sampling_times
@@ -170,9 +172,6 @@ class SuperResolutionDiffusion(nn.Module):
         return sample(denoise, noise.float(), sampling_times(steps)).clamp(-1, 1)
 
 
-Config, Model = SuperResolutionConfig, SuperResolutionDiffusion
-
-
 def prepare(train_config, overrides: dict, device, quiet: bool, saved: "SuperResolutionConfig | None" = None):
     """Before training: with `--base RUN/model` (`--set base=...`), check that the sizes chain, copy
     the base model into OUT/base (the cascade keeps the base it was trained with, whatever happens
@@ -200,3 +199,12 @@ def prepare(train_config, overrides: dict, device, quiet: bool, saved: "SuperRes
     if not isinstance(low, int) or low < 1 or size % low or size <= low:
         raise UserError(f"sizes do not chain: low_size {low} px must divide --size {size} px and be smaller")
     return train_config, overrides | {"low_size": low}
+
+
+FAMILY = Family(
+    "diffusion-sr", SuperResolutionConfig, SuperResolutionDiffusion, PRESETS, prepare=prepare,
+    flags=(Flag("base", "base", metavar="MODEL",
+                help="the cascade's first stage (RUN/model), whose pictures this model upsamples"), TEXT_ENCODER_FLAG),
+    draws=lambda config: bool(config.base),
+    does_instead="it upsamples pictures (Pipeline.upsample); train it with --base RUN/model to draw as a cascade",
+    version=2, migrations={1: lambda config: removed(config, "text.token_std")})
