@@ -1,6 +1,6 @@
 """One design experiment on shapes: train with overrides for a time budget, judge, append a JSON line.
 
-    .venv/bin/python bench/ablate.py --name wider --minutes 10 --model '{"unet": {"widths": [64, 128, 192]}}' \
+    .venv/bin/python bench/ablate.py --name wider --minutes 10 --model '{"dit": {"width": 192}}' \
         --train '{"lr": 1e-3}'
 
 Results go to runs/ablations.jsonl; docs/benchmarks.md summarises what each change did.

@@ -60,7 +60,7 @@ def throughput(results: dict, out: Path, preset: str = "small") -> None:
     dataset = ShapesDataset(64, 0)
     tokenizer = CaptionTokenizer.train(dataset.captions(2000), max_length=DiffusionConfig().text.max_length)
     config = updated(updated(DiffusionConfig(), PRESETS[preset]),
-                     {"dit": {"image_size": 64}, "unet": {"image_size": 64},
+                     {"image_size": 64,
                       "text": {"vocab_size": tokenizer.vocab_size, "pad_id": tokenizer.pad_id}})
     torch.manual_seed(0)
     model = TextToImageDiffusion(config).to(device)

@@ -35,7 +35,7 @@ def early_relation(pipeline: Pipeline, pairs, t: float = 0.95, seeds: int = 4) -
     asked side of the second's (prompts whose two colours differ)."""
     pairs = [p for p in pairs if p.objects[0][0] != p.objects[1][0]]
     ids = pipeline.tokenizer([p.text for p in pairs]).to(pipeline.device)
-    size = pipeline.image_size
+    size, model = pipeline.image_size, pipeline.model
     rows, cols = torch.meshgrid(torch.arange(size, dtype=torch.float32), torch.arange(size, dtype=torch.float32),
                                 indexing="ij")
     a, s = alpha_sigma(torch.tensor(t))
@@ -43,7 +43,7 @@ def early_relation(pipeline: Pipeline, pairs, t: float = 0.95, seeds: int = 4) -
     for seed in range(seeds):
         noise = torch.randn(len(pairs), 3, size, size, generator=torch.Generator().manual_seed(seed))
         with torch.no_grad():
-            x0 = a * noise - s * pipeline.model.velocity(noise, torch.full((len(pairs),), t), ids).cpu().float()
+            x0 = a * noise - s * model.denoiser.velocity(noise, torch.full((len(pairs),), t), model.condition(ids)).cpu().float()
         for picture, prompt in zip(x0, pairs):
             def mass(color):  # where the estimate is closest to this colour, as weights summing to 1
                 target = torch.tensor(COLORS[color], dtype=torch.float32) / 127.5 - 1

@@ -53,14 +53,35 @@ def summary(correct: np.ndarray, kinds: np.ndarray, chosen: np.ndarray | None = 
     return out
 
 
+def use_minimal_pairs() -> None:
+    """From now on, every shapes set in this process gives its pair scenes as minimal pairs on consecutive
+    items: the same two objects with their places swapped and the relation inverted, worded the same way.
+    (A CLIP trained so learned relations, not binding: docs/benchmarks.md, sixth round.)"""
+    from dataclasses import replace
+    from dreamlet.data import shapes
+
+    def scene(self, index):
+        rng = np.random.default_rng([self.seed, index - index % 2])
+        if rng.random() >= self.pair_fraction:
+            rng = np.random.default_rng([self.seed, index])
+            return shapes.random_single(rng), rng
+        scene = shapes.random_pair(rng)
+        if index % 2:
+            a, b = scene.objects
+            scene = shapes.Scene((replace(a, position=b.position, cx=b.cx, cy=b.cy),
+                                  replace(b, position=a.position, cx=a.cx, cy=a.cy)), shapes.INVERSE[scene.relation])
+        return scene, rng
+
+    shapes.ShapesDataset.scene = scene
+
+
 def clip(args):
     import torch
     torch.set_num_threads(args.threads)
     from dreamlet.scoring import ClipScorer
     from dreamlet.training import TrainConfig, train
-    from sweep import shapes_with
     if args.contrast:  # pair scenes come with their mirror image, the caption differing in the relation only
-        shapes_with({"pair_contrast": True})
+        use_minimal_pairs()
     run = Path(args.out) / args.name
     if args.minutes:
         import shutil
@@ -108,7 +129,7 @@ def self_score(args):
             t = times.repeat(K)
             errors = []
             for caption in (ids, empty):
-                v = model.velocity(x_t, t, caption.expand(len(t), -1))
+                v = model.denoiser.velocity(x_t, t, model.condition(caption.expand(len(t), -1)))
                 errors.append(((v - target) ** 2).mean((1, 2, 3)).view(K, -1))
             scores[i] = (errors[1] - errors[0]).sum(1).numpy()
     print(json.dumps(dict(name="self", times=args.times, **summary(correct, kinds, scores.argmax(1)))), flush=True)

@@ -35,7 +35,7 @@ MARGIN = 0.9            # share of the card the allocator can really use (fragme
 
 def sr_model(preset: str, size: int, low: int) -> SuperResolutionDiffusion:
     config = updated(SuperResolutionConfig(), PRESETS[preset] | {"image_size": size, "low_size": low})
-    config = updated(config, {"unet": {"image_size": size}, "dit": {"image_size": size}, "text": {"vocab_size": 512}})
+    config = updated(config, {"text": {"vocab_size": 512}})
     torch.manual_seed(0)
     return SuperResolutionDiffusion(config)
 

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def shapes_with(options: dict) -> None:
-    """Every shapes set this process builds from now on gets `options` (pair_fraction, pair_contrast ...),
+    """Every shapes set this process builds from now on gets `options` (pair_fraction, canonical_prob),
     unless its caller passes them itself."""
     from dreamlet.data import shapes
     init = shapes.ShapesDataset.__init__

@@ -1,40 +1,35 @@
+import json
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
+from dreamlet.checkpoint import UserError
 from dreamlet.config import updated
+from dreamlet.models import get_family
 from dreamlet.models.diffusion import PRESETS, DiffusionConfig, TextToImageDiffusion
+from dreamlet.models.diffusion.denoiser import Condition, Denoiser, dynamic_threshold
 from dreamlet.models.diffusion.sampling import SAMPLERS
 from dreamlet.models.diffusion.schedule import alpha_sigma, sampling_times
 from dreamlet.pipeline import Pipeline
 
-
-# Network variants: dit-plain has linear patches (no conv stem), dit-joint reads the caption in
-# self-attention, dit-nolayout has no layout path, dit-pooled the layout path without attention or
-# preview (the default before the seventh round); "+sc" adds self-conditioning.
-NO_PREVIEW = {"layout_preview": 0.0, "preview_residual": False}
-VARIANTS = {"dit-plain": {"conv_width": 0}, "dit-joint": {"text_mode": "joint"},
-            "dit-nolayout": {"layout_rank": 0, **NO_PREVIEW}, "dit-pooled": {"layout_input": "pooled", **NO_PREVIEW}}
+FIXTURE = Path(__file__).parent / "fixtures" / "diffusion-v1"
 
 
-def tiny(size=32, network="dit"):
-    overrides = dict(PRESETS["tiny"])
-    name, self_condition = network.removesuffix("+sc"), network.endswith("+sc")
-    overrides = {"network": name.split("-")[0], "unet": dict(overrides["unet"], image_size=size),
-                 "dit": dict(overrides["dit"], image_size=size, **VARIANTS.get(name, {})),
-                 "text": dict(overrides["text"], vocab_size=64), "self_condition": self_condition}
-    return updated(DiffusionConfig(), overrides)
+def tiny(size=32):
+    return updated(DiffusionConfig(), dict(PRESETS["tiny"], image_size=size,
+                                           text=dict(PRESETS["tiny"]["text"], vocab_size=64)))
 
 
-@pytest.mark.parametrize("network", ["unet", "dit", "dit-plain", "dit-joint", "dit-nolayout", "dit-pooled", "dit+sc",
-                                     "unet+sc"])
 @pytest.mark.parametrize("size", [16, 32, 64])
-def test_model_output_shapes(size, network):
+def test_model_output_shapes(size):
     torch.manual_seed(0)
-    model = TextToImageDiffusion(tiny(size, network))
+    model = TextToImageDiffusion(tiny(size))
     x, t = torch.randn(2, 3, size, size), torch.rand(2)
     ids = torch.randint(4, 64, (2, 24))
-    assert model.velocity(x, t, ids).shape == (2, 3, size, size)
+    assert model.denoiser.velocity(x, t, model.condition(ids)).shape == (2, 3, size, size)
     loss = model.loss(x, ids, ids[:1], torch.Generator().manual_seed(0))
     loss.backward()
     assert loss.ndim == 0 and torch.isfinite(loss)
@@ -55,27 +50,18 @@ def randomized(model):
     return model
 
 
-def preview_of(model, ids):
-    """The caption's preview picture, (B, 3, S, S)."""
-    return model.net.preview(model.net.layout(*model.text_encoder(ids)))
+def velocity(model, x, t, ids):
+    return model.denoiser.velocity(x, t, model.condition(ids))
 
 
-def test_layout_path_writes_a_caption_dependent_bias_that_reaches_the_output():
+def test_caption_layout_is_a_caption_dependent_bias_that_reaches_the_output():
     model = randomized(TextToImageDiffusion(tiny(16)))
-    text, _, pooled = model.text_encoder(torch.randint(4, 64, (2, 24)))
-    bias = model.net.layout_in(pooled)                        # (2, grid * grid * rank)
-    assert bias.shape == (2, 4 * 4 * 4) and not torch.allclose(bias[0], bias[1])
+    cond = model.condition(torch.randint(4, 64, (2, 24)))
+    assert cond.bias.shape == (2, 4 * 4, 32) and not torch.allclose(cond.bias[0], cond.bias[1])
     x, t, ids = torch.randn(1, 3, 16, 16), torch.rand(1), torch.randint(4, 64, (1, 24))
-    with_layout = model.velocity(x, t, ids)
-    torch.nn.init.zeros_(model.net.layout_out.weight), torch.nn.init.zeros_(model.net.layout_out.bias)
-    assert not torch.allclose(with_layout, model.velocity(x, t, ids))
-
-
-def test_self_conditioning_uses_the_previous_estimate():
-    model = randomized(TextToImageDiffusion(tiny(16, "dit+sc")))
-    x, t, ids = torch.randn(1, 3, 16, 16), torch.rand(1), torch.randint(4, 64, (1, 24))
-    assert not torch.allclose(model.velocity(x, t, ids), model.velocity(x, t, ids, torch.ones_like(x)))
-    assert torch.equal(model.velocity(x, t, ids), model.velocity(x, t, ids, torch.zeros_like(x)))
+    with_layout = velocity(model, x, t, ids)
+    torch.nn.init.zeros_(model.preview.to_tokens.weight), torch.nn.init.zeros_(model.preview.to_tokens.bias)
+    assert not torch.allclose(with_layout, velocity(model, x, t, ids))
 
 
 def test_overfits_one_batch():
@@ -91,10 +77,10 @@ def test_overfits_one_batch():
         loss.backward()
         optimizer.step()
         losses.append(loss.item())
-    # The preview's share cannot reach 0: the tiny preset's rank-4 layout path cannot hold 8 random pictures.
+    # The preview's share cannot reach 0: the tiny preset's rank-4 layout cannot hold 8 random pictures.
     with torch.no_grad():
-        preview_error = torch.nn.functional.mse_loss(preview_of(model, ids), x).item()
-    denoising = losses[-1] - model.config.dit.layout_preview * preview_error
+        preview_error = torch.nn.functional.mse_loss(model.condition(ids).preview, x).item()
+    denoising = losses[-1] - model.config.preview.weight * preview_error
     assert denoising < 0.1 * losses[0] and losses[-1] < 0.5 * losses[0]
 
 
@@ -109,22 +95,6 @@ def test_seeded_sampling_is_deterministic_and_guidance_and_steps_matter(tiny_run
     assert not (a == pipe.draw(prompts, [1, 2], steps=3)).all()
 
 
-def test_linear_guidance_schedule_changes_pictures_and_guidance_one_ignores_it(tiny_run):
-    model = Pipeline.load(tiny_run / "model").model
-    # A stand-in network whose caption matters a lot, so the scale visibly changes the result.
-    model.velocity = lambda x, t, ids, previous=None: 0.1 * x + 0.05 * (ids.float().mean(1) > 0).view(-1, 1, 1, 1)
-    ids, empty = torch.tensor([[1, 5, 6, 2]]), torch.zeros(1, 4, dtype=torch.long)
-    noise = torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-
-    def draw(schedule, guidance):
-        model.config.guidance_schedule = schedule
-        return model.generate(ids, empty, noise, steps=5, guidance=guidance)
-    assert not torch.allclose(draw("constant", 4.0), draw("linear", 4.0))
-    assert torch.equal(draw("constant", 1.0), draw("linear", 1.0))
-    with pytest.raises(ValueError, match="guidance_schedule"):
-        draw("cosine", 4.0)
-
-
 def test_save_load_gives_identical_samples(tiny_run, tmp_path):
     pipe = Pipeline.load(tiny_run / "model")
     pipe.save(tmp_path / "copy")
@@ -132,53 +102,36 @@ def test_save_load_gives_identical_samples(tiny_run, tmp_path):
     prompts = ["a large green diamond at the center"]
     assert (pipe.draw(prompts, [7], steps=4) == again.draw(prompts, [7], steps=4)).all()
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tiny_run / "model").iterdir())
-
-
-def test_unknown_guidance_schedule_is_refused_before_training(tmp_path, capsys):
-    from dreamlet.cli import main
-    assert main(["train", "--steps", "1", "--preset", "tiny", "--out", str(tmp_path / "r"),
-                 "--set", "guidance_schedule=cosine"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "unknown guidance_schedule 'cosine'" in err
-    assert not (tmp_path / "r" / "model").exists()
-
-
-def test_a_residual_without_a_preview_is_refused_in_one_line(tmp_path, capsys):
-    from dreamlet.cli import main
-    assert main(["train", "--steps", "1", "--preset", "tiny", "--out", str(tmp_path / "r"),
-                 "--set", "dit.layout_preview=0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "preview_residual needs a preview" in err
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["config_version"] == 2
 
 
 @pytest.mark.parametrize("power", [2.0, 8.0])
 def test_caption_preview_is_the_clean_estimate_at_pure_noise(power):
-    """With preview_residual, a network that predicts nothing (its zero-initialised output) still gives
-    the caption's preview as its clean estimate at t = 1, sigma^power of it on the way, none at t = 0."""
-    model = TextToImageDiffusion(updated(tiny(16), {"dit": {"preview_power": power}}))  # residual on by default
+    """A network that predicts nothing (its zero-initialised output) still gives the caption's preview
+    as its clean estimate at t = 1, sigma^power of it on the way, none at t = 0."""
+    model = TextToImageDiffusion(updated(tiny(16), {"preview": {"power": power}}))
     torch.manual_seed(2)
-    torch.nn.init.normal_(model.net.layout_preview.weight, std=0.5)
+    torch.nn.init.normal_(model.preview.to_picture.weight, std=0.5)
     ids = torch.randint(4, 64, (2, 24))
-    preview = preview_of(model, ids)                                            # (2, 3, 16, 16)
+    preview = model.condition(ids).preview                                      # (2, 3, 16, 16)
     assert preview.shape == (2, 3, 16, 16) and not torch.allclose(preview[0], preview[1])
     x = torch.randn(2, 3, 16, 16)
     for t in (1.0, 0.6, 0.0):
         a, s = (v.view(-1, 1, 1, 1) for v in alpha_sigma(torch.full((2,), t)))
-        x0 = a * x - s * model.velocity(x, torch.full((2,), t), ids)
+        x0 = a * x - s * velocity(model, x, torch.full((2,), t), ids)
         assert torch.allclose(x0, a * x + s ** power * preview, atol=1e-5)
 
 
-def test_preview_loss_trains_the_layout_path_towards_the_picture():
+def test_preview_loss_trains_the_layout_towards_the_picture():
     torch.manual_seed(0)
-    model = TextToImageDiffusion(tiny(16))  # the default: preview loss on, layout read by attention
-    assert model.config.dit.layout_preview > 0 and model.config.dit.layout_input == "attention"
+    model = TextToImageDiffusion(tiny(16))
     # Two captions, each always with its own picture: a bright left half, or a bright right half.
     left = -torch.ones(3, 16, 16)
     left[:, :, :8] = 1
     images = torch.stack([left, left.flip(-1)] * 2)
     ids = torch.randint(4, 64, (2, 24)).repeat(2, 1)
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    error = lambda: torch.nn.functional.mse_loss(preview_of(model, ids), images).item()  # noqa: E731
+    error = lambda: torch.nn.functional.mse_loss(model.condition(ids).preview, images).item()  # noqa: E731
     before = error()
     for _ in range(100):
         loss = model.loss(images, ids, torch.zeros(1, 24, dtype=torch.long), torch.Generator().manual_seed(0))
@@ -188,10 +141,86 @@ def test_preview_loss_trains_the_layout_path_towards_the_picture():
     assert error() < 0.1 * before
 
 
-def test_attention_layout_reads_the_words_and_ignores_padding():
-    model = randomized(TextToImageDiffusion(updated(tiny(16), {"dit": {"layout_input": "attention"}})))
+def test_layout_reads_the_words_and_ignores_padding():
+    model = randomized(TextToImageDiffusion(tiny(16)))
     ids = torch.tensor([[1, 5, 6, 7, 2] + [0] * 19, [1, 5, 9, 7, 2] + [0] * 19])
-    layout = model.net.layout(*model.text_encoder(ids))                          # (2, N, rank)
+    layout = model.preview.layout(*model.text_encoder(ids))                      # (2, N, rank)
     assert layout.shape == (2, 16, 4) and not torch.allclose(layout[0], layout[1])
-    short = model.net.layout(*model.text_encoder(ids[:1, :8]))
+    short = model.preview.layout(*model.text_encoder(ids[:1, :8]))
     assert torch.allclose(layout[:1], short, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- the denoiser layer
+
+class Scaled(torch.nn.Module):
+    """A stand-in network: v = 0.1 x + the caption's mean feature, so guidance visibly matters."""
+
+    def forward(self, x, t, text, keep, pooled, extra=None, bias=None):
+        return 0.1 * x[:, :3] + pooled.mean(1).view(-1, 1, 1, 1)
+
+
+def test_guidance_mixes_the_two_halves_and_one_draws_the_caption_alone():
+    denoiser = Denoiser(Scaled())
+    text = torch.zeros(2, 1, 4)
+    cond = Condition(text, torch.ones(2, 1, dtype=torch.bool), torch.tensor([[1.0] * 4, [0.0] * 4]))
+    x, t = torch.randn(1, 3, 4, 4), torch.tensor(0.5, dtype=torch.float64)
+    a, s = alpha_sigma(t)
+    conditional, unconditional = ((a * x - s * (0.1 * x + c)).float() for c in (1.0, 0.0))
+    guided = denoiser.guided(cond, 3.0)(x, t)
+    assert torch.allclose(guided, (unconditional + 3 * (conditional - unconditional)).clamp(-1, 1), atol=1e-6)
+    alone = denoiser.guided(Condition(text[:1], cond.keep[:1], cond.pooled[:1]), 1.0)(x, t)
+    assert torch.allclose(alone, conditional.clamp(-1, 1), atol=1e-6)
+
+
+def test_dynamic_threshold_divides_overshooting_estimates_and_keeps_others():
+    inside = torch.rand(2, 3, 4, 4) * 2 - 1
+    assert torch.equal(dynamic_threshold(inside, 0.995), inside)
+    over = inside * 3
+    out = dynamic_threshold(over, 0.995)
+    assert out.abs().max() <= 1 and torch.allclose(out, over / over.flatten(1).abs().max(1).values.view(-1, 1, 1, 1),
+                                                   atol=1e-6)
+    assert torch.equal(dynamic_threshold(over, 0.0), over.clamp(-1, 1))
+
+
+def test_every_sampler_goes_through_the_denoiser(monkeypatch):
+    model = TextToImageDiffusion(tiny(16))
+    calls = []
+    guided = Denoiser.guided
+    monkeypatch.setattr(Denoiser, "guided", lambda self, *a: calls.append(a[1]) or guided(self, *a))
+    for sampler in SAMPLERS:
+        model.generate(torch.randint(4, 64, (1, 24)), torch.zeros(1, 24, dtype=torch.long), torch.randn(1, 3, 16, 16),
+                       steps=2, guidance=2.0, sampler=sampler)
+    assert calls == [2.0] * len(SAMPLERS)
+
+
+# ----------------------------------------------------------------------------- saved configs
+
+def test_a_version_1_model_directory_loads_through_the_migration_and_draws_the_same_pictures():
+    """The fixture was written by dreamlet before config versions (commit d5bd8fb), with the pictures it drew."""
+    pipe = Pipeline.load(FIXTURE)
+    prompts = ["a large red circle at the top left", "a small blue square", "a green triangle to the left of a yellow circle"]
+    drawn = np.concatenate([pipe.draw(prompts, [0, 1, 2], steps=6),
+                            pipe.draw(prompts, [3, 4, 5], steps=6, sampler="ddim", guidance=1.0)])
+    assert np.array_equal(drawn, np.load(FIXTURE.parent / "diffusion-v1-pictures.npy"))
+    assert pipe.model.config.preview.rank == 4 and pipe.model.config.image_size == 16
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"network": "unet"}, "network=unet"), ({"self_condition": True}, "self_condition"),
+    ({"guidance_schedule": "linear"}, "guidance_schedule=linear"), ({"dit": {"text_mode": "joint"}}, "text_mode=joint"),
+    ({"dit": {"layout_input": "tokens"}}, "no caption preview"), ({"dit": {"pooled_text": False}}, "pooled_text")])
+def test_a_removed_experiment_is_refused_in_one_line(tmp_path, change, words):
+    model = tmp_path / "model"
+    shutil.copytree(FIXTURE, model)
+    meta = json.loads((model / "config.json").read_text())
+    for key, value in change.items():
+        meta["model"][key] = meta["model"][key] | value if isinstance(value, dict) else value
+    (model / "config.json").write_text(json.dumps(meta))
+    with pytest.raises(UserError, match=words) as error:
+        Pipeline.load(model)
+    assert "\n" not in str(error.value) and "d5bd8fb" in str(error.value)
+
+
+def test_a_config_from_a_newer_dreamlet_is_refused():
+    with pytest.raises(UserError, match="newer dreamlet"):
+        get_family("diffusion").load_config({}, 99)

@@ -30,7 +30,7 @@ def fixed_loss(self, images, ids, empty_ids, generator=None):
     """The diffusion loss at one noise level with no noise drawn: nothing random, and the mean over the
     batch of a loss per picture, so a batch split any way must give the same gradient up to rounding."""
     t = torch.full((len(images),), 0.7, device=images.device)
-    return F.mse_loss(self.velocity(0.6 * images, t, ids).float(), -0.8 * images)
+    return F.mse_loss(self.denoiser.velocity(0.6 * images, t, self.condition(ids)).float(), -0.8 * images)
 
 
 def losses(run: Path) -> list[tuple[int, str, float]]:
@@ -227,7 +227,7 @@ def test_activation_checkpointing_gives_the_same_weights(tmp_path):
 
 def tiny_diffusion(depth: int = 4):
     family = get_family("diffusion")
-    overrides = family.presets["tiny"] | {"dit": family.presets["tiny"]["dit"] | {"image_size": 32, "depth": depth}}
+    overrides = family.presets["tiny"] | {"image_size": 32, "dit": family.presets["tiny"]["dit"] | {"depth": depth}}
     torch.manual_seed(0)
     return family.model(updated(family.config(), overrides))
 

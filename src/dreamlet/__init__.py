@@ -9,7 +9,7 @@
 
 Names are imported on first use, so `import dreamlet` (and `dreamlet --version`) stays fast.
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 _LAZY = {"load": ("pipeline", "Pipeline.load"), "Pipeline": ("pipeline", "Pipeline"),
          "train": ("training", "train"), "TrainConfig": ("training", "TrainConfig"), "Progress": ("training", "Progress"),

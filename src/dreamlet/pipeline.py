@@ -117,6 +117,7 @@ class Pipeline:
             raise UserError(f"{model_dir / 'config.json'} does not describe a {meta['family']} model: "
                             f"{type(error).__name__}: {str(error).strip().splitlines()[0]}") from None
         weights = load_tensors(model_dir / "model.safetensors")  # not a safetensors file: UserError
+        weights = family.load_weights(weights, meta.get("config_version"))  # saved by an earlier dreamlet
         try:
             model.load_state_dict(weights)
         except Exception as error:  # weights of another model: say so in one line

@@ -183,8 +183,6 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
         sized = {f.name for f in fields(family.config)}
         if "image_size" in sized:
             overrides["image_size"] = config.size
-        for network in sized & {"unet", "dit"}:
-            overrides.setdefault(network, {})["image_size"] = config.size
         overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
         try:
             model_config = updated(updated(family.config(), overrides), model_overrides)

@@ -7,7 +7,7 @@ entirely (`HELD_OUT`) to measure compositional generalisation.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
@@ -228,29 +228,15 @@ class ShapesDataset:
     Training scenes never contain a held-out colour-shape pair. `pair_fraction` of scenes hold two
     objects. Images are (S, S, 3) uint8."""
 
-    def __init__(self, size: int = 32, seed: int = 0, pair_fraction: float = 0.4,
-                 canonical_prob: float = 0.5, pair_contrast: bool = False):
+    def __init__(self, size: int = 32, seed: int = 0, pair_fraction: float = 0.4, canonical_prob: float = 0.5):
         if size not in SUPPORTED_SIZES:
             raise ValueError(f"shapes size must be one of {SUPPORTED_SIZES}, got {size}")
         self.size, self.seed = size, seed
-        self.pair_fraction, self.canonical_prob, self.pair_contrast = pair_fraction, canonical_prob, pair_contrast
+        self.pair_fraction, self.canonical_prob = pair_fraction, canonical_prob
 
     def scene(self, index: int) -> tuple[Scene, np.random.Generator]:
-        if not self.pair_contrast:
-            rng = np.random.default_rng([self.seed, index])
-            scene = random_pair(rng) if rng.random() < self.pair_fraction else random_single(rng)
-            return scene, rng
-        # Pair scenes come as minimal pairs on consecutive items: the same two objects with their
-        # places swapped and the relation inverted, worded the same way.
-        rng = np.random.default_rng([self.seed, index - index % 2])
-        if rng.random() >= self.pair_fraction:
-            rng = np.random.default_rng([self.seed, index])
-            return random_single(rng), rng
-        scene = random_pair(rng)
-        if index % 2:
-            a, b = scene.objects
-            scene = Scene((replace(a, position=b.position, cx=b.cx, cy=b.cy),
-                           replace(b, position=a.position, cx=a.cx, cy=a.cy)), INVERSE[scene.relation])
+        rng = np.random.default_rng([self.seed, index])
+        scene = random_pair(rng) if rng.random() < self.pair_fraction else random_single(rng)
         return scene, rng
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:

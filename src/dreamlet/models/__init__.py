@@ -64,6 +64,7 @@ class Family:
     # config dict into a version v + 1 one (or raises UserError when the model cannot be loaded any more).
     version: int = 1
     migrations: dict[int, Callable[[dict], dict]] = field(default_factory=dict)
+    renames: dict[int, dict[str, str]] = field(default_factory=dict)  # {v: {old prefix: new}} of version-v weights
 
     def can_draw(self, config) -> bool:
         return self.draws(config) if callable(self.draws) else self.draws
@@ -85,6 +86,13 @@ class Family:
         for v in range(version, self.version):
             data = self.migrations[v](copy.deepcopy(data))
         return from_dict(self.config, data)
+
+    def load_weights(self, tensors: dict, version: int | None) -> dict:
+        """A state dict saved with config version `version` (None: 1), its tensors renamed to today's names."""
+        for v in range(1 if version is None else int(version), self.version):
+            for old, new in self.renames.get(v, {}).items():
+                tensors = {new + k[len(old):] if k.startswith(old) else k: t for k, t in tensors.items()}
+        return tensors
 
 
 def removed(data: dict, *paths: str) -> dict:

@@ -2,20 +2,15 @@
 (as PixArt-alpha): every block attends over the whole picture and reads the caption, and every
 patch knows where it is, which is what placing objects by a caption's words needs.
 
-The layout path is dreamlet's own addition: before the first block, the pooled caption writes a
-bias on every patch through a low-rank linear map. Cross-attention has to align queries and keys
-(a product of two learned maps starting from a closed gate) before "top left" means a place; the
-linear path learns it in a few hundred steps, and with it position accuracy went from 85 % to
-100 % in the same budget (docs/benchmarks.md).
-
-Two objects and a relation need more (docs/benchmarks.md, seventh round): each patch also reads the
-caption's words through a learned query of its own (`layout_input="attention"`), and the layout path
-predicts the caption's mean picture, its preview, from the words alone (`layout_preview`), which
-the clean estimate then starts from (`preview_residual`). Denoising teaches where a pair's objects
-go only through a faint, noisy average; the preview learns it from the pictures themselves.
+The picture is first folded by 2 and passed through a residual conv block at that resolution, and
+the transformer's output is unfolded back to it and merged with a skip connection (a small U-ViT /
+HDiT-style hybrid): the transformer lays the scene out, the convolutions draw crisp edges inside
+each patch. A caller may add a per-patch bias to the tokens before the first block (the text
+family's caption layout, preview.py). Why these sizes: docs/benchmarks.md, "diffusion".
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,40 +18,57 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...scaling import checkpointed
-from .unet import ResBlock, position_embedding, timestep_embedding
 
 
 @dataclass
 class DiTConfig:
-    image_size: int = 32
-    channels: int = 3
     patch: int = 4          # each token is a patch x patch square of pixels
-    width: int = 128        # 128 beat 192 in a 10-minute CPU budget: more steps (docs/benchmarks.md)
-    depth: int = 4
+    width: int = 128        # token width (128 beat 192 in a 10-minute CPU budget: more steps)
+    depth: int = 4          # transformer blocks
     heads: int = 4
     mlp_ratio: float = 3.0
-    text_width: int = 128
-    text_length: int = 24   # caption tokens the layout path reads in `tokens` mode
-    time_width: int = 256
-    pooled_text: bool = True  # add the pooled caption to the timestep embedding (adaLN); False: text
-                              # reaches the picture only through cross-attention (as PixArt-alpha)
-    conv_width: int = 64    # > 0: a convolutional stem and head at twice the token resolution (see DiT);
-                            # 0: plain linear patch embedding
-    layout_rank: int = 32   # > 0: the pooled caption also writes a bias on every patch through a rank-r
-                            # linear map: a direct path from words like "top left" to places (0: none)
-    layout_input: str = "pooled"  # what the layout path reads: pooled (the mean caption vector) | tokens
-                                  # (every token in its slot, through a small MLP: word order can matter) |
-                                  # attention (pooled, plus each patch's own learned query over the caption's
-                                  # tokens: the patch reads the words that put an object there)
-    layout_preview: float = 0.0  # > 0: the layout path also predicts the picture from the caption alone (its
-                                 # preview: the mean of every picture the caption may describe), with this weight
-                                 # in the loss; noise-free, so "a red circle to the left of ..." is learned soon
-    preview_residual: bool = False  # the clean estimate is the preview plus what the network adds (needs
-                                    # layout_preview): the caption's layout is there from the first sampling step
-    preview_power: float = 8.0      # the preview's share of the clean estimate is sigma(t) ** this: all of it at
-                                    # pure noise, 6 % at t = 0.5; with 2 (half at t = 0.5) shapes failed in one seed
-    text_mode: str = "cross"  # cross: patches read the caption by cross-attention (PixArt-alpha);
-                              # joint: caption tokens join the patches in self-attention (U-ViT, SD3)
+    text_width: int = 128   # width of the caption's token features
+    time_width: int = 256   # width of the timestep (+ pooled caption) embedding
+    conv_width: int = 64    # channels of the convolutional stem and head, at half the picture's size
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal features of continuous t in [0, 1]: (B,) -> (B, dim)."""
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    args = 1000 * t.float()[:, None] * freqs[None]
+    return torch.cat([args.cos(), args.sin()], dim=-1)
+
+
+def position_embedding(grid: int, channels: int) -> torch.Tensor:
+    """2D sine-cosine features of each cell of a grid x grid map (as in MAE): (grid * grid, channels)."""
+    quarter = channels // 4
+    freqs = 1.0 / 100 ** (torch.arange(quarter, dtype=torch.float32) / quarter)
+    cells = torch.arange(grid, dtype=torch.float32)
+    ys, xs = torch.meshgrid(cells, cells, indexing="ij")
+    out = torch.cat([f(c.reshape(-1, 1) * freqs) for c in (xs, ys) for f in (torch.sin, torch.cos)], dim=1)
+    return F.pad(out, (0, channels - out.shape[1]))
+
+
+def group_norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(math.gcd(32, channels // 4), channels)
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convolutions; the embedding sets a per-channel scale and shift (FiLM) between them."""
+
+    def __init__(self, c_in: int, c_out: int, emb: int):
+        super().__init__()
+        self.norm1, self.conv1 = group_norm(c_in), nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.film = nn.Linear(emb, 2 * c_out)
+        self.norm2, self.conv2 = group_norm(c_out), nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+
+    def forward(self, x, emb):  # x: (B, C, H, W); emb: (B, E)
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(F.silu(emb))[:, :, None, None].chunk(2, dim=1)
+        h = self.norm2(h) * (1 + scale) + shift
+        return self.skip(x) + self.conv2(F.silu(h))
 
 
 def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
@@ -66,14 +78,14 @@ def modulate(x, shift, scale):  # x: (B, N, D); shift, scale: (B, D)
 class DiTBlock(nn.Module):
     """adaLN-Zero block: self-attention, cross-attention to the caption, MLP."""
 
-    def __init__(self, width: int, heads: int, text_width: int, mlp_ratio: float, cond: int, cross: bool = True):
+    def __init__(self, width: int, heads: int, text_width: int, mlp_ratio: float, cond: int):
         super().__init__()
-        self.heads, self.cross = heads, cross
+        self.heads = heads
         self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
         self.qkv, self.proj = nn.Linear(width, 3 * width), nn.Linear(width, width)
-        if cross:
-            self.norm_cross = nn.LayerNorm(width)
-            self.q, self.kv, self.proj_cross = nn.Linear(width, width), nn.Linear(text_width, 2 * width), nn.Linear(width, width)
+        self.norm_cross = nn.LayerNorm(width)
+        self.q, self.kv = nn.Linear(width, width), nn.Linear(text_width, 2 * width)
+        self.proj_cross = nn.Linear(width, width)
         self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
         hidden = int(width * mlp_ratio)
         self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, width))
@@ -83,151 +95,72 @@ class DiTBlock(nn.Module):
         B, N, D = x.shape
         return x.view(B, N, self.heads, D // self.heads).transpose(1, 2)
 
-    def forward(self, x, c, text, keep, mask=None):
-        """x (B, N, D); c (B, E); text (B, L, T) and keep (B, L) for cross-attention; mask (B, 1, 1, N)
-        hides padding from self-attention when caption tokens are among the N (joint mode)."""
+    def forward(self, x, c, text, keep):
+        """x (B, N, D); c (B, E); text (B, L, T) and keep (B, L) for cross-attention."""
         B, N, D = x.shape
         shift1, scale1, gate1, shift2, scale2, gate2 = self.ada(F.silu(c)).chunk(6, dim=1)
         q, k, v = map(self.split, self.qkv(modulate(self.norm1(x), shift1, scale1)).chunk(3, dim=-1))
-        a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        a = F.scaled_dot_product_attention(q, k, v)
         x = x + gate1[:, None] * self.proj(a.transpose(1, 2).reshape(B, N, D))
-        if self.cross:
-            q = self.split(self.q(self.norm_cross(x)))
-            k, v = map(self.split, self.kv(text).chunk(2, dim=-1))
-            a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
-            x = x + self.proj_cross(a.transpose(1, 2).reshape(B, N, D))
+        q = self.split(self.q(self.norm_cross(x)))
+        k, v = map(self.split, self.kv(text).chunk(2, dim=-1))
+        a = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])
+        x = x + self.proj_cross(a.transpose(1, 2).reshape(B, N, D))
         return x + gate2[:, None] * self.mlp(modulate(self.norm2(x), shift2, scale2))
 
 
 class DiT(nn.Module):
-    """Patches -> transformer blocks -> patches. With `conv_width`, the picture is first folded by 2
-    and passed through a residual conv block at that resolution, and the transformer's output is
-    unfolded back to it and merged with a skip connection (a small U-ViT / HDiT-style hybrid):
-    the transformer lays the scene out, the convolutions draw crisp edges inside each patch."""
+    """Pictures (B, in_channels, S, S) -> (B, channels, S, S): stem, patches, transformer blocks, head."""
 
-    def __init__(self, config: DiTConfig, in_channels: int | None = None):
-        """`in_channels` > config.channels when more maps are stacked on the noisy picture (self-conditioning)."""
+    def __init__(self, config: DiTConfig, image_size: int, channels: int = 3, in_channels: int | None = None):
+        """`in_channels` > `channels` when more maps are stacked on the noisy picture (a super-resolution
+        stage's low-res picture)."""
         super().__init__()
         self.config = c = config
-        if c.image_size % c.patch or (c.conv_width and c.patch % 2):
-            raise ValueError(f"image size {c.image_size} does not split into patches of {c.patch}")
-        if c.text_mode not in ("cross", "joint"):
-            raise ValueError(f"unknown text_mode {c.text_mode!r}; expected cross or joint")
-        if c.layout_input not in ("pooled", "tokens", "attention"):
-            raise ValueError(f"unknown layout_input {c.layout_input!r}; expected pooled, tokens or attention")
-        if c.preview_residual and not (c.layout_preview and c.layout_rank):
-            raise ValueError("preview_residual needs a preview: set layout_preview > 0 (and layout_rank > 0)")
-        self.grid = c.image_size // c.patch
-        folded, in_channels = c.channels * c.patch ** 2, in_channels or c.channels
-        if c.conv_width:
-            fine = c.channels * 4  # the picture folded by 2
-            self.stem = nn.Conv2d(in_channels * 4, c.conv_width, 3, padding=1)
-            self.stem_block = ResBlock(c.conv_width, c.conv_width, c.time_width, 0.0)
-            self.embed = nn.Conv2d(c.conv_width, c.width, c.patch // 2, stride=c.patch // 2)
-            self.unembed = nn.ConvTranspose2d(c.width, c.conv_width, c.patch // 2, stride=c.patch // 2)
-            self.head_block = ResBlock(2 * c.conv_width, c.conv_width, c.time_width, 0.0)
-            self.head = nn.Conv2d(c.conv_width, fine, 3, padding=1)
-        else:
-            self.embed = nn.Linear(in_channels * c.patch ** 2, c.width)
-        if c.text_mode == "joint":
-            self.text_in = nn.Linear(c.text_width, c.width)
+        if image_size % c.patch or c.patch % 2:
+            raise ValueError(f"image size {image_size} does not split into patches of {c.patch} (an even number)")
+        self.grid = image_size // c.patch
+        in_channels = in_channels or channels
+        self.stem = nn.Conv2d(in_channels * 4, c.conv_width, 3, padding=1)                # on the picture folded by 2
+        self.stem_block = ResBlock(c.conv_width, c.conv_width, c.time_width)
+        self.embed = nn.Conv2d(c.conv_width, c.width, c.patch // 2, stride=c.patch // 2)
+        self.unembed = nn.ConvTranspose2d(c.width, c.conv_width, c.patch // 2, stride=c.patch // 2)
+        self.head_block = ResBlock(2 * c.conv_width, c.conv_width, c.time_width)
+        self.head = nn.Conv2d(c.conv_width, channels * 4, 3, padding=1)
         self.position = nn.Parameter(position_embedding(self.grid, c.width))
-        if c.layout_rank and c.layout_input == "tokens":
-            self.layout_tokens = nn.Sequential(nn.Linear(c.text_length * c.text_width, 4 * c.text_width), nn.GELU())
-            self.layout_in = nn.Linear(4 * c.text_width, self.grid ** 2 * c.layout_rank)
-        elif c.layout_rank:
-            self.layout_in = nn.Linear(c.text_width, self.grid ** 2 * c.layout_rank)
-        if c.layout_rank and c.layout_input == "attention":  # per patch: a query, and a null word to read
-            self.layout_queries = nn.Parameter(torch.randn(self.grid ** 2, c.text_width) * 0.5)
-            self.layout_kv = nn.Linear(c.text_width, 2 * c.text_width)
-            self.layout_null = nn.Parameter(torch.zeros(2, c.text_width))  # a key and value for "nothing here"
-            self.layout_read = nn.Linear(c.text_width, c.layout_rank)
-        if c.layout_rank:
-            self.layout_out = nn.Linear(c.layout_rank, c.width)
-        if c.layout_rank and c.layout_preview:
-            self.layout_preview = nn.Linear(c.layout_rank, c.channels * c.patch ** 2)
-        self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(), nn.Linear(c.time_width, c.time_width))
-        self.pooled = nn.Linear(c.text_width, c.time_width) if c.pooled_text else None
-        self.blocks = nn.ModuleList(DiTBlock(c.width, c.heads, c.text_width, c.mlp_ratio, c.time_width,
-                                             cross=c.text_mode == "cross") for _ in range(c.depth))
+        self.time = nn.Sequential(nn.Linear(c.time_width, c.time_width), nn.SiLU(),
+                                  nn.Linear(c.time_width, c.time_width))
+        self.pooled = nn.Linear(c.text_width, c.time_width)
+        self.blocks = nn.ModuleList(DiTBlock(c.width, c.heads, c.text_width, c.mlp_ratio, c.time_width)
+                                    for _ in range(c.depth))
         self.norm_out = nn.LayerNorm(c.width, elementwise_affine=False)
         self.ada_out = nn.Linear(c.time_width, 2 * c.width)
-        if not c.conv_width:
-            self.out = nn.Linear(c.width, folded)
         self.initialize()
 
     def initialize(self):
-        """Zero every adaLN modulation, the cross-attention outputs and the output layer (DiT's
-        adaLN-Zero): each block starts as the identity."""
-        for block in self.blocks:
-            for layer in (block.ada, block.proj_cross) if block.cross else (block.ada,):
-                nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
-        nn.init.zeros_(self.ada_out.weight), nn.init.zeros_(self.ada_out.bias)
-        if self.config.layout_rank:
-            nn.init.zeros_(self.layout_out.weight), nn.init.zeros_(self.layout_out.bias)
-        if not self.config.conv_width:
-            nn.init.zeros_(self.out.weight), nn.init.zeros_(self.out.bias)
-        else:
-            for layer in (self.stem_block.conv2, self.head_block.conv2, self.head):
-                nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
+        """Zero every adaLN modulation, the cross-attention outputs and the last layer of each residual
+        path (DiT's adaLN-Zero): each block starts as the identity."""
+        for layer in [self.ada_out, self.stem_block.conv2, self.head_block.conv2, self.head,
+                      *(layer for block in self.blocks for layer in (block.ada, block.proj_cross))]:
+            nn.init.zeros_(layer.weight), nn.init.zeros_(layer.bias)
 
-    def layout(self, text, keep, pooled):
-        """The layout path's low-rank map of the caption, text (B, L, T), keep (B, L), pooled (B, T) -> (B, N, r)."""
-        c = self.config
-        source = pooled
-        if c.layout_input == "tokens":  # (B, L, T) with padding zeroed, in fixed slots
-            slots = F.pad(text * keep[..., None], (0, 0, 0, c.text_length - text.shape[1]))[:, :c.text_length]
-            source = self.layout_tokens(slots.flatten(1))                           # (B, 4T)
-        out = self.layout_in(source).view(len(pooled), self.grid ** 2, c.layout_rank)  # (B, N, r)
-        if c.layout_input == "attention":
-            B, heads = len(pooled), 4  # every preset's text width splits into 4 heads
-            k, v = self.layout_kv(text).chunk(2, dim=-1)                                  # (B, L, T)
-            k = torch.cat([self.layout_null[0].expand(B, 1, -1), k], 1)                  # (B, 1 + L, T)
-            v = torch.cat([self.layout_null[1].expand(B, 1, -1), v], 1)
-            split = lambda z: z.view(B, z.shape[1], heads, -1).transpose(1, 2)          # noqa: E731
-            queries = split(self.layout_queries.expand(B, -1, -1))                      # (B, heads, N, T / heads)
-            mask = F.pad(keep, (1, 0), value=True)[:, None, None, :]                    # the null word is always there
-            a = F.scaled_dot_product_attention(queries, split(k), split(v), attn_mask=mask)
-            out = out + self.layout_read(a.transpose(1, 2).reshape(B, self.grid ** 2, -1))  # (B, N, r)
-        return out
-
-    def preview(self, layout):
-        """The picture the caption alone predicts, its mean over every picture it may describe, from the
-        layout path's map (B, N, r): (B, C, S, S)."""
-        g, p = self.grid, self.config.patch
-        h = self.layout_preview(layout)                                                 # (B, N, C p p)
-        return F.pixel_shuffle(h.transpose(1, 2).reshape(len(layout), -1, g, g), p)  # (B, C, S, S)
-
-    def forward(self, x, t, text, keep, pooled, extra=None, layout=None):
-        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, 3, S, S).
-        `extra` (B, E): more conditioning, added to the timestep embedding (the SR stage's augmentation level);
-        `layout`: `self.layout(text, keep, pooled)` when the caller already has it."""
-        c, p, g = self.config, self.config.patch, self.grid
-        cond = self.time(timestep_embedding(t, c.time_width))                          # (B, E)
+    def forward(self, x, t, text, keep, pooled, extra=None, bias=None):
+        """x (B, C_in, S, S), t (B,), text (B, L, T), keep (B, L), pooled (B, T) -> (B, C, S, S).
+        `extra` (B, E): more conditioning, added to the timestep embedding (a super-resolution stage's
+        augmentation level); `bias` (B, N, D): added to every patch token before the first block."""
+        c, g = self.config, self.grid
+        cond = self.time(timestep_embedding(t, c.time_width))                            # (B, E)
         if extra is not None:
             cond = cond + extra
-        if self.pooled is not None:
-            cond = cond + self.pooled(pooled)
-        if c.conv_width:
-            skip = self.stem_block(self.stem(F.pixel_unshuffle(x, 2)), cond)           # (B, Cc, S/2, S/2)
-            h = self.embed(skip).flatten(2).transpose(1, 2)                            # (B, N, D)
-        else:
-            h = self.embed(F.pixel_unshuffle(x, p).flatten(2).transpose(1, 2))         # (B, N, D)
-        h, N, mask = h + self.position, g * g, None
-        if c.layout_rank:
-            layout = self.layout(text, keep, pooled) if layout is None else layout
-            h = h + self.layout_out(layout)                                            # (B, N, D)
-        if c.text_mode == "joint":  # caption tokens ride along with the patches, then are dropped
-            h = torch.cat([h, self.text_in(text)], dim=1)                              # (B, N + L, D)
-            mask = F.pad(keep, (N, 0), value=True)[:, None, None, :]                   # (B, 1, 1, N + L)
+        cond = cond + self.pooled(pooled)
+        skip = self.stem_block(self.stem(F.pixel_unshuffle(x, 2)), cond)                 # (B, Cc, S/2, S/2)
+        h = self.embed(skip).flatten(2).transpose(1, 2) + self.position                  # (B, N, D)
+        if bias is not None:
+            h = h + bias
         for block in self.blocks:  # with --checkpointing, recomputed in the backward pass instead of kept
-            h = checkpointed(block, h, cond, text, keep, mask)
-        h = h[:, :N]
+            h = checkpointed(block, h, cond, text, keep)
         shift, scale = self.ada_out(F.silu(cond)).chunk(2, dim=1)
-        h = modulate(self.norm_out(h), shift, scale)                                   # (B, N, D)
-        if c.conv_width:
-            h = self.unembed(h.transpose(1, 2).reshape(len(x), c.width, g, g))         # (B, Cc, S/2, S/2)
-            h = self.head(F.silu(self.head_block(torch.cat([h, skip], dim=1), cond)))  # (B, 12, S/2, S/2)
-            return F.pixel_shuffle(h, 2)                                               # (B, 3, S, S)
-        h = self.out(h)                                                                # (B, N, 3 p p)
-        return F.pixel_shuffle(h.transpose(1, 2).reshape(len(x), -1, g, g), p)          # (B, 3, S, S)
+        h = modulate(self.norm_out(h), shift, scale)                                     # (B, N, D)
+        h = self.unembed(h.transpose(1, 2).reshape(len(x), c.width, g, g))               # (B, Cc, S/2, S/2)
+        h = self.head(F.silu(self.head_block(torch.cat([h, skip], dim=1), cond)))        # (B, 4 C, S/2, S/2)
+        return F.pixel_shuffle(h, 2)                                                     # (B, C, S, S)

@@ -1,31 +1,15 @@
 """Deterministic samplers: one short stateless function each, the same signature for all.
 
-`denoise(x, t) -> x0` is the model's estimate of the clean image at time t (guidance already
-applied); `times` runs from 1 down to 0 (schedule.sampling_times). Each call to denoise is one
-network evaluation, so `len(times) - 1` is the step count.
+`denoise(x, t) -> x0` is the model's estimate of the clean image at time t (guidance and
+thresholding already applied: denoiser.Denoiser.guided); `times` runs from 1 down to 0
+(schedule.sampling_times). Each call to denoise is one network evaluation, so `len(times) - 1` is
+the step count.
 """
 from __future__ import annotations
-
-import math
 
 import torch
 
 from .schedule import alpha_sigma
-
-
-def dynamic_threshold(x0: torch.Tensor, percentile: float) -> torch.Tensor:
-    """Imagen's dynamic thresholding (Saharia et al. 2022, section 2.3) of clean-picture estimates
-    (B, ...) in place of static clipping to [-1, 1]: per picture, s = the `percentile` quantile of
-    |x0| (at least 1); x0 is clipped to [-s, s] and divided by s. Guided estimates overshoot the
-    data range more the higher the guidance; clipping them flattens every overshooting pixel to the
-    same saturated value, while dividing by s keeps their order and the rest's contrast. A picture
-    already inside [-1, 1] is left as it is; percentile <= 0 gives static clipping."""
-    if percentile <= 0:
-        return x0.clamp(-1, 1)
-    flat = x0.detach().flatten(1).abs().float()
-    k = min(flat.shape[1], max(1, math.ceil(percentile * flat.shape[1])))  # kthvalue: no size limit, unlike quantile
-    s = flat.kthvalue(k, dim=1).values.clamp(min=1).view(-1, *[1] * (x0.ndim - 1)).to(x0.dtype)
-    return x0.clamp(-s, s) / s
 
 
 @torch.no_grad()

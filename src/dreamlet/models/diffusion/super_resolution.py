@@ -10,12 +10,11 @@ one trained on noised inputs, and told the level through an embedding added to t
 learns to redraw detail rather than trust every low-res pixel. Sampling then noises the base
 stage's picture to a fixed small level (`aug_level`).
 
-Everything else is the base family's: the DiT with its convolutional stem and head (the default;
-the UNet, `network="unet"`, with attention at its lowest resolution only as in Imagen's
-super-resolution U-Nets, learned far slower in a CPU budget: docs/imagen.md), the text encoder (or a
-frozen pretrained one), the cosine schedule, v-prediction, the samplers, and
-classifier-free guidance (only the caption is dropped; the low-res picture stays in both halves),
-and dynamic thresholding above guidance 5.
+Everything else is the base family's: the DiT with its convolutional stem and head (a UNet with
+attention at its lowest resolution only, as in Imagen's super-resolution U-Nets, learned far slower
+in a CPU budget: docs/imagen.md), the text encoder (or a frozen pretrained one), the cosine
+schedule, and the denoiser layer: v-prediction, classifier-free guidance (only the caption is
+dropped; the low-res picture stays in both halves) and thresholding, with the same samplers.
 
 `dreamlet train --model diffusion-sr --base RUN/model --size 64` builds the cascade: the base model
 directory is copied in (OUT/base, then MODEL/base), and `dreamlet.load(MODEL)` draws with both stages.
@@ -30,23 +29,21 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...text.encoder import TextEncoderConfig, build_text_encoder
-from .. import Family, Flag, removed
-from . import TEXT_ENCODER_FLAG
-from .dit import DiT, DiTConfig
-from .sampling import SAMPLERS, dynamic_threshold
+from .. import Family, Flag
+from . import TEXT_ENCODER_FLAG, v1_dit
+from .denoiser import Condition, Denoiser
+from .dit import DiT, DiTConfig, timestep_embedding
+from .sampling import SAMPLERS
 from .schedule import alpha_sigma, sample_timesteps, sampling_times
-from .unet import UNet, UNetConfig, timestep_embedding
 
 
 @dataclass
 class SuperResolutionConfig:
     image_size: int = 64              # the output side (`--size`)
     low_size: int = 32                # the input side: the base stage's size (a divisor of image_size)
-    network: str = "dit"              # the denoiser: dit (default; docs/imagen.md: the UNet learned far slower) | unet
-    dit: DiTConfig = field(default_factory=lambda: DiTConfig(image_size=64, layout_rank=0))  # layout: the low-res picture's
-    unet: UNetConfig = field(default_factory=lambda: UNetConfig(image_size=64, widths=(32, 64, 128), attention_levels=()))
+    dit: DiTConfig = field(default_factory=DiTConfig)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
-    cond_drop: float = 0.1            # share of captions replaced by the empty one in training (for CFG)
+    cond_drop: float = 0.1            # share of captions replaced by the empty one in training (for guidance)
     timesteps: str = "logit_normal"   # training timestep distribution: logit_normal | uniform
     timestep_mean: float = 0.0        # centred: the layout comes with the low-res picture, unlike the base stage's
     aug_max: float = 0.5              # training noises the low-res picture to a level ~ U(0, aug_max) on the
@@ -55,16 +52,9 @@ class SuperResolutionConfig:
     sampler: str = "dpmpp_2m"
     steps: int = 20
     guidance: float = 3.0
-    dynamic_threshold: float = 0.995  # Imagen's dynamic thresholding percentile (0: static clipping) ...
-    dynamic_threshold_above: float = 5.0  # ... above this guidance, as the base family: always on, it greyed the
-                                          # black shapes background (docs/imagen.md)
+    dynamic_threshold: float = 0.0    # > 0: dynamic thresholding at this percentile; 0: static clipping (always on,
+                                      # it greyed the black shapes background: docs/imagen.md)
     base: str = ""                    # the base stage it was trained with (OUT/base; MODEL/base travels with it)
-
-    @property
-    def denoiser(self) -> UNetConfig | DiTConfig:
-        if self.network not in ("unet", "dit"):
-            raise ValueError(f"unknown network {self.network!r}; expected unet or dit")
-        return getattr(self, self.network)
 
 
 # CPU presets upsample 32 -> 64 px; "base" is the GPU size for 64 -> 256 (docs/imagen.md: its memory),
@@ -72,11 +62,9 @@ class SuperResolutionConfig:
 # head, at half the output size, draw the detail.
 PRESETS = {
     "tiny": dict(dit=dict(width=32, depth=2, heads=2, conv_width=16, text_width=32, time_width=32),
-                 unet=dict(widths=(16, 32), blocks=1, heads=2, text_width=32, time_width=32),
                  text=dict(width=32, layers=1, heads=2)),
     "small": dict(),
     "base": dict(dit=dict(patch=8, width=384, depth=8, heads=6, conv_width=128, text_width=256, time_width=512),
-                 unet=dict(widths=(64, 128, 256, 256), blocks=2, heads=8, text_width=256, time_width=512),
                  text=dict(width=256, layers=4, heads=8)),
 }
 
@@ -86,16 +74,16 @@ class SuperResolutionDiffusion(nn.Module):
         super().__init__()
         c = config
         if c.low_size < 1 or c.image_size % c.low_size or c.image_size <= c.low_size:
-            raise ValueError(f"sizes do not chain: {c.image_size} px is not a larger multiple of low_size {c.low_size} px")
-        if c.denoiser.image_size != c.image_size:
-            raise ValueError(f"{c.network}.image_size {c.denoiser.image_size} differs from image_size {c.image_size}")
-        if c.text.width != c.denoiser.text_width:
-            raise ValueError(f"text encoder width and {c.network}.text_width differ")
+            raise ValueError(f"sizes do not chain: {c.image_size} px is not a larger multiple of low_size "
+                             f"{c.low_size} px")
+        if c.text.width != c.dit.text_width:
+            raise ValueError(f"the text encoder's width {c.text.width} and dit.text_width {c.dit.text_width} differ")
         self.config = c
         self.text_encoder = build_text_encoder(c.text)
-        self.net = (UNet if c.network == "unet" else DiT)(c.denoiser, 2 * c.denoiser.channels)  # noisy + low-res
-        width = c.denoiser.time_width
+        self.net = DiT(c.dit, c.image_size, 3, in_channels=6)  # the noisy picture and the upsampled low-res one
+        width = c.dit.time_width
         self.augmentation = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
+        self.denoiser = Denoiser(self.net)
 
     @property
     def generates(self) -> bool:
@@ -106,23 +94,19 @@ class SuperResolutionDiffusion(nn.Module):
         """Training's low-res pictures: the box filter (area average) over each factor x factor block."""
         return F.avg_pool2d(images, self.config.image_size // self.config.low_size)
 
-    def condition(self, low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-        """The low-res pictures (B, 3, s, s) noised to `level` (B,) on the diffusion schedule, then
-        upsampled: (B, 3, S, S). Noised at the low size, so the noise is at the scale of the base
-        stage's own errors."""
+    def condition(self, ids: torch.Tensor, low: torch.Tensor, level: torch.Tensor, noise: torch.Tensor) -> Condition:
+        """What the denoiser reads: the caption (ids (B, L)), and the low-res pictures (B, 3, s, s) noised to
+        `level` (B,) on the diffusion schedule, then upsampled to (B, 3, S, S), with that level's embedding.
+        Noised at the low size, so the noise is at the scale of the base stage's own errors."""
         a, s = (v.view(-1, 1, 1, 1).to(low.dtype) for v in alpha_sigma(level))
-        return F.interpolate(a * low + s * noise, size=self.config.image_size, mode="bilinear", align_corners=False)
-
-    def velocity(self, x, t, ids, condition, level):
-        """Noisy pictures (B, 3, S, S), times (B,), token ids (B, L), the upsampled conditioning
-        (B, 3, S, S) and its augmentation level (B,) -> predicted v."""
+        picture = F.interpolate(a * low + s * noise, size=self.config.image_size, mode="bilinear", align_corners=False)
         text, keep, pooled = self.text_encoder(ids)
-        told = self.augmentation(timestep_embedding(level, self.config.denoiser.time_width))
-        return self.net(torch.cat([x, condition.to(x.dtype)], dim=1), t, text, keep, pooled, told)
+        told = self.augmentation(timestep_embedding(level, self.config.dit.time_width))
+        return Condition(text, keep, pooled, picture=picture, extra=told)
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
-        """Mean squared error on v for pictures in [-1, 1] at image_size, given their own box-filtered,
+        """The denoising loss for pictures in [-1, 1] at image_size, given their own box-filtered,
         noise-augmented low-res versions; some captions are dropped to the empty one."""
         c, B, device = self.config, images.shape[0], images.device
         drop = torch.rand(B, generator=generator).to(device) < c.cond_drop
@@ -131,11 +115,8 @@ class SuperResolutionDiffusion(nn.Module):
         noise = torch.randn(images.shape, generator=generator).to(device)
         low = self.downsample(images)
         level = (c.aug_max * torch.rand(B, generator=generator)).to(device)
-        condition = self.condition(low, level, torch.randn(low.shape, generator=generator).to(device))
-        a, s = (v.view(B, 1, 1, 1) for v in alpha_sigma(t))
-        x_t = a * images + s * noise
-        target = a * noise - s * images
-        return F.mse_loss(self.velocity(x_t, t, ids, condition, level).float(), target)
+        cond = self.condition(ids, low, level, torch.randn(low.shape, generator=generator).to(device))
+        return self.denoiser.loss(images, t, noise, cond)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor, steps: int | None = None,
@@ -148,28 +129,15 @@ class SuperResolutionDiffusion(nn.Module):
             raise ValueError("the super-resolution stage draws from low-res pictures: give low and low_noise")
         if low.shape[-1] != c.low_size:
             raise ValueError(f"this stage upsamples {c.low_size} px pictures, not {low.shape[-1]} px")
-        steps = steps or c.steps
         guidance = c.guidance if guidance is None else guidance
+        halves = 1 if guidance == 1 else 2
+        if halves == 2:
+            ids = torch.cat([ids, empty_ids.expand(len(ids), -1)])
+        level = torch.full((halves * len(low),), c.aug_level, device=noise.device)
+        low, low_noise = (z.float().repeat(halves, 1, 1, 1) for z in (low, low_noise))
+        denoise = self.denoiser.guided(self.condition(ids, low, level, low_noise), guidance, c.dynamic_threshold)
         sample = SAMPLERS[sampler or c.sampler]
-        percentile = c.dynamic_threshold if guidance > c.dynamic_threshold_above else 0.0
-        B, halves = ids.shape[0], 1 if guidance == 1 else 2
-        level = torch.full((B,), c.aug_level, device=noise.device)
-        condition = self.condition(low.float(), level, low_noise.float()).repeat(halves, 1, 1, 1)
-        level = level.repeat(halves)
-        both = torch.cat([ids, empty_ids.expand(B, -1)]) if halves == 2 else ids
-
-        def denoise(x, t):
-            t_batch = torch.full((len(both),), float(t), device=x.device)
-            xx = x.repeat(halves, 1, 1, 1)
-            v = self.velocity(xx, t_batch, both, condition, level).float()
-            a, s = alpha_sigma(t_batch.double())
-            x0 = (a.view(-1, 1, 1, 1) * xx - s.view(-1, 1, 1, 1) * v).float()
-            if halves == 2:
-                cond, uncond = x0.chunk(2)
-                x0 = uncond + guidance * (cond - uncond)
-            return dynamic_threshold(x0, percentile)
-
-        return sample(denoise, noise.float(), sampling_times(steps)).clamp(-1, 1)
+        return sample(denoise, noise.float(), sampling_times(steps or c.steps)).clamp(-1, 1)
 
 
 def prepare(train_config, overrides: dict, device, quiet: bool, saved: "SuperResolutionConfig | None" = None):
@@ -207,4 +175,4 @@ FAMILY = Family(
                 help="the cascade's first stage (RUN/model), whose pictures this model upsamples"), TEXT_ENCODER_FLAG),
     draws=lambda config: bool(config.base),
     does_instead="it upsamples pictures (Pipeline.upsample); train it with --base RUN/model to draw as a cascade",
-    version=2, migrations={1: lambda config: removed(config, "text.token_std")})
+    version=2, migrations={1: lambda config: v1_dit(config, layout=False)})
