@@ -16,6 +16,7 @@ import contextlib
 import copy
 import csv
 import dataclasses
+import functools
 import math
 import os
 import signal
@@ -23,6 +24,7 @@ import threading
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
@@ -30,10 +32,10 @@ from tqdm import tqdm
 
 from .checkpoint import (Interrupted, UserError, load_optimizer_state, load_tensors, optimizer_state, read_json,
                          restore_interrupted, save_json, save_tensors, write_dir_atomically)
-from .config import from_dict, to_dict, updated
+from .config import to_dict, updated
 from .data import get_dataset
 from .images import captioned_grid, to_tensor
-from .models import get_family
+from .models import Family, get_family
 from .pipeline import Pipeline, autocast, pick_device
 from .scaling import (budget_bytes, check_split, has_unused_parameters, measure_footprint, step_batches,
                       plan_memory, set_activation_checkpointing)
@@ -74,11 +76,11 @@ class TrainConfig:
     checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
     max_bad_steps: int = 5         # non-finite losses in a row before the run stops (each one is skipped)
     accumulate: int = 1            # micro-batches per step: each of batch_size / accumulate pictures, one update
-    checkpointing: bool = False    # activation checkpointing: recompute blocks in the backward pass (less memory, ~30 % slower)
-    compile: bool = False          # torch.compile the model's networks (off by default: slower on CPU, docs/benchmarks.md)
-    max_memory: float | None = None  # GiB per process: measure the model, then choose accumulate and checkpointing to fit
+    checkpointing: bool = False    # activation checkpointing: blocks recomputed in backward (less memory, ~30 % slower)
+    compile: bool = False          # torch.compile the model's networks (off: slower on CPU, docs/benchmarks.md)
+    max_memory: float | None = None  # GiB per process: measure the model, choose accumulate and checkpointing to fit
     wandb: str = ""                # a Weights & Biases project to log to as well ("" : TensorBoard and CSV only)
-    workers: int | None = None     # processes drawing the next steps' pictures ahead (None: up to 4 on a GPU, 0 on a CPU)
+    workers: int | None = None     # processes drawing the next steps' pictures ahead (None: <= 4 on a GPU, 0 on a CPU)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled in: the family's TRAIN_DEFAULTS, else FAMILY_DEPENDENT."""
@@ -119,82 +121,261 @@ def learning_rate(config: TrainConfig, step: int, progress: float) -> float:
     return config.lr * (config.min_lr_ratio + (1 - config.min_lr_ratio) * cosine)
 
 
+@dataclass
+class FirstStage:
+    """A model a family trains before its own in the same command (dalle's image tokenizer), as its
+    prepare hook declares it. The loop trains `config`, resuming it when its folder holds a checkpoint,
+    then `then(model_dir)` gives the family's own (train_config, overrides)."""
+    config: TrainConfig                # its run, in a folder of OUT (e.g. OUT/tokenizer), with its budget
+    then: Callable[[Path], tuple]      # its model directory -> the family's own (train_config, overrides)
+    name: str                          # what it trains, for "stage 1 of 2: NAME, into DIR"
+    next_name: str                     # what trains after it, for "stage 2 of 2: NEXT_NAME"
+
+
+@dataclass(eq=False)
+class Run:
+    """One training run as `start_run` sets it up and the loop moves it on. `step` and `elapsed` (the
+    training seconds) count from the start of the run, across resumes."""
+    config: TrainConfig                # resolved, with a first stage's budget taken and --max-memory's plan
+    family: Family
+    processes: object                  # accelerate's PartialState: this process's place in the run
+    device: torch.device
+    quiet: bool                        # True in every process but the main one
+    dataset: object
+    generator: torch.Generator         # every random draw of training, saved with each checkpoint
+    tokenizer: object                  # the captions' tokenizer
+    model_config: object
+    model: torch.nn.Module
+    ema: torch.nn.Module               # the weights' moving average: what OUT/model holds and the grids draw
+    optimizer: torch.optim.Optimizer
+    step: int = 0
+    elapsed: float = 0.0
+    warnings: list = field(default_factory=list)  # what went wrong in training, kept with the model
+    empty: torch.Tensor | None = None  # the empty caption's ids
+    mixed: object = None               # --precision's autocast
+    trainer: torch.nn.Module | None = None  # the model's loss, wrapped by accelerate (DDP on several processes)
+    stepper: object = None             # the optimizer, wrapped by accelerate
+    accelerator: object = None
+    pipeline: Pipeline | None = None   # the EMA model with its tokenizer: progress grids and OUT/model
+    grid_prompts: list = field(default_factory=list)   # the progress grids' captions
+    extra_columns: list = field(default_factory=list)  # the family's own training-log columns
+    log: "RunLog | None" = None        # TensorBoard and wandb (the main process only)
+
+    @property
+    def world(self) -> int:
+        return self.processes.num_processes
+
+    @property
+    def rank(self) -> int:
+        return self.processes.process_index
+
+    @property
+    def main(self) -> bool:
+        return self.processes.is_main_process
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return self.out / "checkpoint"
+
+    def budget_progress(self) -> float:
+        if self.config.steps is not None:
+            return self.step / max(self.config.steps, 1)
+        return self.elapsed / (60 * self.config.minutes)
+
+    def done(self) -> bool:
+        return (self.config.steps is not None and self.step >= self.config.steps) or \
+               (self.config.minutes is not None and self.elapsed >= 60 * self.config.minutes)
+
+
+@dataclass
+class Window:
+    """What the steps since the last log row add up to (a skipped step adds to `images` and `time` only)."""
+    loss: float = 0.0
+    norm: float = 0.0
+    steps: int = 0
+    images: int = 0
+    time: float = 0.0
+
+    def add_update(self, loss: float, norm: torch.Tensor) -> None:
+        self.loss, self.norm, self.steps = self.loss + loss, self.norm + float(norm), self.steps + 1
+
+
 def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
     """Train a model as `config` says and write OUT/model (EMA weights, config, tokenizer); returns that
     directory. `callback(progress)` is called as training goes (see Progress); Ctrl-C, SIGTERM and
     `progress.stop()` all end the run with a checkpoint saved, ready for `resume=True`. Launched as
     several processes, every process calls this and trains; the main one alone writes and calls back."""
+    run = start_run(config, quiet)
+    config, window, bad_steps, bar = run.config, Window(), 0, progress_bar(run)
+    batches = step_batches(run.dataset, run.step, config.batch_size, config.accumulate, run.rank, run.world,
+                           data_workers(config, run.device))
+    with StopSignals() as signals, run.log or contextlib.nullcontext():  # the writer closes (flushes) on the way out
+        while not run.done() and not signals.received:
+            started = time.perf_counter()
+            lr = learning_rate(config, run.step, run.budget_progress())
+            for group in run.optimizer.param_groups:
+                group["lr"] = lr * group.get("lr_scale", 1.0)
+            loss, finite, norm = train_step(run, next(batches))
+            if not finite:  # skip the update (the data still moves on), and stop if it keeps happening
+                bad_steps += 1
+                if run.main:
+                    tqdm.write(f"dreamlet: warning: non-finite loss or gradient at step {run.step}; step skipped")
+                if bad_steps >= config.max_bad_steps:
+                    bar.close()
+                    raise UserError(f"{bad_steps} non-finite losses in a row at step {run.step}; lower --lr "
+                                    f"(the last checkpoint, in {run.checkpoint_dir}, is kept)")
+            else:
+                bad_steps = 0
+                window.add_update(loss, norm)
+            run.step += 1
+            spent = time.perf_counter() - started
+            run.elapsed += spent
+            if run.world > 1:  # a time budget ends at the same step in every process: the slowest clock counts
+                run.elapsed, = agree(run.processes, [run.elapsed])
+            window.images, window.time = window.images + config.batch_size, window.time + spent
+            progress = None
+            if run.step % config.log_every == 0 or run.done():
+                progress, window = log_row(run, window, lr, bar), Window()
+            bar.update(1)
+            if run.main and config.sample_every and run.step % config.sample_every == 0 and not run.done() \
+                    and getattr(run.model, "generates", True):
+                progress = progress or Progress(run.step, float("nan"), lr, float("nan"), run.elapsed,
+                                                pipeline=run.pipeline)
+                progress.grid = progress_grid(run)
+            if stop_requested(run, callback, progress, signals):
+                break
+            if config.checkpoint_every and run.step % config.checkpoint_every == 0 and not run.done() \
+                    and not bad_steps:
+                save_checkpoint(run)  # not in a streak of skipped steps: the last checkpoint stays the last good one
+        bar.close()
+        save_checkpoint(run)
+    run.processes.wait_for_everyone()  # the model is written before any process returns it
+    if signals.received:
+        raise Interrupted(signals.received, run.step, run.out)
+    return run.out / "model"
+
+
+# -- setting a run up ------------------------------------------------------------------------------
+
+def start_run(config: TrainConfig, quiet: bool) -> Run:
+    """Everything before the first step: join the other processes, load the data, resume the run or start
+    it (a first stage, the model config, the model, EMA and optimizer), fit --max-memory, wrap the model
+    for accelerate and open the logs."""
     config = config.resolved()
     out = Path(config.out)
     if config.steps is None and config.minutes is None:
         raise UserError("give a budget: --steps N or --minutes M")
-    family_name, family = config.model, get_family(config.model)
+    family = get_family(config.model)
     processes, device = join_processes(config.device)
-    world, rank, main = processes.num_processes, processes.process_index, processes.is_main_process
-    quiet = quiet or not main  # one progress bar and one set of messages
+    quiet = quiet or not processes.is_main_process  # one progress bar and one set of messages
     checkpoint_dir = out / "checkpoint"
-    if main:
+    if processes.is_main_process:
         restore_interrupted(checkpoint_dir)  # a crash between the two renames of a save left the last one aside
-    with processes.local_main_process_first():  # each machine's first process builds a data cache, then the others read it
+    # each machine's first process builds a data cache, then the others read it
+    with processes.local_main_process_first():
         dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet)
-    generator = torch.Generator().manual_seed(process_seed(config.seed, rank))
-    step, elapsed = 0, 0.0
-
-    def prepare(*args, **kwargs):  # a stop in the first stage is continued by `--resume --out OUT`, not OUT/stage
-        try:
-            return family.prepare(*args, **kwargs)
-        except Interrupted as stopped:
-            raise Interrupted(stopped.signal_number, stopped.step, out) from None
-
+    generator = torch.Generator().manual_seed(process_seed(config.seed, processes.process_index))
     if config.resume and not (checkpoint_dir / "state.json").is_file() and family.prepare \
             and any(out.glob("*/checkpoint/state.json")):
         config = dataclasses.replace(config, resume=False)  # stopped in its first stage: prepare continues it
+    state, step, elapsed = {}, 0, 0.0
     if config.resume:
-        if not (checkpoint_dir / "state.json").is_file():
-            raise UserError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
-        state = read_json(checkpoint_dir / "state.json")
-        try:
-            if state["family"] != family_name:
-                raise UserError(f"{out} holds a {state['family']} run, not {family_name}")
-            saved = state["train"]
-            if saved["size"] != config.size or saved["data"] != config.data:
-                raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px; resume with the same --data and --size")
-            model_config = family.load_config(state["model"], state.get("config_version"))
-            step, elapsed = int(state["step"]), float(state["elapsed"])
-        except (KeyError, TypeError, ValueError) as error:
-            raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): state.json is not a dreamlet "
-                            f"checkpoint ({type(error).__name__}: {error}); train into a new --out") from None
+        state, model_config, step, elapsed = read_state(checkpoint_dir, config, family)
         if family.prepare:  # finish (or skip) its first stage, and take the budget that leaves
-            config, _ = prepare(config, {}, device, quiet, saved=model_config)
+            config, _ = prepare(family, config, {}, device, quiet, saved=model_config)
         tokenizer = load_tokenizer(checkpoint_dir / "tokenizer.json", model_config.text)
     else:
         if (checkpoint_dir / "state.json").is_file():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        model_overrides = copy.deepcopy(config.settings)
-        if family.prepare:  # a family that builds on another model first trains or finds it (dalle)
-            config, model_overrides = prepare(config, model_overrides, device, quiet)
-        # "small" on a GPU too: the wider "base" preset diverges at the default learning rate under bf16
-        # and learns far slower per step at a lower one (docs/benchmarks.md, GPU section)
-        preset = config.preset or "small"
-        if preset not in family.presets:
-            raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.presets)}")
-        tokenizer = CaptionTokenizer.train(dataset.captions(config.tokenizer_captions))
-        overrides = copy.deepcopy(family.presets[preset])
-        sized = {f.name for f in fields(family.config)}
-        if "image_size" in sized:
-            overrides["image_size"] = config.size
-        overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
-        try:
-            model_config = updated(updated(family.config(), overrides), model_overrides)
-        except ValueError as error:
-            raise UserError(f"--set: {error}") from None
-        tokenizer = tokenizer_for(model_config.text, tokenizer)  # or a pretrained text encoder's own
+        config, model_config, tokenizer = new_model_config(config, family, dataset, device, quiet)
+    model, ema, optimizer = build_model(config, family, model_config, device)
+    run = Run(config, family, processes, device, quiet, dataset, generator, tokenizer, model_config, model, ema,
+              optimizer, step, elapsed, state.get("warnings", []))
+    if config.resume:
+        load_checkpoint(run, state)
+    run.empty, run.mixed = tokenizer([""]).to(device), autocast(device, config.precision)
+    if config.max_memory is not None:
+        run.config = fit_memory(run)
+    wrap_for_processes(run)
+    open_logs(run)
+    return run
 
+
+def read_state(checkpoint_dir: Path, config: TrainConfig, family: Family) -> tuple[dict, object, int, float]:
+    """A resumed run's state.json, checked against this command: the state, the model config, the step
+    and the elapsed training time."""
+    if not (checkpoint_dir / "state.json").is_file():
+        raise UserError(f"nothing to resume: no checkpoint in {checkpoint_dir}")
+    state, out = read_json(checkpoint_dir / "state.json"), Path(config.out)
+    try:
+        if state["family"] != config.model:
+            raise UserError(f"{out} holds a {state['family']} run, not {config.model}")
+        saved = state["train"]
+        if saved["size"] != config.size or saved["data"] != config.data:
+            raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px; "
+                            "resume with the same --data and --size")
+        model_config = family.load_config(state["model"], state.get("config_version"))
+        return state, model_config, int(state["step"]), float(state["elapsed"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): state.json is not a dreamlet "
+                        f"checkpoint ({type(error).__name__}: {error}); train into a new --out") from None
+
+
+def prepare(family: Family, config: TrainConfig, overrides: dict, device, quiet: bool, saved=None):
+    """The family's prepare hook (a super-resolution model takes its base), and the first stage it may
+    declare (dalle's image tokenizer) trained here, in its own folder of OUT; returns the family's own
+    (train_config, overrides) with the budget the first stage left."""
+    try:
+        stage = family.prepare(config, overrides, device, quiet, saved=saved)
+        if not isinstance(stage, FirstStage):
+            return stage
+        stage_out = Path(stage.config.out)
+        if not quiet:
+            print(f"stage 1 of 2: {stage.name}, into {stage_out}")
+        resume = (stage_out / "checkpoint" / "state.json").is_file()  # stopped there before: continue it
+        model_dir = train(dataclasses.replace(stage.config, resume=resume), quiet=quiet)
+        if not quiet:
+            print(f"stage 2 of 2: {stage.next_name}")
+        return stage.then(model_dir)
+    except Interrupted as stopped:  # a stop in the first stage is continued by `--resume --out OUT`, not OUT/stage
+        raise Interrupted(stopped.signal_number, stopped.step, Path(config.out)) from None
+
+
+def new_model_config(config: TrainConfig, family: Family, dataset, device, quiet: bool):
+    """A new run's (train config, model config, caption tokenizer): the preset at --size with the
+    captions' vocabulary, changed by --set and by the family's prepare hook (and its first stage)."""
+    model_overrides = copy.deepcopy(config.settings)
+    if family.prepare:  # a family that builds on another model first trains or finds it (dalle)
+        config, model_overrides = prepare(family, config, model_overrides, device, quiet)
+    # "small" on a GPU too: the wider "base" preset diverges at the default learning rate under bf16
+    # and learns far slower per step at a lower one (docs/benchmarks.md, GPU section)
+    preset = config.preset or "small"
+    if preset not in family.presets:
+        raise UserError(f"unknown --preset {preset!r}; choose one of: {', '.join(family.presets)}")
+    tokenizer = CaptionTokenizer.train(dataset.captions(config.tokenizer_captions))
+    overrides = copy.deepcopy(family.presets[preset])
+    sized = {f.name for f in fields(family.config)}
+    if "image_size" in sized:
+        overrides["image_size"] = config.size
+    overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+    try:
+        model_config = updated(updated(family.config(), overrides), model_overrides)
+    except ValueError as error:
+        raise UserError(f"--set: {error}") from None
+    return config, model_config, tokenizer_for(model_config.text, tokenizer)  # or a pretrained text encoder's own
+
+
+def build_model(config: TrainConfig, family: Family, model_config, device):
+    """The model (the same initial weights in every process), its EMA copy and the AdamW optimizer."""
     torch.manual_seed(config.seed)  # the same initial weights in every process
     try:
         model = family.model(model_config).to(device)
     except (ValueError, TypeError) as error:  # e.g. a --set value of the wrong kind
-        raise UserError(f"cannot build a {family_name} model from this config: {error}") from None
+        raise UserError(f"cannot build a {config.model} model from this config: {error}") from None
     if not config.resume and getattr(model_config, "tokenizer", ""):  # the prior's frozen image tokenizer
         model.load_tokenizer(model_config.tokenizer)
     ema = copy.deepcopy(model).eval().requires_grad_(False)
@@ -203,219 +384,222 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
     else:  # no weight decay on gains and biases
         groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": config.weight_decay},
                   {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
-    if config.resume:
-        try:  # a checkpoint from another dreamlet version may not fit this model: say so, keep it
-            tensors = load_tensors(checkpoint_dir / "state.safetensors")
-            model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-            ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
-            load_optimizer_state(optimizer, {k[4:]: v.to(device) for k, v in tensors.items() if k.startswith("opt.")},
-                                 state["optimizer"])
-            rng = "rng" if rank == 0 else f"rng.{rank}"
-            if rng in tensors:  # else resumed with more processes than saved: a fresh stream for this one
-                generator.set_state(tensors[rng])
-            else:
-                generator.manual_seed(process_seed(config.seed, rank, step))
-        except (RuntimeError, KeyError, ValueError, OSError, UserError) as error:  # UserError: not a safetensors file
-            raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): "
-                            f"{str(error).strip().splitlines()[0]}; train into a new --out") from None
+    return model, ema, torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
 
-    empty = tokenizer([""]).to(device)
-    mixed = autocast(device, config.precision)
 
-    def probe_loss(module, count):  # for trial passes: the first training pictures, and a generator of their own
-        images, captions = dataset.batch(0, count)
-        with mixed:
-            return module.loss(to_tensor(images).to(device), tokenizer(captions).to(device), empty,
-                               torch.Generator().manual_seed(0))
+def load_checkpoint(run: Run, state: dict) -> None:
+    """Model, EMA, optimizer and this process's random stream as the checkpoint saved them."""
+    try:  # a checkpoint from another dreamlet version may not fit this model: say so, keep it
+        tensors = load_tensors(run.checkpoint_dir / "state.safetensors")
+        run.model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        run.ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+        load_optimizer_state(run.optimizer, {k[4:]: v.to(run.device) for k, v in tensors.items()
+                                             if k.startswith("opt.")}, state["optimizer"])
+        rng = "rng" if run.rank == 0 else f"rng.{run.rank}"
+        if rng in tensors:  # else resumed with more processes than saved: a fresh stream for this one
+            run.generator.set_state(tensors[rng])
+        else:
+            run.generator.manual_seed(process_seed(run.config.seed, run.rank, run.step))
+    except (RuntimeError, KeyError, ValueError, OSError, UserError) as error:  # UserError: not a safetensors file
+        raise UserError(f"cannot resume from {run.checkpoint_dir} (left as it is): "
+                        f"{str(error).strip().splitlines()[0]}; train into a new --out") from None
 
-    if config.max_memory is not None:
-        if config.accumulate != 1 or config.checkpointing:
-            raise UserError("--max-memory chooses --accumulate and --checkpointing itself; give it without them")
-        plan = None
-        if main:  # measured once; every process takes the same plan (or error), or their steps would not match
-            try:
-                check_split(config.batch_size, 1, world)
-                budget = budget_bytes(config.max_memory)
-                footprint = measure_footprint(model, probe_loss, device, world)
-                plan = plan_memory(footprint, config.batch_size, budget, world)
-                if not quiet:
-                    tqdm.write("dreamlet: " + plan.describe(footprint, budget, config.batch_size, world))
-            except UserError as error:
-                plan = error
-        if world > 1:
-            from accelerate.utils import broadcast_object_list
-            plan, = broadcast_object_list([plan])
-        if isinstance(plan, UserError):
-            raise plan
-        config = dataclasses.replace(config, accumulate=plan.accumulate, checkpointing=plan.checkpointing)
-    check_split(config.batch_size, config.accumulate, world)
+
+def probe_loss(run: Run, module: torch.nn.Module, count: int) -> torch.Tensor:
+    """For trial passes: the loss of the first `count` training pictures, with a generator of their own."""
+    images, captions = run.dataset.batch(0, count)
+    with run.mixed:
+        return module.loss(to_tensor(images).to(run.device), run.tokenizer(captions).to(run.device), run.empty,
+                           torch.Generator().manual_seed(0))
+
+
+def fit_memory(run: Run) -> TrainConfig:
+    """--max-memory: the config with the accumulate and checkpointing that fit the measured model."""
+    config, world = run.config, run.world
+    if config.accumulate != 1 or config.checkpointing:
+        raise UserError("--max-memory chooses --accumulate and --checkpointing itself; give it without them")
+    plan = None
+    if run.main:  # measured once; every process takes the same plan (or error), or their steps would not match
+        try:
+            check_split(config.batch_size, 1, world)
+            budget = budget_bytes(config.max_memory)
+            footprint = measure_footprint(run.model, functools.partial(probe_loss, run), run.device, world)
+            plan = plan_memory(footprint, config.batch_size, budget, world)
+            if not run.quiet:
+                tqdm.write("dreamlet: " + plan.describe(footprint, budget, config.batch_size, world))
+        except UserError as error:
+            plan = error
+    if world > 1:
+        from accelerate.utils import broadcast_object_list
+        plan, = broadcast_object_list([plan])
+    if isinstance(plan, UserError):
+        raise plan
+    return dataclasses.replace(config, accumulate=plan.accumulate, checkpointing=plan.checkpointing)
+
+
+def wrap_for_processes(run: Run) -> None:
+    """Activation checkpointing and torch.compile as asked, then accelerate's wrapping of loss and optimizer."""
+    config = run.config
+    check_split(config.batch_size, config.accumulate, run.world)
     if config.checkpointing:
-        set_activation_checkpointing(model, True)
+        set_activation_checkpointing(run.model, True)
     if config.compile:  # each network's forward; the loss around them draws random numbers and stays eager
-        for network in model.children():
+        for network in run.model.children():
             network.compile()
     # DistributedDataParallel averages the gradients of what runs through a module's forward: the loss, here
-    accelerator = start_accelerator(world > 1 and has_unused_parameters(model, probe_loss, device))
-    trainer, stepper = accelerator.prepare(LossForward(model), optimizer)
+    unused = run.world > 1 and has_unused_parameters(run.model, functools.partial(probe_loss, run), run.device)
+    run.accelerator = start_accelerator(unused)
+    run.trainer, run.stepper = run.accelerator.prepare(LossForward(run.model), run.optimizer)
 
-    warnings = state.get("warnings", []) if config.resume else []  # what went wrong in training, kept with the model
-    meta = {"data": config.data, "size": config.size, "train": to_dict(config), "warnings": warnings}
-    pipeline = Pipeline(family_name, ema, tokenizer, meta, config.precision)
-    preview = dataset.preview_captions(12)
-    log_path = out / "train_log.csv"
-    out.mkdir(parents=True, exist_ok=True)
-    extra_columns = list(getattr(model, "log_fields", ()))
-    board = None
-    if main:
-        start_log(log_path, ["step", "loss", "lr", "images_per_s", "elapsed_s", "grad_norm"] + extra_columns, step)
-        board = RunLog(out, step + 1 if config.resume else None, config)
-    parameters = sum(p.numel() for p in model.parameters())
 
-    def save_checkpoint():
-        streams = [generator.get_state()]
-        if world > 1:  # every process draws its own noise: all the streams are saved, for an exact resume
-            from accelerate.utils import gather_object
-            streams = gather_object(streams)
-        if not main:
-            return
+def open_logs(run: Run) -> None:
+    """The model as a Pipeline (for grids and OUT/model), and, in the main process, the CSV log and RunLog."""
+    config = run.config
+    meta = {"data": config.data, "size": config.size, "train": to_dict(config), "warnings": run.warnings}
+    run.pipeline = Pipeline(config.model, run.ema, run.tokenizer, meta, config.precision)
+    run.grid_prompts = run.dataset.preview_captions(12)
+    run.out.mkdir(parents=True, exist_ok=True)
+    run.extra_columns = list(getattr(run.model, "log_fields", ()))
+    if run.main:
+        start_log(run.out / "train_log.csv",
+                  ["step", "loss", "lr", "images_per_s", "elapsed_s", "grad_norm"] + run.extra_columns, run.step)
+        run.log = RunLog(run.out, run.step + 1 if config.resume else None, config)
 
-        def write(tmp: Path):
-            tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
-            tensors |= {f"ema.{k}": v for k, v in ema.state_dict().items()}
-            opt_tensors, opt_meta = optimizer_state(optimizer)
-            tensors |= {f"opt.{k}": v for k, v in opt_tensors.items()} | {"rng": streams[0]}
-            tensors |= {f"rng.{r}": s for r, s in enumerate(streams) if r}
-            save_tensors(tmp / "state.safetensors", tensors)
-            save_json(tmp / "state.json", {"family": family_name, "step": step, "elapsed": elapsed,
-                                           "train": to_dict(config), "config_version": family.version,
-                                           "model": to_dict(model_config),
-                                           "optimizer": opt_meta, "warnings": warnings})
-            tokenizer.save(tmp / "tokenizer.json")
-        write_dir_atomically(checkpoint_dir, write)
-        pipeline.save(out / "model")
 
-    def budget_progress() -> float:
-        if config.steps is not None:
-            return step / max(config.steps, 1)
-        return elapsed / (60 * config.minutes)
-
-    def done() -> bool:
-        return (config.steps is not None and step >= config.steps) or \
-               (config.minutes is not None and elapsed >= 60 * config.minutes)
-
-    total = config.steps if config.steps is not None else None
-    bar = tqdm(total=total, initial=step if total else 0, disable=quiet, dynamic_ncols=True,
-               desc=f"train {family_name} {parameters / 1e6:.1f}M params",
-               bar_format="{desc}: {n_fmt}/{total_fmt} steps{postfix} [{elapsed}<{remaining}]" if total else
-               "{desc}: {n_fmt} steps{postfix} [{elapsed}]")
-    window_loss, window_norm, window_steps, window_images, window_time = 0.0, 0.0, 0, 0, 0.0
-    bad_steps = 0
+def data_workers(config: TrainConfig, device: torch.device) -> int:
     # on a GPU, drawing pictures in the training thread leaves it waiting: 4 workers took the loop from 786
     # to 1487 pictures/s at 64 px, batch 128, on an H100 (docs/benchmarks.md); on a CPU the cores train
-    workers = config.workers if config.workers is not None else \
-        (min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0)
-    batches = step_batches(dataset, step, config.batch_size, config.accumulate, rank, world, workers)
-    with StopSignals() as signals, board or contextlib.nullcontext():  # the writer closes (flushes) on the way out
-        while not done() and not signals.received:
-            started = time.perf_counter()
-            lr = learning_rate(config, step, budget_progress())
-            for group in optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            stepper.zero_grad(set_to_none=True)  # before the forward pass, so old gradients do not sit through it
-            parts = next(batches)
-            step_loss, finite = 0.0, True
-            for i, (images, captions) in enumerate(parts):
-                images, ids = to_tensor(images).to(device, non_blocking=True), tokenizer(captions).to(device)
-                # gradients are averaged across processes once a step, in the last micro-batch's backward pass
-                with accelerator.no_sync(trainer) if i < len(parts) - 1 else contextlib.nullcontext():
-                    with mixed:
-                        loss = trainer(images, ids, empty, generator)
-                    if len(parts) > 1:
-                        loss = loss / len(parts)  # the step's gradient is the mean over its whole batch
-                    finite = not agree(processes, [not torch.isfinite(loss)])[0]  # all processes skip together
-                    if not finite:
-                        break
-                    accelerator.backward(loss)
-                step_loss += loss.item()
-            if finite:
-                norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip or float("inf"))
-                finite = bool(torch.isfinite(norm))  # gradients are averaged already: the same in every process
-            if not finite:  # skip the update (the data still moves on), and stop if it keeps happening
-                bad_steps += 1
-                if main:
-                    tqdm.write(f"dreamlet: warning: non-finite loss or gradient at step {step}; step skipped")
-                if bad_steps >= config.max_bad_steps:
-                    bar.close()
-                    raise UserError(f"{bad_steps} non-finite losses in a row at step {step}; lower --lr "
-                                    f"(the last checkpoint, in {checkpoint_dir}, is kept)")
-            else:
-                bad_steps = 0
-                stepper.step()
-                with torch.no_grad():  # EMA with a warmup, so early averages are not dominated by the init
-                    d = min(config.ema_decay, (1 + step) / (10 + step))
-                    for e, p in zip(ema.parameters(), model.parameters()):
-                        e.lerp_(p, 1 - d)
-                    for e, b in zip(ema.buffers(), model.buffers()):
-                        e.copy_(b)
-                window_loss, window_norm, window_steps = window_loss + step_loss, window_norm + float(norm), window_steps + 1
-            step += 1
-            spent = time.perf_counter() - started
-            elapsed += spent
-            if world > 1:  # a time budget ends at the same step in every process: the slowest clock counts
-                elapsed, = agree(processes, [elapsed])
-            window_images, window_time = window_images + config.batch_size, window_time + spent
-            progress = None
-            if step % config.log_every == 0 or done():
-                if world > 1:  # each process saw its own pictures: the batch's loss is the mean over them
-                    window_loss = agree(processes, [window_loss], "sum")[0] / world
-                mean_loss, rate = window_loss / max(window_steps, 1), window_images / window_time
-                grad_norm = window_norm / max(window_steps, 1)  # before clipping: how hard the clip works
-                if main:
-                    extra = model.log_values() if extra_columns else {}
-                    with open(log_path, "a", newline="") as f:
-                        csv.writer(f, lineterminator="\n").writerow(
-                            [step, f"{mean_loss:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{elapsed:.1f}", f"{grad_norm:.4g}"]
-                            + [f"{extra.get(k, float('nan')):.4f}" for k in extra_columns])
-                    if board:
-                        board.scalars(dict(loss=mean_loss, lr=lr, grad_norm=grad_norm, images_per_s=rate, **extra), step)
-                    warning = model.health() if hasattr(model, "health") else None
-                    if warning and not any(w["message"].split(":")[0] == warning.split(":")[0] for w in warnings):  # once each
-                        warnings.append({"step": step, "message": warning})
-                        tqdm.write(f"dreamlet: warning at step {step}: {warning}")
-                left = f" {max(0.0, 60 * config.minutes - elapsed) / 60:.1f} min left" if total is None else ""
-                bar.set_postfix_str(f"loss {mean_loss:.4f} {rate:.0f} img/s{left}")
-                progress = Progress(step, mean_loss, lr, rate, elapsed, pipeline=pipeline)
-                window_loss, window_norm, window_steps, window_images, window_time = 0.0, 0.0, 0, 0, 0.0
-            bar.update(1)
-            if main and config.sample_every and step % config.sample_every == 0 and not done() \
-                    and getattr(model, "generates", True):
-                grid_dir = out / "progress"
-                grid_dir.mkdir(exist_ok=True)
-                images = pipeline.draw(preview, list(range(len(preview))), steps=10)
-                grid = captioned_grid(images, preview, columns=6)
-                grid.save(grid_dir / f"step_{step:06d}.png")
-                if board:
-                    board.image("progress", grid, step)
-                progress = progress or Progress(step, float("nan"), lr, float("nan"), elapsed, pipeline=pipeline)
-                progress.grid = grid
-            stop = False
-            if main and callback is not None and progress is not None:
-                callback(progress)
-                stop = progress.stop_requested
-            if world > 1:  # a callback's stop or a signal to any process ends the run at this step in all of them
-                received, stop = agree(processes, [signals.received, stop])
-                signals.received, stop = int(received), bool(stop)
-            if stop:
+    if config.workers is not None:
+        return config.workers
+    return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
+
+
+def progress_bar(run: Run) -> tqdm:
+    parameters = sum(p.numel() for p in run.model.parameters())
+    total = run.config.steps
+    return tqdm(total=total, initial=run.step if total else 0, disable=run.quiet, dynamic_ncols=True,
+                desc=f"train {run.config.model} {parameters / 1e6:.1f}M params",
+                bar_format="{desc}: {n_fmt}/{total_fmt} steps{postfix} [{elapsed}<{remaining}]" if total else
+                "{desc}: {n_fmt} steps{postfix} [{elapsed}]")
+
+
+# -- one training step ----------------------------------------------------------------------------
+
+def train_step(run: Run, parts: list) -> tuple[float, bool, torch.Tensor | None]:
+    """Forward and backward over the step's micro-batches, clip, AdamW step, EMA: returns the step's loss,
+    whether it was finite (else nothing was updated) and the gradient norm before clipping."""
+    run.stepper.zero_grad(set_to_none=True)  # before the forward pass, so old gradients do not sit through it
+    step_loss, finite, norm = 0.0, True, None
+    for i, (images, captions) in enumerate(parts):
+        images, ids = to_tensor(images).to(run.device, non_blocking=True), run.tokenizer(captions).to(run.device)
+        # gradients are averaged across processes once a step, in the last micro-batch's backward pass
+        with run.accelerator.no_sync(run.trainer) if i < len(parts) - 1 else contextlib.nullcontext():
+            with run.mixed:
+                loss = run.trainer(images, ids, run.empty, run.generator)
+            if len(parts) > 1:
+                loss = loss / len(parts)  # the step's gradient is the mean over its whole batch
+            finite = not agree(run.processes, [not torch.isfinite(loss)])[0]  # all processes skip together
+            if not finite:
                 break
-            if config.checkpoint_every and step % config.checkpoint_every == 0 and not done() and not bad_steps:
-                save_checkpoint()  # not in a streak of skipped steps: the last checkpoint stays the last good one
-        bar.close()
-        save_checkpoint()
-    processes.wait_for_everyone()  # the model is written before any process returns it
-    if signals.received:
-        raise Interrupted(signals.received, step, out)
-    return out / "model"
+            run.accelerator.backward(loss)
+        step_loss += loss.item()
+    if finite:
+        norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.config.grad_clip or float("inf"))
+        finite = bool(torch.isfinite(norm))  # gradients are averaged already: the same in every process
+    if finite:
+        run.stepper.step()
+        update_ema(run.ema, run.model, run.config.ema_decay, run.step)
+    return step_loss, finite, norm
+
+
+def update_ema(ema: torch.nn.Module, model: torch.nn.Module, decay: float, step: int) -> None:
+    with torch.no_grad():  # EMA with a warmup, so early averages are not dominated by the init
+        d = min(decay, (1 + step) / (10 + step))
+        for e, p in zip(ema.parameters(), model.parameters()):
+            e.lerp_(p, 1 - d)
+        for e, b in zip(ema.buffers(), model.buffers()):
+            e.copy_(b)
+
+
+# -- the periodic work ----------------------------------------------------------------------------
+
+def log_row(run: Run, window: Window, lr: float, bar: tqdm) -> Progress:
+    """The window's means as a training-log row, TensorBoard/wandb scalars and the progress bar's text,
+    with the model's health warning (once each); returns the callback's Progress."""
+    if run.world > 1:  # each process saw its own pictures: the batch's loss is the mean over them
+        window.loss = agree(run.processes, [window.loss], "sum")[0] / run.world
+    mean_loss, rate = window.loss / max(window.steps, 1), window.images / window.time
+    grad_norm = window.norm / max(window.steps, 1)  # before clipping: how hard the clip works
+    if run.main:
+        extra = run.model.log_values() if run.extra_columns else {}
+        with open(run.out / "train_log.csv", "a", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerow(
+                [run.step, f"{mean_loss:.5f}", f"{lr:.6g}", f"{rate:.1f}", f"{run.elapsed:.1f}", f"{grad_norm:.4g}"]
+                + [f"{extra.get(k, float('nan')):.4f}" for k in run.extra_columns])
+        if run.log:
+            run.log.scalars(dict(loss=mean_loss, lr=lr, grad_norm=grad_norm, images_per_s=rate, **extra), run.step)
+        warning = run.model.health() if hasattr(run.model, "health") else None
+        if warning and not any(w["message"].split(":")[0] == warning.split(":")[0] for w in run.warnings):
+            run.warnings.append({"step": run.step, "message": warning})  # once each
+            tqdm.write(f"dreamlet: warning at step {run.step}: {warning}")
+    minutes = run.config.minutes
+    left = f" {max(0.0, 60 * minutes - run.elapsed) / 60:.1f} min left" if run.config.steps is None else ""
+    bar.set_postfix_str(f"loss {mean_loss:.4f} {rate:.0f} img/s{left}")
+    return Progress(run.step, mean_loss, lr, rate, run.elapsed, pipeline=run.pipeline)
+
+
+def progress_grid(run: Run) -> "Image.Image":
+    """The EMA model's pictures of the grid prompts, into OUT/progress and TensorBoard. They draw from
+    their own seeds, so drawing a grid takes nothing from training's random stream."""
+    grid_dir = run.out / "progress"
+    grid_dir.mkdir(exist_ok=True)
+    images = run.pipeline.draw(run.grid_prompts, list(range(len(run.grid_prompts))), steps=10)
+    grid = captioned_grid(images, run.grid_prompts, columns=6)
+    grid.save(grid_dir / f"step_{run.step:06d}.png")
+    if run.log:
+        run.log.image("progress", grid, run.step)
+    return grid
+
+
+def stop_requested(run: Run, callback, progress: Progress | None, signals: "StopSignals") -> bool:
+    """Calls the callback back (main process) and says whether the run stops at this step: a callback's stop
+    or a signal to any process ends it at this step in all of them."""
+    stop = False
+    if run.main and callback is not None and progress is not None:
+        callback(progress)
+        stop = progress.stop_requested
+    if run.world > 1:
+        received, stop = agree(run.processes, [signals.received, stop])
+        signals.received, stop = int(received), bool(stop)
+    return stop
+
+
+def save_checkpoint(run: Run) -> None:
+    """OUT/checkpoint (model, EMA, optimizer, every process's random stream, state.json, the caption
+    tokenizer), written atomically, then OUT/model. Every process calls it; the main one writes."""
+    streams = [run.generator.get_state()]
+    if run.world > 1:  # every process draws its own noise: all the streams are saved, for an exact resume
+        from accelerate.utils import gather_object
+        streams = gather_object(streams)
+    if not run.main:
+        return
+
+    def write(tmp: Path):
+        tensors = {f"model.{k}": v for k, v in run.model.state_dict().items()}
+        tensors |= {f"ema.{k}": v for k, v in run.ema.state_dict().items()}
+        opt_tensors, opt_meta = optimizer_state(run.optimizer)
+        tensors |= {f"opt.{k}": v for k, v in opt_tensors.items()} | {"rng": streams[0]}
+        tensors |= {f"rng.{r}": s for r, s in enumerate(streams) if r}
+        save_tensors(tmp / "state.safetensors", tensors)
+        save_json(tmp / "state.json", {"family": run.config.model, "step": run.step, "elapsed": run.elapsed,
+                                       "train": to_dict(run.config), "config_version": run.family.version,
+                                       "model": to_dict(run.model_config),
+                                       "optimizer": opt_meta, "warnings": run.warnings})
+        run.tokenizer.save(tmp / "tokenizer.json")
+    write_dir_atomically(run.checkpoint_dir, write)
+    run.pipeline.save(run.out / "model")
+
+
 
 
 class LossForward(torch.nn.Module):

@@ -55,8 +55,9 @@ class Family:
     draws: bool | Callable[[object], bool] = True
     scores: bool = False             # scores pictures against captions (a CLIP: reranking, eval --clip)
     does_instead: str = ""           # when it does not draw: what it does, for the one-line refusal
-    # A first stage trained (or found) before this family's own training, e.g. dalle's image tokenizer:
-    # prepare(train_config, overrides, device, quiet, saved=None) -> (train_config, overrides).
+    # Before this family's own training: prepare(train_config, overrides, device, quiet, saved=None) ->
+    # (train_config, overrides), or a training.FirstStage, a model the loop trains first (dalle's image
+    # tokenizer) whose then(model_dir) returns them.
     prepare: Callable | None = None
     # `dreamlet eval` for a family the drawing evaluations do not fit: evaluate(args, pipeline) -> report dict.
     evaluate: Callable | None = None

@@ -322,45 +322,52 @@ def prepare(train_config, overrides: dict, device, quiet: bool, saved: "DalleCon
     OUT/tokenizer, `tokenizer_share` of a time budget, or the same number of steps), then the prior
     on its frozen codes. `--set tokenizer=DIR` reuses a tokenizer trained before instead.
     Returns the prior's TrainConfig (its share of the budget) and model overrides (the tokenizer's
-    directory and config). On resume, `saved` is the prior's config: the tokenizer it was trained
-    with stays as it is, and the prior gets the same share of --minutes as before."""
+    directory and config), or, to train the tokenizer first, the training.FirstStage that ends in them.
+    On resume, `saved` is the prior's config: the tokenizer it was trained with stays as it is, and
+    the prior gets the same share of --minutes as before."""
     import dataclasses
 
-    from ..checkpoint import UserError, read_json
-    from ..training import TrainConfig, train
-    out = Path(train_config.out)
-    stage = out / "tokenizer"
+    from ..checkpoint import UserError
+    from ..training import FirstStage, TrainConfig
+    stage = Path(train_config.out) / "tokenizer"
     if saved is not None:  # the prior has a checkpoint: its frozen tokenizer (a copy is in its weights) stays as it is
         if Path(saved.tokenizer).resolve() == (stage / "model").resolve() and train_config.minutes:
             train_config = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - saved.tokenizer_share))
         return train_config, {}
-    tokenizer = overrides.get("tokenizer") or ""
-    if not tokenizer:
-        share = overrides.get("tokenizer_share", DalleConfig.tokenizer_share)
-        if not 0 < share < 1:
-            raise UserError(f"--set tokenizer_share={share}: expected a number between 0 and 1")
-        budget = dict(minutes=train_config.minutes * share) if train_config.minutes else dict(steps=train_config.steps)
-        vq_config = TrainConfig(model="vqvae", out=str(stage), resume=(stage / "checkpoint" / "state.json").is_file(),
-                                data=train_config.data, format=train_config.format, size=train_config.size,
-                                seed=train_config.seed, device=train_config.device, precision=train_config.precision,
-                                sample_every=0, checkpoint_every=train_config.checkpoint_every, **budget)
-        if not quiet:
-            print(f"stage 1 of 2: the image tokenizer, into {stage}")
-        tokenizer = train(vq_config, quiet=quiet)
+    if overrides.get("tokenizer"):
+        return train_config, with_tokenizer(overrides, overrides["tokenizer"], train_config.size)
+    share = overrides.get("tokenizer_share", DalleConfig.tokenizer_share)
+    if not 0 < share < 1:
+        raise UserError(f"--set tokenizer_share={share}: expected a number between 0 and 1")
+    budget = dict(minutes=train_config.minutes * share) if train_config.minutes else dict(steps=train_config.steps)
+    vq_config = TrainConfig(model="vqvae", out=str(stage), data=train_config.data, format=train_config.format,
+                            size=train_config.size, seed=train_config.seed, device=train_config.device,
+                            precision=train_config.precision, sample_every=0,
+                            checkpoint_every=train_config.checkpoint_every, **budget)
+
+    def then(tokenizer):  # the prior takes what the tokenizer left of a time budget
+        prior = train_config
         if train_config.minutes:
-            train_config = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - share))
-        if not quiet:
-            print("stage 2 of 2: the transformer prior over its codes")
+            prior = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - share))
+        return prior, with_tokenizer(overrides, tokenizer, prior.size)
+
+    return FirstStage(vq_config, then, "the image tokenizer", "the transformer prior over its codes")
+
+
+def with_tokenizer(overrides: dict, tokenizer, size: int) -> dict:
+    """The prior's overrides with the image tokenizer in model directory `tokenizer`, once checked."""
+    from ..checkpoint import UserError, read_json
+    from . import get_family
     meta_file = Path(tokenizer) / "config.json"
     if not meta_file.is_file():
         raise UserError(f"--set tokenizer={tokenizer}: not a model directory (no config.json)")
     meta = read_json(meta_file)
     if meta.get("family") != "vqvae":
         raise UserError(f"--set tokenizer={tokenizer}: a {meta.get('family')} model, not an image tokenizer (vqvae)")
-    if meta["model"]["image_size"] != train_config.size:
-        raise UserError(f"the image tokenizer in {tokenizer} works at {meta['model']['image_size']} px, not {train_config.size}")
-    from ..config import from_dict
-    return train_config, overrides | {"tokenizer": str(tokenizer), "vq": from_dict(VQConfig, meta["model"])}
+    if meta["model"]["image_size"] != size:
+        raise UserError(f"the image tokenizer in {tokenizer} works at {meta['model']['image_size']} px, not {size}")
+    vq = get_family("vqvae").load_config(meta["model"], meta.get("config_version"))  # saved by any dreamlet
+    return overrides | {"tokenizer": str(tokenizer), "vq": vq}
 
 
 FAMILY = Family(

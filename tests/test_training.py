@@ -1,0 +1,72 @@
+"""The training loop's first stages: a family declares the model it needs trained first (dalle's image
+tokenizer), and the loop trains it, in its own folder of OUT, resumable by the whole command."""
+import dataclasses
+import json
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from dreamlet import training
+from dreamlet.checkpoint import Interrupted, UserError
+from dreamlet.config import to_dict
+from dreamlet.models import get_family
+from dreamlet.models.vqvae import VQConfig
+from dreamlet.training import FirstStage, TrainConfig
+
+
+def tokenizer_dir(path: Path, size: int) -> Path:
+    """A model directory's config.json as a trained image tokenizer writes it (what the prior reads)."""
+    path.mkdir(parents=True)
+    (path / "config.json").write_text(json.dumps({"family": "vqvae", "model": to_dict(VQConfig(image_size=size))}))
+    return path
+
+
+def test_dalle_declares_its_image_tokenizer_as_a_first_stage_with_its_share_of_the_budget(tmp_path):
+    run = tmp_path / "run"
+    config = TrainConfig(model="dalle", out=str(run), minutes=10, size=16, seed=3, checkpoint_every=7).resolved()
+    stage = get_family("dalle").prepare(config, {"tokenizer_share": 0.3}, torch.device("cpu"), True)
+    assert isinstance(stage, FirstStage)
+    first = stage.config
+    assert (first.model, Path(first.out), first.size, first.seed) == ("vqvae", run / "tokenizer", 16, 3)
+    assert first.minutes == pytest.approx(3) and first.steps is None and not first.resume
+    assert (first.sample_every, first.checkpoint_every) == (0, 7)
+    with pytest.raises(UserError, match="not a model directory"):
+        stage.then(tmp_path / "nowhere")
+    prior, overrides = stage.then(tokenizer_dir(run / "tokenizer" / "model", 16))
+    assert prior.minutes == pytest.approx(7) and overrides["tokenizer_share"] == 0.3
+    assert overrides["tokenizer"] == str(run / "tokenizer" / "model") and overrides["vq"].image_size == 16
+
+    by_steps = dataclasses.replace(config, minutes=None, steps=40)
+    stage = get_family("dalle").prepare(by_steps, {}, torch.device("cpu"), True)
+    assert (stage.config.steps, stage.config.minutes) == (40, None)
+    assert stage.then(run / "tokenizer" / "model")[0] == by_steps
+    # a tokenizer trained before: no first stage
+    given = {"tokenizer": str(run / "tokenizer" / "model")}
+    prior, overrides = get_family("dalle").prepare(config, given, torch.device("cpu"), True)
+    assert prior == config and overrides["vq"].image_size == 16
+
+
+def test_the_loop_trains_a_declared_first_stage_resumes_it_and_stops_as_the_whole_command(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    first = TrainConfig(model="vqvae", out=str(out / "first"), steps=3)
+    family = dataclasses.replace(get_family("diffusion"), prepare=lambda config, overrides, device, quiet, saved=None:
+                                 FirstStage(first, lambda model: (config, overrides | {"first": str(model)}), "a", "b"))
+    trained = []
+    monkeypatch.setattr(training, "train", lambda config, quiet: trained.append(config) or Path(config.out) / "model")
+    config = TrainConfig(out=str(out), steps=3)
+    assert training.prepare(family, config, {}, "cpu", True) == (config, {"first": str(out / "first" / "model")})
+    assert trained == [first]
+    (out / "first" / "checkpoint").mkdir(parents=True)
+    (out / "first" / "checkpoint" / "state.json").write_text("{}")
+    training.prepare(family, config, {}, "cpu", True)
+    assert trained[-1] == dataclasses.replace(first, resume=True)  # stopped there before: continued
+
+    def stopped(config, quiet):
+        raise Interrupted(signal.SIGTERM, 2, Path(config.out))
+
+    monkeypatch.setattr(training, "train", stopped)
+    with pytest.raises(Interrupted) as error:
+        training.prepare(family, config, {}, "cpu", True)
+    assert str(error.value).endswith(f"--resume --out {out}")  # the whole command, not its stage
