@@ -70,3 +70,20 @@ def test_the_loop_trains_a_declared_first_stage_resumes_it_and_stops_as_the_whol
     with pytest.raises(Interrupted) as error:
         training.prepare(family, config, {}, "cpu", True)
     assert str(error.value).endswith(f"--resume --out {out}")  # the whole command, not its stage
+
+
+def test_a_checkpoint_of_another_config_version_is_refused_in_one_line_and_kept(tmp_path, capsys):
+    from dreamlet.cli import main
+    run = tmp_path / "run"
+    tiny = ["--size", "16", "--preset", "tiny", "--batch-size", "4", "--sample-every", "0", "--checkpoint-every", "0"]
+    assert main(["train", *tiny, "--steps", "2", "--out", str(run)]) == 0
+    state = json.loads((run / "checkpoint" / "state.json").read_text())
+    assert state["config_version"] == 2
+    state["config_version"] = 1
+    (run / "checkpoint" / "state.json").write_text(json.dumps(state))
+    before = (run / "checkpoint" / "state.safetensors").read_bytes()
+    capsys.readouterr()
+    assert main(["train", *tiny, "--steps", "4", "--out", str(run), "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "config version 1" in err and "its model in" in err
+    assert (run / "checkpoint" / "state.safetensors").read_bytes() == before

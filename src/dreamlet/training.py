@@ -318,7 +318,12 @@ def read_state(checkpoint_dir: Path, config: TrainConfig, family: Family) -> tup
         if saved["size"] != config.size or saved["data"] != config.data:
             raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px; "
                             "resume with the same --data and --size")
-        model_config = family.load_config(state["model"], state.get("config_version"))
+        version = int(state.get("config_version") or 1)
+        if version != family.version:  # its weights and optimizer state are laid out as that version's
+            raise UserError(f"{out} was saved by another dreamlet (config version {version}, this one writes "
+                            f"{family.version}); its model in {out / 'model'} loads, but its training resumes "
+                            "only with the dreamlet that saved it")
+        model_config = family.load_config(state["model"], version)
         return state, model_config, int(state["step"]), float(state["elapsed"])
     except (KeyError, TypeError, ValueError) as error:
         raise UserError(f"cannot resume from {checkpoint_dir} (left as it is): state.json is not a dreamlet "
