@@ -25,7 +25,8 @@ def test_train_sample_index_through_the_cli(tmp_path, capsys):
     records = [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
     assert len(records) == 4
     assert sorted(r["seed"] for r in records) == [5, 6, 7, 8]
-    assert {r["prompt"] for r in records} == {"a small red circle at the top left", "a green square below a blue circle"}
+    assert {r["prompt"] for r in records} == {"a small red circle at the top left",
+                                              "a green square below a blue circle"}
     for r in records:
         assert (out / r["file"]).is_file()
     report = tmp_path / "report"
@@ -67,15 +68,22 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_it(tmp
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["sample", "--model", "{tmp}/missing", "--prompt", "a red circle", "--out", "{tmp}/o"], "model directory not found"),
-    (["sample", "--model", "{model}", "--prompts-file", "{tmp}/nope.txt", "--out", "{tmp}/o"], "prompts file not found"),
+    (["sample", "--model", "{tmp}/missing", "--prompt", "a red circle", "--out", "{tmp}/o"],
+     "model directory not found"),
+    (["sample", "--model", "{model}", "--prompts-file", "{tmp}/nope.txt", "--out", "{tmp}/o"],
+     "prompts file not found"),
     (["sample", "--model", "{model}", "--prompt", "   ", "--out", "{tmp}/o"], "empty prompt"),
     (["train", "--model", "gpt", "--steps", "1", "--out", "{tmp}/r"], "unknown --model 'gpt'"),
     (["train", "--data", "imagenet", "--steps", "1", "--out", "{tmp}/r"], "--data imagenet: no such dataset"),
-    (["sample", "--model", "{model}", "--prompt", "a red circle", "--size", "64", "--out", "{tmp}/o"], "trained at 32 px"),
+    (["sample", "--model", "{model}", "--prompt", "a red circle", "--size", "64", "--out", "{tmp}/o"],
+     "trained at 32 px"),
     (["eval", "--model", "{model}", "--size", "16"], "trained at 32 px"),
     (["train", "--steps", "1", "--out", "{tmp}/r", "--frobnicate"], "unrecognized arguments"),
     (["sample", "--model", "{model}", "--prompt", "x", "--num", "0", "--out", "{tmp}/o"], "--num must be at least 1"),
+    (["train", "--model", "gan", "--arch", "encdec", "--steps", "1", "--out", "{tmp}/r"],
+     "--arch is for --model dalle"),
+    (["train", "--model", "clip", "--text-encoder", "{tmp}", "--steps", "1", "--out", "{tmp}/r"],
+     "--text-encoder is for --model diffusion and diffusion-sr"),
 ])
 def test_errors_are_one_line_with_exit_2(argv, message, tiny_run, tmp_path):
     argv = [a.format(tmp=tmp_path, model=tiny_run / "model") for a in argv]
@@ -84,3 +92,33 @@ def test_errors_are_one_line_with_exit_2(argv, message, tiny_run, tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_the_family_in_the_architecture_doc_needs_one_module_and_one_registry_line(tmp_path, monkeypatch, capsys):
+    """docs/architecture.md's worked example, registered: train (with its own flag), sample, eval and
+    the CLI's help and refusals pick it up with no other edit."""
+    from pathlib import Path
+    from dreamlet.models import FAMILIES
+    doc = (Path(__file__).parents[1] / "docs" / "architecture.md").read_text()
+    example = doc.split("### A worked example")[1].split("```python\n")[1].split("```")[0]
+    example = example.replace("from . import", "from dreamlet.models import").replace("from ..", "from dreamlet.")
+    (tmp_path / "mean_colour_toy.py").write_text(example)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(FAMILIES, "mean-colour", "mean_colour_toy")
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "mean-colour: the whole picture or a disc" in " ".join(capsys.readouterr().out.split())
+    run = tmp_path / "run"
+    assert main(["train", "--model", "mean-colour", "--paint", "disc", "--size", "16", "--steps", "20",
+                 "--batch-size", "8", "--sample-every", "10", "--out", str(run)]) == 0
+    config = json.loads((run / "model" / "config.json").read_text())
+    assert config["model"]["paint"] == "disc" and config["train"]["lr"] == 0.05
+    assert (run / "progress" / "step_000010.png").is_file()
+    assert main(["sample", "--model", str(run / "model"), "--prompt", "a red circle",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert main(["eval", "--model", str(run / "model"), "--prompts", "2", "--seeds", "1",
+                 "--out", str(tmp_path / "report")]) == 0
+    assert "16 px, one forward pass" in (tmp_path / "report.md").read_text()
+    capsys.readouterr()
+    assert main(["train", "--model", "gan", "--paint", "disc", "--steps", "1", "--out", str(tmp_path / "g")]) == 2
+    assert capsys.readouterr().err.strip() == "dreamlet: error: --paint is for --model mean-colour"

@@ -109,7 +109,8 @@ def test_cli_run_trains_tokenizer_then_prior_and_writes_a_loadable_model(tmp_pat
 
 
 def test_cli_reuses_a_trained_tokenizer(tmp_path):
-    assert main(["train", "--model", "vqvae", "--size", "16", "--steps", "2", "--out", str(tmp_path / "vq"), *TINY]) == 0
+    assert main(["train", "--model", "vqvae", "--size", "16", "--steps", "2", "--out", str(tmp_path / "vq"),
+                 *TINY]) == 0
     run = tmp_path / "prior"
     assert main(["train", "--model", "dalle", "--size", "16", "--steps", "2", "--out", str(run), *TINY,
                  "--set", f"tokenizer={tmp_path / 'vq' / 'model'}"]) == 0
@@ -118,11 +119,13 @@ def test_cli_reuses_a_trained_tokenizer(tmp_path):
                  "--set", f"tokenizer={tmp_path / 'vq' / 'model'}"]) == 2
 
 
-def test_vqgan_clip_optimises_codes_toward_the_prompt(tmp_path):
+def test_vqgan_clip_optimises_codes_toward_the_prompt(tmp_path, capsys):
     from dreamlet.scoring import ClipScorer
     from dreamlet.vqgan_clip import optimise_codes
-    assert main(["train", "--model", "vqvae", "--size", "16", "--steps", "2", "--out", str(tmp_path / "vq"), *TINY]) == 0
-    assert main(["train", "--model", "clip", "--size", "16", "--steps", "2", "--out", str(tmp_path / "clip"), *TINY]) == 0
+    assert main(["train", "--model", "vqvae", "--size", "16", "--steps", "2", "--out", str(tmp_path / "vq"),
+                 *TINY]) == 0
+    assert main(["train", "--model", "clip", "--size", "16", "--steps", "2", "--out", str(tmp_path / "clip"),
+                 *TINY]) == 0
     tokenizer, scorer = Pipeline.load(tmp_path / "vq" / "model").model, ClipScorer(tmp_path / "clip" / "model")
     prompts = ["a small red circle at the top left", "a large blue square at the center"]
     ids = scorer.tokenizer(prompts)
@@ -138,3 +141,21 @@ def test_vqgan_clip_optimises_codes_toward_the_prompt(tmp_path):
     assert (out / record["file"]).is_file() and "clip_score" in record
     assert main(["sample", "--model", str(tmp_path / "vq" / "model"), "--method", "vqgan-clip",
                  "--prompt", prompts[0], "--out", str(out)]) == 2   # no --clip: one line
+    capsys.readouterr()
+    for model, clip, message in (("clip", "clip", "give a dalle or vqvae model, not clip"),
+                                 ("vq", "vq", "is a vqvae model; train one with --model clip")):
+        assert main(["sample", "--model", str(tmp_path / model / "model"), "--method", "vqgan-clip", "--clip",
+                     str(tmp_path / clip / "model"), "--prompt", prompts[0], "--out", str(out)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_configs_saved_with_the_tokenizer_s_text_still_load():
+    from dreamlet.config import to_dict
+    from dreamlet.models import get_family
+    config = tiny().config
+    saved = to_dict(config)
+    saved["vq"]["text"] = {"width": 64, "token_std": 0.02}
+    saved["text"]["token_std"] = 0.02
+    assert get_family("dalle").load_config(saved, 1) == config
+    del saved["text"]["token_std"]
+    assert get_family("dalle").load_config(saved, 2) == config

@@ -166,6 +166,23 @@ def test_cli_trains_each_kind_into_a_loadable_tokenizer(tmp_path, kind, capsys):
     assert "| reconstruction PSNR |" in report.with_suffix(".md").read_text()
     assert "reconstruction PSNR" in capsys.readouterr().out
 
-    assert main(["sample", "--model", str(run / "model"), "--prompt", "a red circle", "--out", str(tmp_path / "s")]) == 2
+    assert main(["sample", "--model", str(run / "model"), "--prompt", "a red circle",
+                 "--out", str(tmp_path / "s")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("dreamlet: error:") and len(err.splitlines()) == 1
+
+    # saved by a dreamlet before config version 3, with the text encoder config it never used
+    assert "text" not in config["model"] and config["config_version"] == 3
+    config["model"]["text"], config["config_version"] = {"width": 64, "max_length": 24}, 2
+    (run / "model" / "config.json").write_text(json.dumps(config))
+    assert torch.equal(Pipeline.load(run / "model").model.encode(shapes()), codes)
+
+
+def test_older_configs_load_through_the_migrations():
+    from dreamlet.config import to_dict
+    from dreamlet.models import get_family
+    saved = to_dict(VQConfig()) | {"text": {"width": 64, "token_std": 0.02}}
+    for version in (None, 1, 2):  # None: saved before config versions
+        assert get_family("vqvae").load_config(saved, version) == VQConfig()
+    with pytest.raises(ValueError, match="unknown VQConfig fields: text"):
+        get_family("vqvae").load_config(saved, 3)

@@ -15,16 +15,20 @@ class Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .data import DATASETS, FORMATS
-    from .models import FAMILIES
-    from .pipeline import PRECISIONS
-    from .training import FAMILY_DEPENDENT
-
     parser = Parser(prog="dreamlet", description="Train your own text-to-image model, then draw from prompts.")
     from . import __version__
     parser.add_argument("--version", action="version", version=f"dreamlet {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
+    for add in (add_train, add_sample, add_eval, add_compare, add_data, add_demo, add_serve):
+        add(commands)
+    return parser
 
+
+def add_train(commands) -> None:
+    from .data import DATASETS, FORMATS
+    from .models import FAMILIES
+    from .pipeline import PRECISIONS
+    from .training import FAMILY_DEPENDENT
     train = commands.add_parser("train", help="train a model on a captioned dataset")
     train.add_argument("--data", default="shapes", help=f"a built-in set ({', '.join(DATASETS)}) or a path")
     train.add_argument("--format", choices=FORMATS, help="the format of a --data path (default: detected)")
@@ -36,18 +40,15 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--seed", type=int, default=0)
     train.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
     train.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
-    train.add_argument("--preset", default="", help="model size: tiny, small (the default, CPU and GPU), base (wider; see docs/training.md)")
-    train.add_argument("--batch-size", type=int, help=f"default: the family's ({FAMILY_DEPENDENT['batch_size']} for diffusion)")
-    train.add_argument("--lr", type=float, help=f"peak learning rate; default: the family's ({FAMILY_DEPENDENT['lr']} for diffusion)")
-    train.add_argument("--arch", choices=["decoder", "encdec"],
-                       help="dalle: one transformer over [caption; image codes] (DALL-E) or text encoder + code decoder (dalle-mini)")
-    train.add_argument("--decode", choices=["autoregressive", "maskgit"],
-                       help="dalle: codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of steps")
-    train.add_argument("--base", metavar="MODEL",
-                       help="diffusion-sr: the cascade's first stage (RUN/model), whose pictures this model upsamples")
-    train.add_argument("--text-encoder", metavar="DIR",
-                       help="diffusion, diffusion-sr: a frozen pretrained text encoder from a local transformers "
-                            "directory (T5, CLIP text, BERT-like) instead of one trained from scratch")
+    train.add_argument("--preset", default="",
+                       help="model size: tiny, small (the default, CPU and GPU), base (wider; see docs/training.md)")
+    train.add_argument("--batch-size", type=int,
+                       help=f"default: the family's ({FAMILY_DEPENDENT['batch_size']} for diffusion)")
+    train.add_argument("--lr", type=float,
+                       help=f"peak learning rate; default: the family's ({FAMILY_DEPENDENT['lr']} for diffusion)")
+    for flag, names in family_flags().values():  # each family's own options (models.Flag)
+        train.add_argument(f"--{flag.name}", choices=flag.choices or None, metavar=flag.metavar,
+                           help=f"{', '.join(names)}: {flag.help}")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="change one model config field, e.g. --set r1=0.1 --set diffaugment=color,translation "
                             "--set dit.depth=6 (repeatable; see the family's Config)")
@@ -61,14 +62,30 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--checkpointing", action="store_true",
                        help="activation checkpointing: recompute the transformer blocks in the backward pass "
                             "(less memory, about 30 %% slower)")
-    train.add_argument("--compile", action="store_true", help="torch.compile the networks (slower on CPU; try it on a GPU)")
+    train.add_argument("--compile", action="store_true",
+                       help="torch.compile the networks (slower on CPU; try it on a GPU)")
     train.add_argument("--wandb", metavar="PROJECT", default="",
                        help="also log to this Weights & Biases project (needs the wandb package)")
     train.add_argument("--workers", type=int, metavar="N",
-                       help="processes drawing the next steps' pictures ahead of training (default: up to 4 on a GPU, 0 on a CPU)")
+                       help="processes drawing the next steps' pictures ahead of training "
+                            "(default: up to 4 on a GPU, 0 on a CPU)")
     train.add_argument("--max-memory", type=float, metavar="GB",
-                       help="memory per process in GiB: measure the model, then choose --accumulate and --checkpointing to fit")
+                       help="memory per process in GiB: measure the model, then choose --accumulate and "
+                            "--checkpointing to fit")
 
+
+def family_flags() -> dict:
+    """Every family's own `dreamlet train` options (their FAMILY's `flags`), by name: {name: (Flag, the
+    names of the families that take it)}, in the order of `models.FAMILIES`."""
+    from .models import FAMILIES, get_family
+    flags: dict = {}
+    for family in FAMILIES:
+        for flag in get_family(family).flags:
+            flags.setdefault(flag.name, (flag, []))[1].append(family)
+    return flags
+
+
+def add_sample(commands) -> None:
     sample = commands.add_parser("sample", help="draw pictures from prompts")
     sample.add_argument("--model", required=True, help="a model directory (RUN/model)")
     source = sample.add_mutually_exclusive_group(required=True)
@@ -84,36 +101,48 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--size", type=int, help="a size the model draws at (a cascade's base size: that stage alone)")
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
-    sample.add_argument("--rerank", type=int, default=1, metavar="K", help="draw K candidates per picture, keep the best by --clip")
+    sample.add_argument("--rerank", type=int, default=1, metavar="K",
+                        help="draw K candidates per picture, keep the best by --clip")
     sample.add_argument("--clip", help="a CLIP model directory (for --rerank and --method vqgan-clip)")
     sample.add_argument("--method", default="model", choices=["model", "vqgan-clip"],
                         help="model: the model draws; vqgan-clip: optimise a vqvae/dalle model's image codes "
                              "against --clip (--steps optimisation steps, default 100)")
 
+
+def add_eval(commands) -> None:
     evaluate = commands.add_parser("eval", help="judge a model on a benchmark")
     evaluate.add_argument("--model", required=True, help="a model directory (RUN/model)")
     evaluate.add_argument("--benchmark", default="shapes", choices=["shapes"])
     evaluate.add_argument("--prompts", type=int, default=64,
-                          help="shapes judge: prompts of each kind (seen, held-out, pair); with a CLIP: 3 x this many captions; "
-                               "a tokenizer: 3 x this many pictures")
+                          help="shapes judge: prompts of each kind (seen, held-out, pair); with a CLIP: 3 x this "
+                               "many captions; a tokenizer: 3 x this many pictures")
     evaluate.add_argument("--seeds", type=int, default=2, help="pictures per prompt")
     evaluate.add_argument("--steps", type=int)
     evaluate.add_argument("--guidance", type=float)
     evaluate.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
     evaluate.add_argument("--size", type=int)
-    evaluate.add_argument("--clip", help="a CLIP model directory: CLIP score, R-precision, FID and KID on held-out captions")
-    evaluate.add_argument("--data", help="whose held-out captions and pictures (default: the data the model trained on)")
-    evaluate.add_argument("--distractors", type=int, default=32, help="R-precision: wrong captions beside the right one")
+    evaluate.add_argument("--clip",
+                          help="a CLIP model directory: CLIP score, R-precision, FID and KID on held-out captions")
+    evaluate.add_argument("--data",
+                          help="whose held-out captions and pictures (default: the data the model trained on)")
+    evaluate.add_argument("--distractors", type=int, default=32,
+                          help="R-precision: wrong captions beside the right one")
     evaluate.add_argument("--inception", help="with --clip: also FID in Inception-v3 space from these local weights "
-                                              "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or .safetensors with its keys)")
+                                              "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or .safetensors "
+                                              "with its keys)")
     evaluate.add_argument("--rerank", type=int, default=1, metavar="K",
                           help="shapes: judge the best of K candidates by the --clip model (DALL-E's reranking)")
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
 
+
+def add_compare(commands) -> None:
     compare = commands.add_parser("compare", help="eval reports of several runs in one table and plot")
     compare.add_argument("runs", nargs="+", help="run directories (with eval.json) or report .json files")
     compare.add_argument("--out", default="compare", help="writes OUT.md and OUT.png")
 
+
+def add_data(commands) -> None:
+    from .data import DATASETS, FORMATS
     data = commands.add_parser("data", help="look at a dataset").add_subparsers(dest="action", required=True,
                                                                                  parser_class=Parser)
     inspect = data.add_parser("inspect", help="counts, skipped records by reason, caption statistics, a contact sheet")
@@ -124,6 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("--count", type=int, default=48, help="pictures on the contact sheet")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
 
+
+def add_demo(commands) -> None:
     demo = commands.add_parser("demo", help="train the default model on shapes, then sample and judge it")
     demo.add_argument("--out", default="runs/demo")
     demo.add_argument("--minutes", type=float, default=12.0)
@@ -131,6 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--prompts", type=int, default=64, help="benchmark prompts of each kind")
     demo.add_argument("--resume", action="store_true")
 
+
+def add_serve(commands) -> None:
     serve = commands.add_parser("serve", help="a local web page and JSON API: draw from models, watch runs train")
     serve.add_argument("--model", action="append", default=[], help="a model directory (repeatable: side by side)")
     serve.add_argument("--run", action="append", default=[], help="a run directory to watch train (repeatable)")
@@ -141,39 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-prompt-chars", type=int, default=500)
     serve.add_argument("--queue", type=int, default=8, help="requests that may wait while one draws; more get 429")
     serve.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait to start; then 503")
-    return parser
 
 
 def run_train(args) -> None:
     from .training import TrainConfig, train
-    for name in ("steps", "batch_size", "size", "accumulate"):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.minutes is not None and args.minutes <= 0:
-        raise UserError("--minutes must be positive")
-    if args.workers is not None and args.workers < 0:
-        raise UserError("--workers must be 0 or more")
-    if args.max_memory is not None and not args.max_memory > 0:
-        raise UserError("--max-memory must be a positive number of GiB")
+    check_train_numbers(args)
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
         raise UserError(f"--out {args.out} is a file, not a directory")
-    from .models import get_family
+    from .models import get_family, listed
     get_family(args.model)  # fail on a bad name before any work
     settings = parse_settings(args.set)
-    for flag, field in (("arch", "arch"), ("decode", "decoder")):
-        if getattr(args, flag):
-            if args.model != "dalle":
-                raise UserError(f"--{flag} is for --model dalle")
-            settings[field] = getattr(args, flag)
-    if args.base:
-        if args.model != "diffusion-sr":
-            raise UserError("--base is for --model diffusion-sr (the stage that upsamples the base model's pictures)")
-        settings["base"] = args.base
-    if args.text_encoder:
-        if args.model not in ("diffusion", "diffusion-sr"):
-            raise UserError("--text-encoder is for --model diffusion and diffusion-sr")
-        settings.setdefault("text", {})["pretrained"] = str(Path(args.text_encoder).resolve())
+    for flag, names in family_flags().values():  # a family's own options set fields of its config
+        value = getattr(args, flag.name.replace("-", "_"))
+        if not value:
+            continue
+        if args.model not in names:
+            raise UserError(f"--{flag.name} is for --model {listed(names, 'and')}")
+        set_field(settings, flag.field, str(Path(value).resolve()) if flag.path else value)
     config = TrainConfig(model=args.model, out=args.out, resume=args.resume, data=args.data, format=args.format or "",
                          size=args.size, preset=args.preset, settings=settings, batch_size=args.batch_size, lr=args.lr,
                          steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device or "",
@@ -185,6 +202,19 @@ def run_train(args) -> None:
     from accelerate import PartialState
     if PartialState().is_main_process:  # launched as several processes, one line, not one per process
         print(f"model: {model_dir}")
+
+
+def check_train_numbers(args) -> None:
+    for name in ("steps", "batch_size", "size", "accumulate"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
+    if args.minutes is not None and args.minutes <= 0:
+        raise UserError("--minutes must be positive")
+    if args.workers is not None and args.workers < 0:
+        raise UserError("--workers must be 0 or more")
+    if args.max_memory is not None and not args.max_memory > 0:
+        raise UserError("--max-memory must be a positive number of GiB")
 
 
 def parse_settings(settings: list[str]) -> dict:
@@ -200,12 +230,16 @@ def parse_settings(settings: list[str]) -> dict:
             value = json.loads(value)
         except json.JSONDecodeError:
             pass
-        *parents, leaf = name.split(".")
-        node = overrides
-        for parent in parents:
-            node = node.setdefault(parent, {})
-        node[leaf] = value
+        set_field(overrides, name, value)
     return overrides
+
+
+def set_field(overrides: dict, name: str, value) -> None:
+    """overrides["a"]["b"] = value for the dotted field name "a.b"."""
+    *parents, leaf = name.split(".")
+    for parent in parents:
+        overrides = overrides.setdefault(parent, {})
+    overrides[leaf] = value
 
 
 def run_sample(args) -> None:
@@ -248,26 +282,23 @@ def heldout_prompts(model_dir: str, count: int) -> list[str]:
 
 
 def run_eval(args) -> None:
-    from .evaluation import evaluate_clip_model, evaluate_shapes, evaluate_tokenizer, evaluate_with_clip, write_report
+    from .evaluation import evaluate_shapes, evaluate_with_clip, write_report
+    from .models import get_family
     from .pipeline import Pipeline
     if args.prompts < 1 or args.distractors < 1:
         raise UserError("--prompts and --distractors must be at least 1")
     pipeline = Pipeline.load(args.model).at_size(args.size)  # --size: a cascade's stage
-    if pipeline.family == "clip":  # how good the CLIP itself is, on real pictures
-        report = evaluate_clip_model(args.model, args.data, count=3 * args.prompts, distractors=args.distractors)
-        print(f"R-precision on real held-out pictures: {report['r_precision_real']:.3f} ({args.distractors} distractors); "
-              f"FID real/real {report['fid_real_halves']:.1f}, real/noise {report['fid_real_noise']:.1f}")
-    elif pipeline.family == "vqvae":  # an image tokenizer: how well it reconstructs held-out pictures
-        report = evaluate_tokenizer(args.model, args.data, count=3 * args.prompts, pipeline=pipeline)
-        print(f"reconstruction PSNR {report['psnr']:.2f} dB, codebook usage {100 * report['usage']:.1f} % "
-              f"({report['codes_used']} of {report['codebook_size']} codes), perplexity {report['perplexity']:.1f} "
-              f"on {report['pictures']} held-out pictures")
+    family = get_family(pipeline.family)
+    if family.evaluate:  # its own evaluation (a CLIP on real pictures, an image tokenizer's reconstructions)
+        report, line = family.evaluate(args, pipeline)
+        print(line)
     elif args.clip and args.rerank == 1:
-        report = evaluate_with_clip(args.model, args.clip, args.data, count=3 * args.prompts, distractors=args.distractors,
-                                    steps=args.steps, guidance=args.guidance, sampler=args.sampler, pipeline=pipeline,
-                                    inception=args.inception)
+        report = evaluate_with_clip(args.model, args.clip, args.data, count=3 * args.prompts,
+                                    distractors=args.distractors, steps=args.steps, guidance=args.guidance,
+                                    sampler=args.sampler, pipeline=pipeline, inception=args.inception)
         print(f"CLIP score {report['clip_score']:.1f} (real {report['clip_score_real']:.1f}), R-precision "
-              f"{report['r_precision']:.3f} (real {report['r_precision_real']:.3f}), FID {report['fid']:.1f}, KID {report['kid']:.3f}")
+              f"{report['r_precision']:.3f} (real {report['r_precision_real']:.3f}), FID {report['fid']:.1f}, "
+              f"KID {report['kid']:.3f}")
         if "judge" in report:
             print_accuracy(report["judge"])
     else:
@@ -333,7 +364,8 @@ def run_demo(args) -> None:
     print(f"samples:  {out / 'samples.png'}")
     print(f"judge:    {json_path} and {md_path}")
     print(f"log:      {out / 'train_log.csv'}  (progress grids in {out / 'progress'})")
-    print(f"next:     dreamlet sample --model {model_dir} --prompt \"a large red circle at the top left\" --out {out / 'mine'}")
+    print(f"next:     dreamlet sample --model {model_dir} --prompt \"a large red circle at the top left\" "
+          f"--out {out / 'mine'}")
 
 
 def run_serve(args) -> None:

@@ -8,7 +8,8 @@ from pathlib import Path
 from .checkpoint import UserError
 
 METRICS = [("seen", "seen single", True), ("heldout", "held-out single", True), ("pair", "pair", True),
-           ("r_precision", "CLIP R-precision", False), ("clip_score", "CLIP score", False), ("fid", "FID (CLIP)", False)]
+           ("r_precision", "CLIP R-precision", False), ("clip_score", "CLIP score", False),
+           ("fid", "FID (CLIP)", False)]
 
 
 def find_report(path: Path) -> Path:
@@ -17,7 +18,8 @@ def find_report(path: Path) -> Path:
     for candidate in (path / "eval.json", path.parent / "eval.json"):
         if candidate.is_file():
             return candidate
-    raise UserError(f"no eval report for {path}: run `dreamlet eval --model {path}/model` first, or give a report .json")
+    raise UserError(f"no eval report for {path}: run `dreamlet eval --model {path}/model` first, "
+                    "or give a report .json")
 
 
 def training_minutes(report: dict, report_path: Path) -> float | None:
@@ -54,7 +56,8 @@ def compare(runs: list[str], out: str | Path = "compare") -> tuple[list[dict], P
              "|---" * (3 + len(shown)) + "|"]
     for r in rows:
         minutes = "-" if r["minutes"] is None else f"{r['minutes']:.1f}"
-        lines.append(f"| {r['run']} | {minutes} | {r['steps'] or '-'} | " + " | ".join(fmt(k, r[k]) for k, _ in shown) + " |")
+        lines.append(f"| {r['run']} | {minutes} | {r['steps'] or '-'} | "
+                     + " | ".join(fmt(k, r[k]) for k, _ in shown) + " |")
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     md_path, png_path = out.with_suffix(".md"), out.with_suffix(".png")

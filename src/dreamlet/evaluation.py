@@ -47,8 +47,10 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
     report |= {
         "model": str(model_dir), "benchmark": "shapes", "size": pipeline.image_size,
         "prompts_per_kind": prompts, "seeds": seeds,
-        "steps": steps or config.steps, "guidance": config.guidance if guidance is None else guidance,
-        "sampler": sampler or config.sampler, "rerank": rerank,
+        # a family that draws in one pass may have no steps, guidance or sampler: None in the report
+        "steps": steps or getattr(config, "steps", None),
+        "guidance": getattr(config, "guidance", None) if guidance is None else guidance,
+        "sampler": sampler or getattr(config, "sampler", None), "rerank": rerank,
         "seconds_per_image": seconds / len(jobs),
         "failures": [{"prompt": p.text, "seed": seed, "found": r["found"]}
                      for (p, seed), (_, r) in zip(jobs, results) if not r["correct"]][:40],
@@ -65,16 +67,25 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     if report.get("benchmark") == "reconstruction":
         md_path.write_text(tokenizer_markdown(report))
     else:
-        md_path.write_text(clip_markdown(report) if report.get("kind") == "clip" or "clip" in report else markdown(report))
+        clip = report.get("kind") == "clip" or "clip" in report
+        md_path.write_text(clip_markdown(report) if clip else markdown(report))
     return json_path, md_path
+
+
+def drawing(report: dict) -> str:
+    """How a report's pictures were drawn, for its markdown: the sampler's steps and guidance."""
+    if report["steps"] is None:
+        return "one forward pass"
+    sampler = f" {report['sampler']}" if report.get("sampler") else ""  # a CLIP report does not say
+    return f"{report['steps']}{sampler} steps, guidance {report['guidance']}"
 
 
 def markdown(report: dict) -> str:
     pct = lambda v: f"{100 * v:.1f} %" if v is not None else "-"  # noqa: E731
     counts = report["counts"]
     lines = [f"# Shapes benchmark: {report['model']}", "",
-             f"{report['size']} px, {report['steps']} {report['sampler']} steps, guidance {report['guidance']}, "
-             f"{report['seeds']} seed(s) per prompt, {report['seconds_per_image']:.3f} s per picture.", "",
+             f"{report['size']} px, {drawing(report)}, {report['seeds']} seed(s) per prompt, "
+             f"{report['seconds_per_image']:.3f} s per picture.", "",
              "| prompts | pictures | correct |", "|---|---|---|"]
     for kind, label in (("seen", "seen single"), ("heldout", "held-out single"), ("pair", "pair")):
         lines.append(f"| {label} | {counts.get(kind, 0)} | {pct(report.get(kind))} |")
@@ -86,6 +97,10 @@ def markdown(report: dict) -> str:
                   for f in report["failures"][:12]]
     return "\n".join(lines) + "\n"
 
+
+def trained_format(pipeline: Pipeline) -> str | None:
+    """The --format of the data a model was trained on (None: detected)."""
+    return pipeline.meta.get("train", {}).get("format") or None
 
 
 def heldout_set(data: str, size: int, count: int, format: str | None = None) -> tuple[np.ndarray, list[str], list[str]]:
@@ -125,7 +140,8 @@ def evaluate_clip_model(clip_dir: str | Path, data: str | None = None, count: in
 
 def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | None = None, count: int = 128,
                        distractors: int = 32, steps: int | None = None, guidance: float | None = None,
-                       sampler: str | None = None, pipeline: Pipeline | None = None, inception: str | None = None) -> dict:
+                       sampler: str | None = None, pipeline: Pipeline | None = None,
+                       inception: str | None = None) -> dict:
     """Generate a picture for each held-out caption and score it with the CLIP: CLIP score,
     R-precision, FID and KID against the real held-out pictures (and FID in Inception space with
     local `inception` weights). On shapes the exact judge runs too."""
@@ -136,7 +152,7 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     if scorer.image_size != pipeline.image_size:
         raise UserError(f"the CLIP model works at {scorer.image_size} px and the generator at {pipeline.image_size} px")
     data = data or pipeline.meta.get("data", "shapes")
-    real, captions, pool = heldout_set(data, pipeline.image_size, count, pipeline.meta.get("train", {}).get("format") or None)
+    real, captions, pool = heldout_set(data, pipeline.image_size, count, trained_format(pipeline))
     started = time.perf_counter()
     fake = pipeline.draw(captions, list(range(len(captions))), steps=steps, guidance=guidance, sampler=sampler)
     seconds = time.perf_counter() - started
@@ -160,16 +176,16 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
 def clip_markdown(report: dict) -> str:
     lines = [f"# CLIP evaluation: {report['model']}", ""]
     if report.get("kind") == "clip":
-        lines += [f"Data: {report['data']}, {report['pictures']} real held-out pictures, {report['distractors']} distractors.", "",
+        lines += [f"Data: {report['data']}, {report['pictures']} real held-out pictures, "
+                  f"{report['distractors']} distractors.", "",
                   "| metric | value |", "|---|---|",
                   f"| R-precision on real pictures | {report['r_precision_real']:.3f} |",
                   f"| CLIP score on real pictures | {report['clip_score_real']:.1f} |",
                   f"| FID, real half vs real half | {report['fid_real_halves']:.1f} |",
                   f"| FID, real vs noise | {report['fid_real_noise']:.1f} |"]
         return "\n".join(lines) + "\n"
-    drawing = "one forward pass" if report["steps"] is None else f"{report['steps']} steps, guidance {report['guidance']}"
-    lines += [f"CLIP: {report['clip']}. Data: {report['data']}, {report['pictures']} held-out captions, one picture each, "
-              f"{drawing}, {report['distractors']} distractors.", "",
+    lines += [f"CLIP: {report['clip']}. Data: {report['data']}, {report['pictures']} held-out captions, "
+              f"one picture each, {drawing(report)}, {report['distractors']} distractors.", "",
               "| metric | generated | real |", "|---|---|---|",
               f"| CLIP score | {report['clip_score']:.1f} | {report['clip_score_real']:.1f} |",
               f"| R-precision | {report['r_precision']:.3f} | {report['r_precision_real']:.3f} |",
@@ -184,15 +200,15 @@ def clip_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def evaluate_tokenizer(model_dir: str | Path, data: str | None = None, count: int = 192, pipeline: Pipeline | None = None,
-                       batch_size: int = 64) -> dict:
+def evaluate_tokenizer(model_dir: str | Path, data: str | None = None, count: int = 192,
+                       pipeline: Pipeline | None = None, batch_size: int = 64) -> dict:
     """An image tokenizer on real held-out pictures of the data it was trained on: reconstruction PSNR
     (on [0, 1] pixels, as saved to PNG: 10 log10(1 / MSE) over the whole set), the fraction of the
     codebook in use, and the perplexity of code use (exp of the entropy of the codes' histogram)."""
     pipeline = pipeline or Pipeline.load(model_dir)
     model = pipeline.model
     data = data or pipeline.meta.get("data", "shapes")
-    images, _, _ = heldout_set(data, pipeline.image_size, count, pipeline.meta.get("train", {}).get("format") or None)
+    images, _, _ = heldout_set(data, pipeline.image_size, count, trained_format(pipeline))
     started = time.perf_counter()
     codes, decoded = [], []
     for i in range(0, len(images), batch_size):
@@ -214,9 +230,9 @@ def evaluate_tokenizer(model_dir: str | Path, data: str | None = None, count: in
 def tokenizer_markdown(report: dict) -> str:
     return "\n".join([
         f"# Image tokenizer: {report['model']}", "",
-        f"{report['kind']} on {report['data']} at {report['size']} px: {report['grid']} x {report['grid']} codes from "
-        f"{report['codebook_size']}, {report['pictures']} held-out pictures, {report['seconds_per_image'] * 1000:.1f} ms "
-        f"per picture to encode and decode.", "",
+        f"{report['kind']} on {report['data']} at {report['size']} px: {report['grid']} x {report['grid']} codes "
+        f"from {report['codebook_size']}, {report['pictures']} held-out pictures, "
+        f"{report['seconds_per_image'] * 1000:.1f} ms per picture to encode and decode.", "",
         "| metric | value |", "|---|---|",
         f"| reconstruction PSNR | {report['psnr']:.2f} dB |",
         f"| codebook usage | {100 * report['usage']:.1f} % ({report['codes_used']} codes) |",

@@ -76,7 +76,8 @@ class InceptionC(nn.Module):  # Mixed_6b..6e: 17x17, factorised 7x7 convolutions
         super().__init__()
         self.branch1x1 = BasicConv2d(cin, 192, 1)
         self.branch7x7_1, self.branch7x7_2, self.branch7x7_3 = BasicConv2d(cin, c7, 1), _row(c7, c7), _col(c7, 192)
-        self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3 = BasicConv2d(cin, c7, 1), _col(c7, c7), _row(c7, c7)
+        self.branch7x7dbl_1 = BasicConv2d(cin, c7, 1)
+        self.branch7x7dbl_2, self.branch7x7dbl_3 = _col(c7, c7), _row(c7, c7)
         self.branch7x7dbl_4, self.branch7x7dbl_5 = _col(c7, c7), _row(c7, 192)
         self.branch_pool = BasicConv2d(cin, 192, 1)
 
@@ -118,7 +119,8 @@ class InceptionE(nn.Module):  # Mixed_7b (average pool) and Mixed_7c (max pool, 
         double = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
         return torch.cat([self.branch1x1(x), self.branch3x3_2a(three), self.branch3x3_2b(three),
                           self.branch3x3dbl_3a(double), self.branch3x3dbl_3b(double),
-                          self.branch_pool(F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool else _avg_pool(x))], 1)
+                          self.branch_pool(F.max_pool2d(x, 3, stride=1, padding=1) if self.max_pool
+                                           else _avg_pool(x))], 1)
 
 
 class InceptionFID(nn.Module):
@@ -154,7 +156,8 @@ class InceptionFID(nn.Module):
     @torch.no_grad()
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         device = next(self.parameters()).device
-        return torch.cat([self.features(images[i:i + self.batch].to(device)) for i in range(0, len(images), self.batch)])
+        return torch.cat([self.features(images[i:i + self.batch].to(device))
+                          for i in range(0, len(images), self.batch)])
 
 
 def load_inception(path: str | Path) -> InceptionFID:

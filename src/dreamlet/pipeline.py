@@ -14,9 +14,9 @@ import torch
 from . import __version__
 from .checkpoint import (UserError, load_tensors, read_json, restore_interrupted, save_json, save_tensors,
                          write_dir_atomically)
-from .config import from_dict, to_dict
+from .config import to_dict
 from .images import to_tensor, to_uint8
-from .models import get_family
+from .models import families_that, get_family, listed
 from .text.tokenizer import CaptionTokenizer, load_tokenizer
 
 MAX_PROMPT_CHARS = 1000
@@ -37,7 +37,8 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
 
-def seed_jobs(prompts: list[str], seed: int, num: int, steps: int | None = None, rerank: int = 1) -> list[tuple[str, int]]:
+def seed_jobs(prompts: list[str], seed: int, num: int, steps: int | None = None,
+              rerank: int = 1) -> list[tuple[str, int]]:
     """The (prompt, seed) of every picture, in seed order: picture k of prompt i gets seed
     `seed + len(prompts) * k + i`. Checks the counts a user gives (num, steps, rerank) on the way."""
     for name, value in (("num", num), ("rerank", rerank), ("steps", 1 if steps is None else steps)):
@@ -121,7 +122,8 @@ class Pipeline:
         try:
             model.load_state_dict(weights)
         except Exception as error:  # weights of another model: say so in one line
-            raise UserError(f"cannot load weights from {model_dir / 'model.safetensors'}: {str(error).splitlines()[0]}")
+            raise UserError(f"cannot load weights from {model_dir / 'model.safetensors'}: "
+                            f"{str(error).splitlines()[0]}") from None
         base = None
         if getattr(config, "base", ""):  # the stage before this one travels in base/
             if not (model_dir / "base").is_dir():
@@ -131,7 +133,7 @@ class Pipeline:
             if base.image_size != config.low_size:
                 raise UserError(f"sizes do not chain: {model_dir / 'base'} draws {base.image_size} px pictures, "
                                 f"and {model_dir} upsamples {config.low_size} px ones")
-        tokenizer = load_tokenizer(model_dir / "tokenizer.json", config.text)
+        tokenizer = load_tokenizer(model_dir / "tokenizer.json", getattr(config, "text", None))  # none: a vqvae
         pipeline = cls(meta["family"], model.to(pick_device(device)).eval(), tokenizer, meta, base=base)
         pipeline.path = model_dir
         return pipeline
@@ -164,8 +166,8 @@ class Pipeline:
             self.base.to(device)
         return self
 
-    def __call__(self, prompt: str | list[str], seed: int = 0, steps: int | None = None, guidance: float | None = None,
-                 num: int = 1, sampler: str | None = None, rerank: int = 1, clip=None,
+    def __call__(self, prompt: str | list[str], seed: int = 0, steps: int | None = None,
+                 guidance: float | None = None, num: int = 1, sampler: str | None = None, rerank: int = 1, clip=None,
                  generator: torch.Generator | None = None, output: str = "pil"):
         """Draw `num` pictures for each prompt: a list of PIL images (prompt by prompt, then the next
         round), or with output="numpy" a (N, S, S, 3) uint8 array, "tensor" a (N, 3, S, S) float tensor in
@@ -193,10 +195,12 @@ class Pipeline:
         """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture, the
         pictures, and with reranking each winner's CLIP score (DALL-E's best-of-K)."""
         if rerank > 1 and not clip:
-            raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL (train one with --model clip)")
+            raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL "
+                            f"(train one with --model {listed(families_that(lambda family: family.scores))})")
         jobs = seed_jobs(self.check_prompts(prompts), seed, num, steps, rerank)
         if rerank == 1:
-            images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance, sampler=sampler)
+            images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance,
+                               sampler=sampler)
             return Drawn(jobs, images, [None] * len(jobs))
         return self.best_of(jobs, rerank, clip, steps, guidance, sampler)
 
@@ -223,12 +227,7 @@ class Pipeline:
     def draw(self, prompts: list[str], seeds: list[int], steps: int | None = None,
              guidance: float | None = None, sampler: str | None = None, batch_size: int = 64) -> np.ndarray:
         """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise."""
-        if not getattr(self.model, "generates", True):
-            what = {"clip": "it scores pictures against captions",
-                    "vqvae": "it turns pictures into codes (train --model dalle with it)",
-                    "diffusion-sr": "it upsamples pictures (Pipeline.upsample); train it with --base RUN/model "
-                                    "to draw as a cascade"}.get(self.family)
-            raise UserError(f"a {self.family} model does not draw pictures from prompts" + (f": {what}" if what else ""))
+        get_family(self.family).refuse_to_draw(self.model.config)  # one line for a model that does not draw
         prompts = self.check_prompts(prompts)
         return np.concatenate([to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps,
                                                       guidance, sampler))
@@ -239,8 +238,9 @@ class Pipeline:
                  guidance: float | None = None, sampler: str | None = None, batch_size: int = 64) -> np.ndarray:
         """A super-resolution stage's pictures from given low-res ones: (N, s, s, 3) uint8 with one prompt
         and seed each -> (N, S, S, 3) uint8. A cascade's draw is exactly this on its base stage's draw."""
-        if self.family != "diffusion-sr":
-            raise UserError(f"a {self.family} model does not upsample pictures; a diffusion-sr model does")
+        if not get_family(self.family).upsamples:
+            raise UserError(f"a {self.family} model does not upsample pictures; "
+                            f"a {listed(families_that(lambda family: family.upsamples))} model does")
         low = self.model.config.low_size
         if pictures.ndim != 4 or pictures.shape[1:] != (low, low, 3):
             raise UserError(f"this model upsamples {low} x {low} RGB pictures, not {tuple(pictures.shape[1:])}")
@@ -250,8 +250,9 @@ class Pipeline:
                                for i in range(0, len(prompts), batch_size)])
 
     @torch.no_grad()
-    def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
-                 sampler: str | None = None, low: torch.Tensor | None = None) -> torch.Tensor:
+    def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None,
+                 guidance: float | None = None, sampler: str | None = None,
+                 low: torch.Tensor | None = None) -> torch.Tensor:
         """One batch of pictures, (B, 3, S, S) in [-1, 1]. A seed fixes its picture's starting noise. A
         super-resolution stage upsamples `low` (B, 3, s, s), by default its base stage's pictures for the
         same prompts and seeds, rounded to 8 bits as they would be saved. Steps, guidance and sampler,

@@ -8,6 +8,7 @@ from pathlib import Path
 from PIL import Image
 
 from .checkpoint import UserError
+from .models import families_that, get_family, listed
 from .pipeline import Pipeline, seed_jobs
 
 
@@ -52,15 +53,18 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
 def optimise_with_clip(pipeline: Pipeline, prompts: list[str], num: int, seed: int, steps: int | None, clip):
     from .scoring import ClipScorer
     from .vqgan_clip import optimise_codes
-    if pipeline.family not in ("vqvae", "dalle"):
-        raise UserError(f"--method vqgan-clip optimises an image tokenizer's codes: give a vqvae or dalle model, "
-                        f"not {pipeline.family}")
+    family = get_family(pipeline.family)
+    if family.image_tokenizer is None:
+        with_codes = families_that(lambda other: other.image_tokenizer is not None)
+        raise UserError(f"--method vqgan-clip optimises an image tokenizer's codes: give a {listed(with_codes)} "
+                        f"model, not {pipeline.family}")
     if not clip:
         raise UserError("--method vqgan-clip needs a CLIP model to optimise against: --clip CLIPMODEL")
-    tokenizer = pipeline.model if pipeline.family == "vqvae" else pipeline.model.vq
+    tokenizer = family.image_tokenizer(pipeline.model)
     scorer = ClipScorer(clip)
     if scorer.image_size != tokenizer.config.image_size:
-        raise UserError(f"the CLIP works at {scorer.image_size} px, the image tokenizer at {tokenizer.config.image_size} px")
+        raise UserError(f"the CLIP works at {scorer.image_size} px, the image tokenizer at "
+                        f"{tokenizer.config.image_size} px")
     jobs = seed_jobs(pipeline.check_prompts(prompts), seed, num, steps)
     ids = scorer.tokenizer([p for p, _ in jobs]).to(scorer.device)
     images = optimise_codes(tokenizer.to(scorer.device), scorer.model, ids, [s for _, s in jobs], steps or 100)

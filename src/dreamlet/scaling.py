@@ -27,7 +27,8 @@ from .checkpoint import UserError
 GiB = 2 ** 30
 
 
-def micro_batches(step: int, batch_size: int, accumulate: int = 1, rank: int = 0, world: int = 1) -> list[tuple[int, int]]:
+def micro_batches(step: int, batch_size: int, accumulate: int = 1, rank: int = 0,
+                  world: int = 1) -> list[tuple[int, int]]:
     """(start, count) in the data stream of each micro-batch process `rank` of `world` trains on at `step`.
 
     The global batch is always items step * batch_size ... (step + 1) * batch_size - 1, cut into

@@ -12,6 +12,7 @@ import torch.nn as nn
 
 from .checkpoint import UserError
 from .images import to_tensor
+from .models import families_that, get_family, listed
 from .pipeline import Pipeline
 
 
@@ -20,8 +21,10 @@ class ClipScorer:
 
     def __init__(self, model_dir: str | Path, device: str | None = None):
         self.pipeline = Pipeline.load(model_dir, device)
-        if self.pipeline.family != "clip":
-            raise UserError(f"--clip {model_dir} is a {self.pipeline.family} model; train one with --model clip")
+        if not get_family(self.pipeline.family).scores:
+            scorers = families_that(lambda family: family.scores)
+            raise UserError(f"--clip {model_dir} is a {self.pipeline.family} model; "
+                            f"train one with --model {listed(scorers)}")
         self.model, self.tokenizer = self.pipeline.model, self.pipeline.tokenizer
         self.image_size = self.pipeline.image_size
 
@@ -31,7 +34,8 @@ class ClipScorer:
 
     def _check(self, images: np.ndarray):
         if images.shape[1] != self.image_size:
-            raise UserError(f"the CLIP model was trained at {self.image_size} px, the pictures are {images.shape[1]} px")
+            raise UserError(f"the CLIP model was trained at {self.image_size} px, "
+                            f"the pictures are {images.shape[1]} px")
 
     @torch.no_grad()
     def embed_images(self, images: np.ndarray, batch: int = 256) -> torch.Tensor:
@@ -136,7 +140,8 @@ def steady_fid_class():
             for kind in ("real", "fake"):
                 n = getattr(self, f"{kind}_features_num_samples")
                 mean = getattr(self, f"{kind}_features_sum") / n
-                moments.append((mean, (getattr(self, f"{kind}_features_cov_sum") - n * torch.outer(mean, mean)) / (n - 1)))
+                cov_sum = getattr(self, f"{kind}_features_cov_sum")
+                moments.append((mean, (cov_sum - n * torch.outer(mean, mean)) / (n - 1)))
             (mean_real, cov_real), (mean_fake, cov_fake) = moments
             values, vectors = torch.linalg.eigh(cov_real)
             keep = values > values.max() * len(values) * torch.finfo(values.dtype).eps

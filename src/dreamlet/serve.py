@@ -131,22 +131,16 @@ def read_run(run: Path) -> dict:
 
 def create_app(models: list, runs: list = (), limits: Limits | None = None):
     """The FastAPI app over loaded pipelines (or model directories) and run directories."""
-    from fastapi import FastAPI, Request
-    from fastapi.responses import FileResponse, HTMLResponse, JSONResponse
+    from fastapi import FastAPI
+    from fastapi.responses import HTMLResponse
     from starlette.exceptions import HTTPException
     from .pipeline import Pipeline
 
     limits = limits or Limits()
     pipelines = [m if isinstance(m, Pipeline) else Pipeline.load(m) for m in models]
     infos = [describe(i, p) for i, p in enumerate(pipelines)]
-    runs = [Path(r) for r in runs]
-    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamlet-draw")
-    state = dict(pending=0)  # requests admitted: the one drawing and those waiting
     page = files("dreamlet").joinpath("static/index.html").read_text()
     app = FastAPI(title="dreamlet", docs_url=None, redoc_url=None)
-
-    def error(message: str, status: int) -> JSONResponse:
-        return JSONResponse({"error": message}, status_code=status)
 
     @app.exception_handler(HTTPException)
     async def http_error(request, exc):  # 404s and 405s in the same {"error"} shape as the rest
@@ -160,16 +154,35 @@ def create_app(models: list, runs: list = (), limits: Limits | None = None):
     async def list_models():
         return {"models": infos, "limits": limits.__dict__}
 
-    def draw(job: dict, queued: float) -> dict:
-        started = time.perf_counter()
-        pipeline, info = pipelines[job["model"]], infos[job["model"]]
-        images = pipeline(job["prompt"], seed=job["seed"], num=job["num"], steps=job["steps"], guidance=job["guidance"])
-        out = dict(images=[png_base64(im) for im in images], seed=job["seed"],
-                   seeds=[job["seed"] + k for k in range(job["num"])], model=info["name"], size=info["size"])
-        if info["data"] == "shapes":
-            out["verdicts"] = [verdict(im, job["prompt"]) for im in images]
-        out["timings"] = dict(queue_s=round(started - queued, 4), generate_s=round(time.perf_counter() - started, 4))
-        return out
+    add_generate(app, pipelines, infos, limits)
+    add_runs(app, [Path(r) for r in runs])
+    return app
+
+
+def error(message: str, status: int):
+    """An answer in the API's error shape, {"error": message}."""
+    from fastapi.responses import JSONResponse
+    return JSONResponse({"error": message}, status_code=status)
+
+
+def draw(pipeline, info: dict, job: dict, queued: float) -> dict:
+    """A checked generate request's answer: the pictures as PNG, their seeds, shapes verdicts, timings."""
+    started = time.perf_counter()
+    images = pipeline(job["prompt"], seed=job["seed"], num=job["num"], steps=job["steps"], guidance=job["guidance"])
+    out = dict(images=[png_base64(im) for im in images], seed=job["seed"],
+               seeds=[job["seed"] + k for k in range(job["num"])], model=info["name"], size=info["size"])
+    if info["data"] == "shapes":
+        out["verdicts"] = [verdict(im, job["prompt"]) for im in images]
+    out["timings"] = dict(queue_s=round(started - queued, 4), generate_s=round(time.perf_counter() - started, 4))
+    return out
+
+
+def add_generate(app, pipelines: list, infos: list[dict], limits: Limits) -> None:
+    """POST /api/generate: one worker thread draws; a bounded queue waits for it (429 when full, 503 when
+    a request waited longer than its timeout without starting)."""
+    from fastapi import Request
+    worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamlet-draw")
+    state = dict(pending=0)  # requests admitted: the one drawing and those waiting
 
     @app.post("/api/generate")
     async def generate(request: Request):
@@ -181,10 +194,11 @@ def create_app(models: list, runs: list = (), limits: Limits | None = None):
         except ValueError:  # json.JSONDecodeError and bad encodings
             return error('the body is not JSON; send {"prompt": "..."} with Content-Type: application/json', 400)
         if state["pending"] > limits.queue:
-            return error(f"busy: {state['pending']} requests ahead and the queue holds {limits.queue}; try again soon", 429)
+            return error(f"busy: {state['pending']} requests ahead and the queue holds {limits.queue}; "
+                         "try again soon", 429)
         state["pending"] += 1
         try:
-            future = worker.submit(draw, job, queued)
+            future = worker.submit(draw, pipelines[job["model"]], infos[job["model"]], job, queued)
             waiting = asyncio.wrap_future(future)
             try:
                 return await asyncio.wait_for(asyncio.shield(waiting), limits.timeout_s)
@@ -196,6 +210,12 @@ def create_app(models: list, runs: list = (), limits: Limits | None = None):
             return error(str(bad), 400)
         finally:
             state["pending"] -= 1
+
+
+def add_runs(app, runs: list[Path]) -> None:
+    """GET /api/runs, /api/runs/{index} (its log, read_run) and /api/runs/{index}/grid (its latest progress grid)."""
+    from fastapi.responses import FileResponse
+    from starlette.exceptions import HTTPException
 
     def get_run(index: int) -> Path:
         if not 0 <= index < len(runs):
@@ -216,8 +236,6 @@ def create_app(models: list, runs: list = (), limits: Limits | None = None):
         if not grids:
             return error("no progress grid yet (one comes every --sample-every steps)", 404)
         return FileResponse(grids[-1], media_type="image/png", headers={"Cache-Control": "no-store"})
-
-    return app
 
 
 def serve(model_dirs: list[str], run_dirs: list[str], host: str = "127.0.0.1", port: int = 7860,
@@ -240,6 +258,6 @@ def serve(model_dirs: list[str], run_dirs: list[str], host: str = "127.0.0.1", p
     if limits.queue < 0 or limits.timeout_s <= 0:
         raise UserError("--queue must be 0 or more and --timeout positive")
     app = create_app(model_dirs, run_dirs, limits)
-    print(f"dreamlet serve: {len(model_dirs)} model(s), {len(run_dirs)} run(s) on http://{host}:{port}  (Ctrl-C stops)",
-          flush=True)
+    print(f"dreamlet serve: {len(model_dirs)} model(s), {len(run_dirs)} run(s) on http://{host}:{port}  "
+          "(Ctrl-C stops)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level="warning")

@@ -94,4 +94,5 @@ def read_digits(size: int) -> Iterator[Record]:
         word = NUMBER_WORDS[int(label)]
         captions = [f"a handwritten {word}", f"the digit {label}", f"a handwritten {label}",
                     f"the number {word} written by hand", f"a digit {word}"]
-        yield Record(f"digit {i}", np.asarray(ink.convert("RGB")), captions, heldout=in_heldout(f"digit {i}", DIGITS_HELDOUT))
+        yield Record(f"digit {i}", np.asarray(ink.convert("RGB")), captions,
+                     heldout=in_heldout(f"digit {i}", DIGITS_HELDOUT))

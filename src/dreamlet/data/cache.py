@@ -158,7 +158,8 @@ class CaptionedImages:
 
     def array(self) -> np.memmap:
         """Every cached image as one memory-mapped (N, S, S, 3) uint8 array (train and held-out)."""
-        return np.memmap(self.directory / "images.u8", np.uint8, "r", shape=(self.meta["count"], self.size, self.size, 3))
+        return np.memmap(self.directory / "images.u8", np.uint8, "r",
+                         shape=(self.meta["count"], self.size, self.size, 3))
 
     def _record(self, index: int) -> int:
         epoch, position = divmod(index, len(self.train_index))
@@ -168,7 +169,9 @@ class CaptionedImages:
 
     def _caption(self, record: int, index: int) -> str:
         options = self.all_captions[record]
-        return options[0] if len(options) == 1 else options[np.random.default_rng([self.seed, index, 1]).integers(len(options))]
+        if len(options) == 1:
+            return options[0]
+        return options[np.random.default_rng([self.seed, index, 1]).integers(len(options))]
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, str]:
         record = self._record(index)
@@ -197,7 +200,8 @@ class CaptionedImages:
 
     def preview_captions(self, count: int = 12) -> list[str]:
         """Captions to watch during training: held-out ones first, then training ones."""
-        records = list(_spread(self.heldout_index, count)) + list(self.train_index[: max(0, count - len(self.heldout_index))])
+        records = (list(_spread(self.heldout_index, count))
+                   + list(self.train_index[: max(0, count - len(self.heldout_index))]))
         return [self.all_captions[r][0] for r in records[:count]]
 
 

@@ -29,7 +29,8 @@ IMAGE_FIELDS = ("image", "img", "jpg", "png", "picture")
 
 
 def _files(root: Path) -> list[Path]:
-    return sorted(p for p in root.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
+    return sorted(p for p in root.rglob("*")
+                  if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts))
 
 
 def _image_files(root: Path) -> list[Path]:
@@ -166,7 +167,8 @@ def read_cifar(root: Path, size: int) -> Iterator[Record]:
         meta = _load_cifar_pickle(meta_file)
         key = "label_names" if "label_names" in meta else "fine_label_names"
         labels = [n.decode() if isinstance(n, bytes) else str(n) for n in meta[key]]
-        files = sorted(root.glob("data_batch_*")) + [p for p in (root / "test_batch", root / "train", root / "test") if p.is_file()]
+        files = sorted(root.glob("data_batch_*")) + [p for p in (root / "test_batch", root / "train", root / "test")
+                                                     if p.is_file()]
         for path in files:
             batch = _load_cifar_pickle(path)
             data = np.asarray(batch["data"], np.uint8)
@@ -266,7 +268,8 @@ def read_hf(path: Path, size: int) -> Iterator[Record]:
     try:
         import pyarrow  # noqa: F401
     except ImportError:
-        raise UserError("reading Hugging Face datasets and parquet needs pyarrow: pip install 'dreamlet[data]'") from None
+        raise UserError("reading Hugging Face datasets and parquet needs pyarrow: "
+                        "pip install 'dreamlet[data]'") from None
     base = path if path.is_dir() else path.parent
     row = 0
     for batch in _arrow_batches(path):
@@ -301,7 +304,8 @@ def detect_format(path: Path) -> str:
             return "webdataset"
         if path.suffix == ".parquet":
             return "hf"
-        raise UserError(f"{path} is a file dreamlet cannot read as a dataset; give a folder, a .tar shard or a .parquet file")
+        raise UserError(f"{path} is a file dreamlet cannot read as a dataset; give a folder, a .tar shard "
+                        "or a .parquet file")
     names = {p.name for p in path.iterdir()}
     if any(n.endswith(".tar") for n in names):
         return "webdataset"
@@ -323,4 +327,5 @@ def detect_format(path: Path) -> str:
 def fingerprint(path: Path) -> list:
     """What the cache key depends on: every file's name, size and modification time."""
     files = [path] if path.is_file() else _files(path)
-    return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, int(f.stat().st_mtime)) for f in files]
+    return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, int(f.stat().st_mtime))
+            for f in files]

@@ -46,7 +46,8 @@ def describe(report: dict) -> str:
     source = report["source"]
     lines = [f"dataset:   {source.get('path', source.get('name'))} (format {source.get('format')})",
              f"cache:     {report['cache']} ({report['size']} px)",
-             f"pictures:  {report['pictures']:,} usable: {report['train']:,} for training, {report['heldout']:,} held out"]
+             f"pictures:  {report['pictures']:,} usable: {report['train']:,} for training, "
+             f"{report['heldout']:,} held out"]
     if report["skipped"]:
         reasons = ", ".join(f"{n:,} {why}" for why, n in sorted(report["skipped"].items(), key=lambda kv: -kv[1]))
         lines.append(f"skipped:   {report['skipped_total']:,} ({reasons})")

@@ -167,7 +167,8 @@ _WHERE = {
     "right": ["on the right", "at the right side", "in the middle right", "at the center right"],
     "bottom left": ["at the lower left", "in the bottom-left corner", "in the bottom left", "in the lower left corner"],
     "bottom": ["at the bottom", "at the bottom middle", "in the lower middle", "at the bottom center"],
-    "bottom right": ["at the lower right", "in the bottom-right corner", "in the bottom right", "in the lower right corner"],
+    "bottom right": ["at the lower right", "in the bottom-right corner", "in the bottom right",
+                     "in the lower right corner"],
 }
 _RELATION_WORDS = {
     "to the left of": ["to the left of", "left of", "on the left of"],

@@ -17,6 +17,7 @@ has gone wrong, such as a collapsed GAN).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -59,13 +60,23 @@ class Family:
     # (train_config, overrides), or a training.FirstStage, a model the loop trains first (dalle's image
     # tokenizer) whose then(model_dir) returns them.
     prepare: Callable | None = None
-    # `dreamlet eval` for a family the drawing evaluations do not fit: evaluate(args, pipeline) -> report dict.
+    # `dreamlet eval` for a family the drawing evaluations do not fit: evaluate(args, pipeline) -> (report, line),
+    # from the parsed `dreamlet eval` options and the loaded model: the report dict (written as .json and .md)
+    # and the one line of figures the command prints.
     evaluate: Callable | None = None
+    # The image tokenizer in a model of this family (a module with encode(pictures) -> codes and
+    # decode(codes) -> pictures), whose codes `dreamlet sample --method vqgan-clip` optimises: model -> module.
+    image_tokenizer: Callable | None = None
     # config.json's "model" written today has `config_version` = version; migrations[v] turns a version-v
     # config dict into a version v + 1 one (or raises UserError when the model cannot be loaded any more).
     version: int = 1
     migrations: dict[int, Callable[[dict], dict]] = field(default_factory=dict)
     renames: dict[int, dict[str, str]] = field(default_factory=dict)  # {v: {old prefix: new}} of version-v weights
+
+    @property
+    def upsamples(self) -> bool:
+        """It upsamples given pictures (Pipeline.upsample): its config has an input side, `low_size`."""
+        return any(f.name == "low_size" for f in dataclasses.fields(self.config))
 
     def can_draw(self, config) -> bool:
         return self.draws(config) if callable(self.draws) else self.draws
@@ -75,7 +86,6 @@ class Family:
         if not self.can_draw(config):
             raise UserError(f"a {self.name} model does not draw pictures from prompts"
                             + (f": {self.does_instead}" if self.does_instead else ""))
-
 
     def load_config(self, data: dict, version: int | None):
         """The config dataclass from a saved dict of `config_version` `version` (None: before versions, 1),
@@ -112,3 +122,13 @@ def get_family(name: str) -> Family:
     if name not in FAMILIES:
         raise UserError(f"unknown --model {name!r}; choose one of: {', '.join(FAMILIES)}")
     return importlib.import_module(FAMILIES[name]).FAMILY
+
+
+def families_that(test: Callable[[Family], bool]) -> list[str]:
+    """The names of the registered families that pass `test`, e.g. `families_that(lambda f: f.scores)`."""
+    return [name for name in FAMILIES if test(get_family(name))]
+
+
+def listed(names: list[str], word: str = "or") -> str:
+    """["a"] -> "a"; ["a", "b", "c"] -> "a, b or c" (for one-line messages that name families)."""
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} {word} {names[-1]}"

@@ -44,8 +44,9 @@ class Stage(nn.Module):
 
     def __init__(self, channels: int, out: int):
         super().__init__()
-        self.block = nn.Sequential(nn.GroupNorm(min(8, channels), channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-                                   nn.GroupNorm(min(8, channels), channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
+        self.block = nn.Sequential(
+            nn.GroupNorm(min(8, channels), channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
+            nn.GroupNorm(min(8, channels), channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
         self.down = nn.Conv2d(channels, out, 4, stride=2, padding=1)
 
     def forward(self, x):
@@ -105,6 +106,15 @@ class CLIP(nn.Module):
         return self.encode_images(images) @ self.encode_text(ids).T
 
 
+def evaluate(args, pipeline) -> tuple[dict, str]:
+    """`dreamlet eval` of a CLIP: how good the CLIP itself is, on real held-out pictures."""
+    from ..evaluation import evaluate_clip_model
+    report = evaluate_clip_model(args.model, args.data, count=3 * args.prompts, distractors=args.distractors)
+    return report, (f"R-precision on real held-out pictures: {report['r_precision_real']:.3f} ({args.distractors} "
+                    f"distractors); FID real/real {report['fid_real_halves']:.1f}, "
+                    f"real/noise {report['fid_real_noise']:.1f}")
+
+
 FAMILY = Family("clip", ClipConfig, CLIP, PRESETS, draws=False, scores=True,
-                does_instead="it scores pictures against captions", version=2,
+                does_instead="it scores pictures against captions", evaluate=evaluate, version=2,
                 migrations={1: lambda config: removed(config, "text.token_std")})

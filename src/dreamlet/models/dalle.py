@@ -373,7 +373,11 @@ def with_tokenizer(overrides: dict, tokenizer, size: int) -> dict:
 FAMILY = Family(
     "dalle", DalleConfig, DalleModel, PRESETS, train_defaults=TRAIN_DEFAULTS, prepare=prepare,
     flags=(Flag("arch", "arch", choices=("decoder", "encdec"),
-                help="one transformer over [caption; image codes] (DALL-E) or text encoder + code decoder (dalle-mini)"),
+                help="one transformer over [caption; image codes] (DALL-E) or text encoder + code decoder "
+                     "(dalle-mini)"),
            Flag("decode", "decoder", choices=("autoregressive", "maskgit"),
-                help="codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of steps")),
-    version=2, migrations={1: lambda config: removed(config, "text.token_std", "vq.text.token_std")})
+                help="codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of "
+                     "steps")),
+    image_tokenizer=lambda model: model.vq, version=3,
+    migrations={1: lambda config: removed(config, "text.token_std", "vq.text.token_std"),
+                2: lambda config: removed(config, "vq.text")})  # its tokenizer's config has no text (vqvae 3)

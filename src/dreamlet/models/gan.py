@@ -59,9 +59,11 @@ class GanConfig:
 
 
 PRESETS = {
-    "tiny": dict(noise_dim=16, cond_dim=32, g_width=32, d_width=8, max_width=32, text=dict(width=32, layers=1, heads=2)),
+    "tiny": dict(noise_dim=16, cond_dim=32, g_width=32, d_width=8, max_width=32,
+                 text=dict(width=32, layers=1, heads=2)),
     "small": dict(),
-    "base": dict(noise_dim=128, cond_dim=256, g_width=512, d_width=64, max_width=512, text=dict(width=256, layers=4, heads=8)),
+    "base": dict(noise_dim=128, cond_dim=256, g_width=512, d_width=64, max_width=512,
+                 text=dict(width=256, layers=4, heads=8)),
 }
 
 # GANs want a smaller learning rate, no weight decay, beta1 = 0 (set in param_groups) and a slow EMA;
@@ -111,7 +113,8 @@ class Generator(nn.Module):
         self.stem = nn.Linear(cond, widths[0] * 16)
         self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond) for i in range(n))
         self.out = nn.Sequential(nn.GroupNorm(8, widths[-1]), nn.ReLU(),
-                                 nn.Conv2d(widths[-1], 3 * c.unshuffle ** 2, 3, padding=1), nn.PixelShuffle(c.unshuffle), nn.Tanh())
+                                 nn.Conv2d(widths[-1], 3 * c.unshuffle ** 2, 3, padding=1),
+                                 nn.PixelShuffle(c.unshuffle), nn.Tanh())
 
     def forward(self, z, text=None):
         c = z if text is None else torch.cat([z, text], dim=1)
@@ -216,7 +219,8 @@ class TextToImageGAN(nn.Module):
         """Generator and discriminator (with the text encoder) as separate Adam groups, beta1 = 0."""
         critic = [p for name, p in self.named_parameters() if not name.startswith("generator.")]
         return [{"params": list(self.generator.parameters()), "betas": (0.0, 0.99), "weight_decay": weight_decay},
-                {"params": critic, "betas": (0.0, 0.99), "weight_decay": weight_decay, "lr_scale": self.config.d_lr_scale}]
+                {"params": critic, "betas": (0.0, 0.99), "weight_decay": weight_decay,
+                 "lr_scale": self.config.d_lr_scale}]
 
     def caption(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, cond_dim): the first token (which reads the whole caption, in order) and the mean."""

@@ -29,14 +29,13 @@ step, so the saved tokenizer holds the trained codebook, and a resumed run conti
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import Family, removed
-from ..text.encoder import TextEncoderConfig
 from .adversarial import discriminator_hinge, generator_hinge
 
 KINDS = ("vq", "dvae", "vqgan")
@@ -67,7 +66,6 @@ class VQConfig:
     disc_width: int = 32           # patch discriminator channels after its first conv
     disc_weight: float = 0.1       # scales the adaptive weight of the generator's adversarial loss
     disc_start: int = 300          # steps of reconstruction alone before the discriminator joins
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)  # unused: every family's config has one
 
 
 PRESETS = {
@@ -300,6 +298,17 @@ class VQModel(nn.Module):
         return values
 
 
+def evaluate(args, pipeline) -> tuple[dict, str]:
+    """`dreamlet eval` of an image tokenizer: how well it reconstructs held-out pictures."""
+    from ..evaluation import evaluate_tokenizer
+    report = evaluate_tokenizer(args.model, args.data, count=3 * args.prompts, pipeline=pipeline)
+    return report, (f"reconstruction PSNR {report['psnr']:.2f} dB, codebook usage {100 * report['usage']:.1f} % "
+                    f"({report['codes_used']} of {report['codebook_size']} codes), perplexity "
+                    f"{report['perplexity']:.1f} on {report['pictures']} held-out pictures")
+
+
 FAMILY = Family("vqvae", VQConfig, VQModel, PRESETS, train_defaults=TRAIN_DEFAULTS, draws=False,
-                does_instead="it turns pictures into codes (train --model dalle with it)", version=2,
-                migrations={1: lambda config: removed(config, "text.token_std")})
+                does_instead="it turns pictures into codes (train --model dalle with it)",
+                evaluate=evaluate, image_tokenizer=lambda model: model, version=3,
+                migrations={1: lambda config: removed(config, "text.token_std"),
+                            2: lambda config: removed(config, "text")})

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from tokenizers import Tokenizer
 
 from ..checkpoint import UserError
+from .tokenizer import TokenizerFile
 
 # Padding in token id tensors. Not the encoder's own pad token: CLIP pads with its end-of-text token,
 # which is also a real token, so only an id outside every vocabulary marks padding unambiguously.
@@ -37,7 +38,8 @@ def import_transformers():
     try:
         import transformers
     except ImportError:
-        raise UserError('a pretrained text encoder needs the transformers package: pip install "dreamlet[pretrained]"') from None
+        raise UserError('a pretrained text encoder needs the transformers package: '
+                        'pip install "dreamlet[pretrained]"') from None
     return transformers
 
 
@@ -92,7 +94,7 @@ class PretrainedTextEncoder(nn.Module):
         return x, keep, pooled
 
 
-class PretrainedTokenizer:
+class PretrainedTokenizer(TokenizerFile):
     """A pretrained encoder's own tokenizer with CaptionTokenizer's interface: called on texts it gives
     (B, max_length) ids padded with PAD; `save` / `load` a tokenizer.json. It is the fast tokenizer's
     `tokenizers.Tokenizer` (special tokens, truncation that keeps the closing token included), so the
@@ -118,20 +120,10 @@ class PretrainedTokenizer:
 
     @classmethod
     def load(cls, path: str | Path, max_length: int) -> "PretrainedTokenizer":
-        try:
-            return cls(Tokenizer.from_file(str(path)), max_length)
-        except Exception as error:  # tokenizers raises a bare Exception for a file that is not a tokenizer
-            raise UserError(f"cannot read {path}: {str(error).strip().splitlines()[0]}") from None
-
-    def save(self, path: str | Path) -> None:
-        self.tokenizer.save(str(path))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
+        return cls(cls.read(path), max_length)
 
     def __call__(self, texts: list[str]) -> torch.Tensor:
-        encodings = self.tokenizer.encode_batch([str(t) for t in texts])
+        encodings = self.encode(texts)
         ids = torch.full((len(encodings), self.max_length), PAD, dtype=torch.long)
         for row, encoding in enumerate(encodings):
             ids[row, :len(encoding.ids)] = torch.tensor(encoding.ids, dtype=torch.long)

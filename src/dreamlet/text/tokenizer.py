@@ -18,7 +18,33 @@ from ..checkpoint import UserError
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
 
 
-class CaptionTokenizer:
+class TokenizerFile:
+    """What dreamlet's caption tokenizers share (CaptionTokenizer, and a pretrained encoder's own,
+    text.pretrained.PretrainedTokenizer): a Hugging Face `tokenizers.Tokenizer`, saved as a model
+    directory's tokenizer.json, that turns texts into (B, max_length) token ids when called."""
+    tokenizer: Tokenizer
+    max_length: int
+
+    @staticmethod
+    def read(path: str | Path) -> Tokenizer:
+        try:
+            return Tokenizer.from_file(str(path))
+        except Exception as error:  # tokenizers raises a bare Exception for a file that is not a tokenizer
+            raise UserError(f"cannot read {path}: {str(error).strip().splitlines()[0]}") from None
+
+    def save(self, path: str | Path) -> None:
+        self.tokenizer.save(str(path))
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, texts: list[str]) -> list:
+        """The `tokenizers` encodings of the texts (anything else given is read as its str)."""
+        return self.tokenizer.encode_batch([str(t) for t in texts])
+
+
+class CaptionTokenizer(TokenizerFile):
     def __init__(self, tokenizer: Tokenizer, max_length: int = 32):
         self.tokenizer, self.max_length = tokenizer, max_length
         self.pad_id = tokenizer.token_to_id(PAD)
@@ -53,25 +79,14 @@ class CaptionTokenizer:
 
     @classmethod
     def load(cls, path: str | Path, max_length: int = 32) -> "CaptionTokenizer":
-        try:
-            tokenizer = Tokenizer.from_file(str(path))
-        except Exception as error:  # tokenizers raises a bare Exception for a file that is not a tokenizer
-            raise UserError(f"cannot read {path}: {str(error).strip().splitlines()[0]}") from None
+        tokenizer = cls.read(path)
         if tokenizer.token_to_id(PAD) is None:
             raise UserError(f"cannot read {path}: not a dreamlet caption tokenizer (no {PAD} token)")
         return cls(tokenizer, max_length)
 
-    def save(self, path: str | Path) -> None:
-        self.tokenizer.save(str(path))
-
-    @property
-    def vocab_size(self) -> int:
-        return self.tokenizer.get_vocab_size()
-
     def __call__(self, texts: list[str]) -> torch.Tensor:
         """Token ids, (B, max_length) int64, padded with pad_id; an over-long text keeps its start."""
-        encodings = self.tokenizer.encode_batch([str(t) for t in texts])
-        ids = torch.tensor([e.ids for e in encodings], dtype=torch.long)
+        ids = torch.tensor([e.ids for e in self.encode(texts)], dtype=torch.long)
         # Truncation may cut the closing [EOS]; keep it so the encoder always sees where text ends.
         last = (ids != self.pad_id).sum(1) - 1
         ids[torch.arange(len(ids)), last] = self.tokenizer.token_to_id(EOS)
@@ -81,17 +96,27 @@ class CaptionTokenizer:
         return self.tokenizer.decode([int(i) for i in ids], skip_special_tokens=True)
 
 
+def text_max_length(text_config) -> int:
+    """The token length a model's text config reads; a family without text (None): the text encoder's default."""
+    if text_config is None:
+        from .encoder import TextEncoderConfig
+        return TextEncoderConfig.max_length
+    return text_config.max_length
+
+
 def tokenizer_for(text_config, trained: CaptionTokenizer):
-    """The tokenizer a new model uses: the one trained on its captions, or a pretrained encoder's own."""
+    """The tokenizer a new model uses: the one trained on its captions, or a pretrained encoder's own.
+    `text_config` is the model config's `text` (None for a family without one)."""
     if getattr(text_config, "pretrained", ""):
         from .pretrained import PretrainedTokenizer
         return PretrainedTokenizer.from_pretrained(text_config.pretrained, text_config.max_length)
-    return CaptionTokenizer(trained.tokenizer, text_config.max_length)
+    return CaptionTokenizer(trained.tokenizer, text_max_length(text_config))
 
 
 def load_tokenizer(path: str | Path, text_config):
-    """The tokenizer a model was saved with (its tokenizer.json), of the kind its text config says."""
+    """The tokenizer a model was saved with (its tokenizer.json), of the kind its text config says
+    (None: a family without text; its model directory keeps a caption tokenizer all the same)."""
     if getattr(text_config, "pretrained", ""):
         from .pretrained import PretrainedTokenizer
         return PretrainedTokenizer.load(path, text_config.max_length)
-    return CaptionTokenizer.load(path, text_config.max_length)
+    return CaptionTokenizer.load(path, text_max_length(text_config))
