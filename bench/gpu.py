@@ -188,6 +188,7 @@ def cascade(results: dict, out: Path) -> None:
 def families(results: dict, out: Path) -> None:
     import numpy as np
 
+    from dreamlet.models import get_family
     from dreamlet.pipeline import Pipeline
     from dreamlet.training import TrainConfig, train
     rows = {}
@@ -199,7 +200,7 @@ def families(results: dict, out: Path) -> None:
                 row = dict(train_s=round(time.perf_counter() - started, 1))
                 pipeline = Pipeline.load(model_dir)
                 row["device"] = str(pipeline.device)
-                if getattr(pipeline.model, "generates", True):
+                if get_family(pipeline.family).can_draw(pipeline.model.config):
                     pictures = pipeline.draw(["a large blue square in the middle", "a small red circle at the top left"], [0, 1])
                     arrays = [np.asarray(p) for p in pictures]
                     row.update(pictures=len(arrays), shape=list(arrays[0].shape),

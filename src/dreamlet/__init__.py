@@ -12,7 +12,8 @@ Names are imported on first use, so `import dreamlet` (and `dreamlet --version`)
 __version__ = "0.2.0"
 
 _LAZY = {"load": ("pipeline", "Pipeline.load"), "Pipeline": ("pipeline", "Pipeline"),
-         "train": ("training", "train"), "TrainConfig": ("training", "TrainConfig"), "Progress": ("training", "Progress"),
+         "train": ("training", "train"), "TrainConfig": ("training", "TrainConfig"),
+         "Progress": ("training", "Progress"),
          "evaluate": ("evaluation", "evaluate_shapes"), "datasets": ("data", None)}
 __all__ = ["__version__", *_LAZY]
 

@@ -34,5 +34,6 @@ def updated(config, overrides: dict):
         if name not in {f.name for f in dataclasses.fields(config)}:
             raise ValueError(f"{type(config).__name__} has no field {name!r}")
         current = getattr(config, name)
-        values[name] = updated(current, value) if dataclasses.is_dataclass(current) and isinstance(value, dict) else value
+        nested = dataclasses.is_dataclass(current) and isinstance(value, dict)
+        values[name] = updated(current, value) if nested else value
     return dataclasses.replace(config, **values)

@@ -242,7 +242,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
                 progress, window = log_row(run, window, lr, bar), Window()
             bar.update(1)
             if run.main and config.sample_every and run.step % config.sample_every == 0 and not run.done() \
-                    and getattr(run.model, "generates", True):
+                    and run.family.can_draw(run.model_config):
                 progress = progress or Progress(run.step, float("nan"), lr, float("nan"), run.elapsed,
                                                 pipeline=run.pipeline)
                 progress.grid = progress_grid(run)
@@ -287,7 +287,7 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
         state, model_config, step, elapsed = read_state(checkpoint_dir, config, family)
         if family.prepare:  # finish (or skip) its first stage, and take the budget that leaves
             config, _ = prepare(family, config, {}, device, quiet, saved=model_config)
-        tokenizer = load_tokenizer(checkpoint_dir / "tokenizer.json", model_config.text)
+        tokenizer = load_tokenizer(checkpoint_dir / "tokenizer.json", getattr(model_config, "text", None))
     else:
         if (checkpoint_dir / "state.json").is_file():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
@@ -366,12 +366,14 @@ def new_model_config(config: TrainConfig, family: Family, dataset, device, quiet
     sized = {f.name for f in fields(family.config)}
     if "image_size" in sized:
         overrides["image_size"] = config.size
-    overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
+    if "text" in sized:  # a family that reads captions (an image tokenizer does not)
+        overrides.setdefault("text", {}).update(vocab_size=tokenizer.vocab_size, pad_id=tokenizer.pad_id)
     try:
         model_config = updated(updated(family.config(), overrides), model_overrides)
     except ValueError as error:
         raise UserError(f"--set: {error}") from None
-    return config, model_config, tokenizer_for(model_config.text, tokenizer)  # or a pretrained text encoder's own
+    # or a pretrained text encoder's own tokenizer
+    return config, model_config, tokenizer_for(getattr(model_config, "text", None), tokenizer)
 
 
 def build_model(config: TrainConfig, family: Family, model_config, device):

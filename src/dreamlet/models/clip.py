@@ -70,7 +70,6 @@ class ImageEncoder(nn.Module):
 
 
 class CLIP(nn.Module):
-    generates = False  # scores pictures against captions; draws nothing
 
     def __init__(self, config: ClipConfig):
         super().__init__()

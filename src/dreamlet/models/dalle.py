@@ -108,7 +108,8 @@ class Block(nn.Module):
         self.attn = Attention(width, heads)
         if text_width:
             self.norm2, self.cross = nn.LayerNorm(width), Attention(width, heads, text_width)
-        self.mlp = nn.Sequential(nn.Linear(width, int(mlp_ratio * width)), nn.GELU(), nn.Linear(int(mlp_ratio * width), width))
+        hidden = int(mlp_ratio * width)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.GELU(), nn.Linear(hidden, width))
 
     def forward(self, x, mask, text=None, text_mask=None, cache: dict | None = None):
         x = x + self.attn(self.norm1(x), mask=mask, cache=None if cache is None else cache.setdefault("self", {}))
@@ -133,7 +134,8 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
 def pick(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """Sample each row of probs (..., V) by inverting its CDF at uniform (...): one number per draw."""
     cdf = probs.float().cumsum(-1)
-    return torch.searchsorted(cdf, (uniform * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1).clamp(max=probs.shape[-1] - 1)
+    picked = torch.searchsorted(cdf, (uniform * cdf[..., -1]).unsqueeze(-1).contiguous()).squeeze(-1)
+    return picked.clamp(max=probs.shape[-1] - 1)
 
 
 class DalleModel(nn.Module):
@@ -180,7 +182,8 @@ class DalleModel(nn.Module):
 
     # -- the network ----------------------------------------------------------------------------
     def caption(self, ids: torch.Tensor):
-        """Token ids (B, L) -> what the code positions read: (prefix (B, L, D) or None, text (B, L, T) or None, keep (B, L)).
+        """Token ids (B, L) -> what the code positions read:
+        (prefix (B, L, D) or None, text (B, L, T) or None, keep (B, L)).
         Trailing columns that are padding in every row are dropped first: masked anyway, they only cost time."""
         keep = ids != self.config.text.pad_id
         length = int(keep.any(0).nonzero().max()) + 1
@@ -214,7 +217,8 @@ class DalleModel(nn.Module):
         if prefix is None:
             return self.run(x, allowed[None, None], text, keep)
         L = prefix.shape[1]  # the caption is a prefix: it reads itself both ways, codes read all of it
-        mask = torch.cat([torch.cat([keep[:, None, :].expand(-1, L, -1), torch.zeros(len(x), L, N, dtype=torch.bool, device=x.device)], 2),
+        blind = torch.zeros(len(x), L, N, dtype=torch.bool, device=x.device)  # the caption does not read codes
+        mask = torch.cat([torch.cat([keep[:, None, :].expand(-1, L, -1), blind], 2),
                           torch.cat([keep[:, None, :].expand(-1, N, -1), allowed.expand(len(x), -1, -1)], 2)], 1)
         return self.run(torch.cat([prefix, x], 1), mask[:, None], None, keep)[:, L:]
 
@@ -229,7 +233,8 @@ class DalleModel(nn.Module):
         ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
         if self.config.decoder == "autoregressive":
             start = torch.full((B, 1), self.mask_id, device=device, dtype=codes.dtype)
-            return F.cross_entropy(self.logits(ids, torch.cat([start, codes[:, :-1]], 1)).flatten(0, 1), codes.flatten())
+            logits = self.logits(ids, torch.cat([start, codes[:, :-1]], 1))
+            return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
         # maskgit: mask a cosine-distributed share of the codes (at least one) and predict them
         ratio = torch.cos(0.5 * math.pi * torch.rand(B, 1, generator=generator)).to(device)
         scores = torch.rand(B, self.tokens, generator=generator).to(device)

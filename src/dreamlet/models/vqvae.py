@@ -154,7 +154,6 @@ def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> float:
 
 
 class VQModel(nn.Module):
-    generates = False                # a tokenizer: draws nothing from prompts
     log_fields = ("psnr", "usage")   # extra training-log columns
 
     def __init__(self, config: VQConfig):

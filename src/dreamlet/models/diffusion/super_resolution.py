@@ -29,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ...text.encoder import TextEncoderConfig, build_text_encoder
-from .. import Family, Flag
+from .. import Family, Flag, get_family
 from . import TEXT_ENCODER_FLAG, v1_dit
 from .denoiser import Condition, Denoiser
 from .dit import DiT, DiTConfig, timestep_embedding
@@ -84,11 +84,6 @@ class SuperResolutionDiffusion(nn.Module):
         width = c.dit.time_width
         self.augmentation = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, width))
         self.denoiser = Denoiser(self.net)
-
-    @property
-    def generates(self) -> bool:
-        """Draws from prompts alone only in a cascade; otherwise it upsamples given pictures (Pipeline.upsample)."""
-        return bool(self.config.base)
 
     def downsample(self, images: torch.Tensor) -> torch.Tensor:
         """Training's low-res pictures: the box filter (area average) over each factor x factor block."""
@@ -152,7 +147,7 @@ def prepare(train_config, overrides: dict, device, quiet: bool, saved: "SuperRes
     if base:
         from ...pipeline import Pipeline
         pipeline = Pipeline.load(base)
-        if not getattr(pipeline.model, "generates", True):
+        if not get_family(pipeline.family).can_draw(pipeline.model.config):
             raise UserError(f"--base {base}: a {pipeline.family} model does not draw pictures from prompts")
         low = pipeline.image_size
         if overrides.get("low_size", low) != low:
