@@ -464,7 +464,7 @@ def open_logs(run: Run) -> None:
     config = run.config
     meta = {"data": config.data, "size": config.size, "train": to_dict(config), "warnings": run.warnings}
     run.pipeline = Pipeline(config.model, run.ema, run.tokenizer, meta, config.precision)
-    run.grid_prompts = run.dataset.preview_captions(12)
+    run.grid_prompts = run.dataset.progress_prompts(12)
     run.out.mkdir(parents=True, exist_ok=True)
     run.extra_columns = list(getattr(run.model, "log_fields", ()))
     if run.main:

@@ -1,7 +1,7 @@
 """Captioned datasets: the built-in ones by name, and the formats people have by path.
 
 Every dataset gives `batch(start, count)` -> (uint8 images (count, S, S, 3), captions), item i the
-same for the same seed; `captions(n)` for training a tokenizer; `preview_captions(n)` to watch.
+same for the same seed; `captions(n)` for training a tokenizer; `progress_prompts(n)` to watch.
 Shapes is drawn on the fly; every other set is decoded once into a cache (cache.py) and read from it.
 """
 from __future__ import annotations

@@ -198,7 +198,7 @@ class CaptionedImages:
         records = _spread(self.heldout_index, count)
         return self.rows(records), [self.all_captions[r][0] for r in records]
 
-    def preview_captions(self, count: int = 12) -> list[str]:
+    def progress_prompts(self, count: int = 12) -> list[str]:
         """Captions to watch during training: held-out ones first, then training ones."""
         records = (list(_spread(self.heldout_index, count))
                    + list(self.train_index[: max(0, count - len(self.heldout_index))]))

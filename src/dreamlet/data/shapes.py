@@ -249,7 +249,7 @@ class ShapesDataset:
         items = [self[i] for i in range(start, start + count)]
         return np.stack([im for im, _ in items]), [c for _, c in items]
 
-    def preview_captions(self, count: int = 12) -> list[str]:
+    def progress_prompts(self, count: int = 12) -> list[str]:
         """Canonical prompts to watch during training: seen, held-out and pair, in turn."""
         return [p.text for p in benchmark_prompts(count // 3, count // 3, count - 2 * (count // 3), seed=1)]
 

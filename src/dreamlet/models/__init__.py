@@ -17,7 +17,6 @@ has gone wrong, such as a collapsed GAN).
 from __future__ import annotations
 
 import copy
-import dataclasses
 import importlib
 from dataclasses import dataclass, field
 from typing import Callable
@@ -55,6 +54,7 @@ class Family:
     # the model's config for a family that draws only in some setups (a super-resolution stage: in a cascade).
     draws: bool | Callable[[object], bool] = True
     scores: bool = False             # scores pictures against captions (a CLIP: reranking, eval --clip)
+    upsamples: bool = False          # upsamples given pictures (Pipeline.upsample: generate(..., low=, low_noise=))
     does_instead: str = ""           # when it does not draw: what it does, for the one-line refusal
     # Before this family's own training: prepare(train_config, overrides, device, quiet, saved=None) ->
     # (train_config, overrides), or a training.FirstStage, a model the loop trains first (dalle's image
@@ -72,11 +72,6 @@ class Family:
     version: int = 1
     migrations: dict[int, Callable[[dict], dict]] = field(default_factory=dict)
     renames: dict[int, dict[str, str]] = field(default_factory=dict)  # {v: {old prefix: new}} of version-v weights
-
-    @property
-    def upsamples(self) -> bool:
-        """It upsamples given pictures (Pipeline.upsample): its config has an input side, `low_size`."""
-        return any(f.name == "low_size" for f in dataclasses.fields(self.config))
 
     def can_draw(self, config) -> bool:
         return self.draws(config) if callable(self.draws) else self.draws

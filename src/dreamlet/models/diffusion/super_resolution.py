@@ -168,6 +168,6 @@ FAMILY = Family(
     "diffusion-sr", SuperResolutionConfig, SuperResolutionDiffusion, PRESETS, prepare=prepare,
     flags=(Flag("base", "base", metavar="MODEL",
                 help="the cascade's first stage (RUN/model), whose pictures this model upsamples"), TEXT_ENCODER_FLAG),
-    draws=lambda config: bool(config.base),
+    draws=lambda config: bool(config.base), upsamples=True,
     does_instead="it upsamples pictures (Pipeline.upsample); train it with --base RUN/model to draw as a cascade",
     version=2, migrations={1: lambda config: v1_dit(config, layout=False)})
