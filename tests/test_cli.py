@@ -83,7 +83,7 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_it(tmp
     (["train", "--model", "gan", "--arch", "encdec", "--steps", "1", "--out", "{tmp}/r"],
      "--arch is for --model dalle"),
     (["train", "--model", "clip", "--text-encoder", "{tmp}", "--steps", "1", "--out", "{tmp}/r"],
-     "--text-encoder is for --model diffusion and diffusion-sr"),
+     "--text-encoder is for --model diffusion, diffusion-sr and latent-diffusion"),
 ])
 def test_errors_are_one_line_with_exit_2(argv, message, tiny_run, tmp_path):
     argv = [a.format(tmp=tmp_path, model=tiny_run / "model") for a in argv]

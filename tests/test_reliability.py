@@ -43,7 +43,10 @@ def saved_step(run: Path) -> int:
 
 # -- exact resume --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("family", ["diffusion", "gan", "dalle"])
+FIRST_STAGES = {"dalle": ("vqvae", "tokenizer"), "latent-diffusion": ("autoencoder", "autoencoder")}
+
+
+@pytest.mark.parametrize("family", ["diffusion", "gan", "dalle", "latent-diffusion"])
 def test_a_stopped_run_resumes_bit_for_bit(family, tmp_path, monkeypatch):
     """Stopped at step 6 of 12 and resumed, with checkpoints and progress grids on the way, a run
     ends with the same weights, EMA, optimizer moments and random state as one that never stopped
@@ -57,8 +60,9 @@ def test_a_stopped_run_resumes_bit_for_bit(family, tmp_path, monkeypatch):
         if progress.step == 6:
             progress.stop()
 
-    if family == "dalle":  # also stop it in its first stage, the image tokenizer (SIGTERM at its 5th step)
-        tokenizer_model = get_family("vqvae").model
+    if family in FIRST_STAGES:  # also stop it in its first stage (SIGTERM at its 5th step)
+        first, folder = FIRST_STAGES[family]
+        tokenizer_model = get_family(first).model
         real_loss, calls = tokenizer_model.loss, []
 
         def loss_then_sigterm(self, *args):
@@ -72,7 +76,7 @@ def test_a_stopped_run_resumes_bit_for_bit(family, tmp_path, monkeypatch):
             dreamlet.train(split, quiet=True)
         assert stopped.value.exit_code == 128 + signal.SIGTERM
         assert str(stopped.value).endswith(f"--resume --out {split.out}")  # the whole command, not its stage
-        assert json.loads((tmp_path / "split" / "tokenizer" / "checkpoint" / "state.json").read_text())["step"] == 5
+        assert json.loads((tmp_path / "split" / folder / "checkpoint" / "state.json").read_text())["step"] == 5
         monkeypatch.setattr(tokenizer_model, "loss", real_loss)
         split = dataclasses.replace(split, resume=True)
 
@@ -85,8 +89,9 @@ def test_a_stopped_run_resumes_bit_for_bit(family, tmp_path, monkeypatch):
     assert saved_step(a) == saved_step(b) == 12
     assert_same_tensors(a / "model" / "model.safetensors", b / "model" / "model.safetensors")
     assert_same_tensors(a / "checkpoint" / "state.safetensors", b / "checkpoint" / "state.safetensors")
-    if family == "dalle":
-        assert_same_tensors(a / "tokenizer" / "model" / "model.safetensors", b / "tokenizer" / "model" / "model.safetensors")
+    if family in FIRST_STAGES:
+        folder = FIRST_STAGES[family][1]
+        assert_same_tensors(a / folder / "model" / "model.safetensors", b / folder / "model" / "model.safetensors")
     assert sorted(p.name for p in (a / "progress").glob("*.png")) == ["step_000005.png", "step_000010.png"]
     # the log reads as if the run had never stopped: one row per logged step, the same numbers
     assert log_rows(a) == log_rows(b)

@@ -65,7 +65,7 @@ def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(report, indent=2) + "\n")
     if report.get("benchmark") == "reconstruction":
-        md_path.write_text(tokenizer_markdown(report))
+        md_path.write_text(reconstruction_markdown(report))
     else:
         clip = report.get("kind") == "clip" or "clip" in report
         md_path.write_text(clip_markdown(report) if clip else markdown(report))
@@ -200,40 +200,71 @@ def clip_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def reconstruct(model, images: np.ndarray, device, batch_size: int = 64) -> tuple[torch.Tensor, np.ndarray, float]:
+    """Pictures (N, S, S, 3) uint8 through an autoencoder's `encode` and `decode`: the encodings, the
+    decoded pictures (uint8, as saved to PNG) and the seconds it took."""
+    started = time.perf_counter()
+    encoded, decoded = [], []
+    for i in range(0, len(images), batch_size):
+        encoded.append(model.encode(to_tensor(images[i:i + batch_size]).to(device)))
+        decoded.append(to_uint8(model.decode(encoded[-1])))
+    return torch.cat(encoded).cpu(), np.concatenate(decoded), time.perf_counter() - started
+
+
+def psnr_uint8(decoded: np.ndarray, images: np.ndarray) -> float:
+    """PSNR on [0, 1] pixels over a whole set: 10 log10(1 / MSE)."""
+    mse = np.mean((decoded.astype(np.float64) - images) ** 2) / 255 ** 2
+    return float(10 * np.log10(1 / max(mse, 1e-12)))
+
+
 def evaluate_tokenizer(model_dir: str | Path, data: str | None = None, count: int = 192,
-                       pipeline: Pipeline | None = None, batch_size: int = 64) -> dict:
+                       pipeline: Pipeline | None = None) -> dict:
     """An image tokenizer on real held-out pictures of the data it was trained on: reconstruction PSNR
-    (on [0, 1] pixels, as saved to PNG: 10 log10(1 / MSE) over the whole set), the fraction of the
-    codebook in use, and the perplexity of code use (exp of the entropy of the codes' histogram)."""
+    (on [0, 1] pixels, as saved to PNG, over the whole set), the fraction of the codebook in use, and
+    the perplexity of code use (exp of the entropy of the codes' histogram)."""
     pipeline = pipeline or Pipeline.load(model_dir)
     model = pipeline.model
     data = data or pipeline.meta.get("data", "shapes")
     images, _, _ = heldout_set(data, pipeline.image_size, count, trained_format(pipeline))
-    started = time.perf_counter()
-    codes, decoded = [], []
-    for i in range(0, len(images), batch_size):
-        batch = to_tensor(images[i:i + batch_size]).to(pipeline.device)
-        codes.append(model.encode(batch))
-        decoded.append(to_uint8(model.decode(codes[-1])))
-    seconds = time.perf_counter() - started
-    codes = torch.cat(codes).flatten().cpu()
-    mse = np.mean((np.concatenate(decoded).astype(np.float64) - images) ** 2) / 255 ** 2
-    share = torch.bincount(codes, minlength=model.config.codebook_size).double() / len(codes)
+    codes, decoded, seconds = reconstruct(model, images, pipeline.device)
+    share = torch.bincount(codes.flatten(), minlength=model.config.codebook_size).double() / codes.numel()
     used = share[share > 0]
     return {"model": str(model_dir), "benchmark": "reconstruction", "kind": model.config.kind, "data": data,
             "size": pipeline.image_size, "pictures": len(images), "grid": model.grid,
-            "codebook_size": model.config.codebook_size, "psnr": float(10 * np.log10(1 / max(mse, 1e-12))),
+            "codebook_size": model.config.codebook_size, "psnr": psnr_uint8(decoded, images),
             "usage": len(used) / len(share), "codes_used": len(used),
             "perplexity": (-(used * used.log()).sum()).exp().item(), "seconds_per_image": seconds / len(images)}
 
 
-def tokenizer_markdown(report: dict) -> str:
+def evaluate_reconstruction(model_dir: str | Path, data: str | None = None, count: int = 192,
+                            pipeline: Pipeline | None = None, clip: str | None = None) -> dict:
+    """An autoencoder with continuous latents on real held-out pictures of its data: reconstruction PSNR
+    and, with a CLIP model, the FID of the reconstructions against the originals in its feature space."""
+    pipeline = pipeline or Pipeline.load(model_dir)
+    data = data or pipeline.meta.get("data", "shapes")
+    images, _, _ = heldout_set(data, pipeline.image_size, count, trained_format(pipeline))
+    latents, decoded, seconds = reconstruct(pipeline.model, images, pipeline.device)
+    report = {"model": str(model_dir), "benchmark": "reconstruction", "kind": "autoencoder", "data": data,
+              "size": pipeline.image_size, "pictures": len(images), "grid": latents.shape[-1],
+              "latent_channels": latents.shape[1], "psnr": psnr_uint8(decoded, images),
+              "seconds_per_image": seconds / len(images)}
+    if clip:
+        from .scoring import ClipScorer, fid_kid
+        report |= {"clip": str(clip), "fid": fid_kid(ClipScorer(clip), images, decoded)["fid"]}
+    return report
+
+
+def reconstruction_markdown(report: dict) -> str:
+    if report["kind"] == "autoencoder":
+        what = f"{report['grid']} x {report['grid']} x {report['latent_channels']} latents"
+        rows = [f"| reconstruction FID (CLIP features) | {report['fid']:.1f} |"] if "fid" in report else []
+    else:
+        what = f"{report['grid']} x {report['grid']} codes from {report['codebook_size']}"
+        rows = [f"| codebook usage | {100 * report['usage']:.1f} % ({report['codes_used']} codes) |",
+                f"| perplexity of code use | {report['perplexity']:.1f} |"]
     return "\n".join([
-        f"# Image tokenizer: {report['model']}", "",
-        f"{report['kind']} on {report['data']} at {report['size']} px: {report['grid']} x {report['grid']} codes "
-        f"from {report['codebook_size']}, {report['pictures']} held-out pictures, "
-        f"{report['seconds_per_image'] * 1000:.1f} ms per picture to encode and decode.", "",
-        "| metric | value |", "|---|---|",
-        f"| reconstruction PSNR | {report['psnr']:.2f} dB |",
-        f"| codebook usage | {100 * report['usage']:.1f} % ({report['codes_used']} codes) |",
-        f"| perplexity of code use | {report['perplexity']:.1f} |"]) + "\n"
+        f"# Autoencoder: {report['model']}", "",
+        f"{report['kind']} on {report['data']} at {report['size']} px: {what}, {report['pictures']} held-out "
+        f"pictures, {report['seconds_per_image'] * 1000:.1f} ms per picture to encode and decode.", "",
+        "| metric | value |", "|---|---|", f"| reconstruction PSNR | {report['psnr']:.2f} dB |", *rows]) + "\n"
+

@@ -263,7 +263,8 @@ class Pipeline:
         ids, empty = self.tokenizer(prompts).to(self.device), self.tokenizer([""]).to(self.device)
         options = dict(steps=steps, guidance=guidance, sampler=sampler)
         generators = [torch.Generator().manual_seed(int(s) if low is None else stage_seed(int(s), S)) for s in seeds]
-        noise = torch.stack([torch.randn(3, S, S, generator=g) for g in generators]).to(self.device)
+        shape = getattr(self.model, "noise_shape", (3, S, S))  # a latent model starts from latent noise
+        noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
         if low is not None:
             options |= dict(low=low.to(self.device), low_noise=torch.stack(
                 [torch.randn(low.shape[1:], generator=g) for g in generators]).to(self.device))

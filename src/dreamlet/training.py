@@ -383,8 +383,8 @@ def build_model(config: TrainConfig, family: Family, model_config, device):
         model = family.model(model_config).to(device)
     except (ValueError, TypeError) as error:  # e.g. a --set value of the wrong kind
         raise UserError(f"cannot build a {config.model} model from this config: {error}") from None
-    if not config.resume and getattr(model_config, "tokenizer", ""):  # the prior's frozen image tokenizer
-        model.load_tokenizer(model_config.tokenizer)
+    if not config.resume and hasattr(model, "load_first_stage"):  # e.g. dalle's frozen image tokenizer
+        model.load_first_stage()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if hasattr(model, "param_groups"):  # e.g. a GAN: generator and discriminator, each with its own settings
         groups = model.param_groups(config.weight_decay)

@@ -26,7 +26,8 @@ from ..config import from_dict
 
 FAMILIES = {"diffusion": "dreamlet.models.diffusion", "diffusion-sr": "dreamlet.models.diffusion.super_resolution",
             "gan": "dreamlet.models.gan", "gan-hash": "dreamlet.models.gan_hash", "dalle": "dreamlet.models.dalle",
-            "clip": "dreamlet.models.clip", "vqvae": "dreamlet.models.vqvae"}
+            "clip": "dreamlet.models.clip", "vqvae": "dreamlet.models.vqvae",
+            "autoencoder": "dreamlet.models.autoencoder", "latent-diffusion": "dreamlet.models.latent_diffusion"}
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ class Family:
     def refuse_to_draw(self, config) -> None:
         """One line (UserError) when a model with this config does not draw from prompts."""
         if not self.can_draw(config):
-            raise UserError(f"a {self.name} model does not draw pictures from prompts"
+            article = "an" if self.name[0] in "aeiou" else "a"
+            raise UserError(f"{article} {self.name} model does not draw pictures from prompts"
                             + (f": {self.does_instead}" if self.does_instead else ""))
 
     def load_config(self, data: dict, version: int | None):

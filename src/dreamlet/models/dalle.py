@@ -175,10 +175,10 @@ class DalleModel(nn.Module):
         self.vq.eval()   # the frozen tokenizer never trains (its EMA codebook must not move)
         return self
 
-    def load_tokenizer(self, model_dir: str | Path) -> None:
-        """Copy a trained image tokenizer's weights in (a fresh run; later loads read them from this model's file)."""
+    def load_first_stage(self) -> None:
+        """A fresh run copies the trained image tokenizer's weights in (later loads read them from this model's file)."""
         from ..checkpoint import load_tensors
-        self.vq.load_state_dict(load_tensors(Path(model_dir) / "model.safetensors"))
+        self.vq.load_state_dict(load_tensors(Path(self.config.tokenizer) / "model.safetensors"))
 
     # -- the network ----------------------------------------------------------------------------
     def caption(self, ids: torch.Tensor):

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import Family, removed
-from .adversarial import discriminator_hinge, generator_hinge
+from .autoencoding import Decoder, Encoder, PatchDiscriminator, adversarial_loss, halvings, psnr
 
 KINDS = ("vq", "dvae", "vqgan")
 
@@ -80,79 +80,6 @@ PRESETS = {
 TRAIN_DEFAULTS = dict(lr=1e-3, batch_size=8, weight_decay=0.0, warmup=50, ema_decay=0.99)
 
 
-class ResBlock(nn.Module):
-    def __init__(self, channels: int):
-        super().__init__()
-        self.block = nn.Sequential(nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1),
-                                   nn.GroupNorm(8, channels), nn.SiLU(), nn.Conv2d(channels, channels, 3, padding=1))
-
-    def forward(self, x):
-        return x + self.block(x)
-
-
-def halvings(c: VQConfig) -> int:
-    """How many times the networks halve the picture (the first halving is a pixel unshuffle)."""
-    n = int(math.log2(c.downsample)) if c.downsample >= 2 else 0
-    if n < 1 or 2 ** n != c.downsample or c.image_size % c.downsample:
-        raise ValueError(f"vqvae needs downsample a power of two >= 2 that divides the image size "
-                         f"({c.image_size}), not {c.downsample}")
-    return n
-
-
-class Encoder(nn.Module):
-    """(B, 3, S, S) -> (B, out, S/d, S/d). A 2x2 pixel unshuffle first, so no wide conv runs at full resolution."""
-
-    def __init__(self, c: VQConfig, out: int):
-        super().__init__()
-        w, n = c.width, halvings(c)
-        layers = [nn.PixelUnshuffle(2), nn.Conv2d(4 * c.channels, w, 3, padding=1)]
-        for _ in range(n - 1):
-            layers += [ResBlock(w), nn.Conv2d(w, w, 4, stride=2, padding=1)]
-        layers += [ResBlock(w) for _ in range(c.blocks)]
-        layers += [nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, out, 1)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class Decoder(nn.Module):
-    """(B, code_dim, S/d, S/d) -> (B, 3, S, S), unbounded (clamped to [-1, 1] only when decoding
-    codes): a tanh would make the black background, most of every shapes picture, hard to reach."""
-
-    def __init__(self, c: VQConfig):
-        super().__init__()
-        w, n = c.width, halvings(c)
-        layers = [nn.Conv2d(c.code_dim, w, 1)] + [ResBlock(w) for _ in range(c.blocks)]
-        for _ in range(n - 1):
-            layers += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv2d(w, w, 3, padding=1), ResBlock(w)]
-        layers += [nn.GroupNorm(8, w), nn.SiLU(), nn.Conv2d(w, 4 * c.channels, 3, padding=1), nn.PixelShuffle(2)]
-        self.net = nn.Sequential(*layers)
-
-    def forward(self, x):
-        return self.net(x)
-
-
-class PatchDiscriminator(nn.Module):
-    """A small PatchGAN (Isola et al. 2017, as in VQGAN): one real/fake score per patch, (B, S/4 * S/4)."""
-
-    def __init__(self, c: VQConfig):
-        super().__init__()
-        w = c.disc_width
-        self.net = nn.Sequential(nn.Conv2d(c.channels, w, 4, stride=2, padding=1), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(w, 2 * w, 4, stride=2, padding=1), nn.GroupNorm(8, 2 * w), nn.LeakyReLU(0.2),
-                                 nn.Conv2d(2 * w, 1, 3, padding=1))
-
-    def forward(self, x):
-        return self.net(x).flatten(1)
-
-
-def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> float:
-    """Peak signal-to-noise ratio in dB on [0, 1] pixels, from pictures in [-1, 1]: 10 log10(1 / MSE)."""
-    mse = ((reconstruction.float().clamp(-1, 1) - images.float()) / 2).pow(2).mean().item()
-    return 10 * math.log10(1 / max(mse, 1e-10))
-
-
 class VQModel(nn.Module):
     log_fields = ("psnr", "usage")   # extra training-log columns
 
@@ -162,8 +89,9 @@ class VQModel(nn.Module):
             raise ValueError(f"unknown kind {config.kind!r}; expected one of {', '.join(KINDS)}")
         self.config = c = config
         dvae = c.kind == "dvae"
-        self.encoder = Encoder(c, c.codebook_size if dvae else c.code_dim)
-        self.decoder = Decoder(c)
+        n = halvings(c.image_size, c.downsample)
+        self.encoder = Encoder(c.channels, c.width, c.blocks, n, c.codebook_size if dvae else c.code_dim)
+        self.decoder = Decoder(c.code_dim, c.width, c.blocks, n, c.channels)
         if dvae:  # a learned embedding, read through the (relaxed) one-hot codes
             self.codebook = nn.Parameter(torch.randn(c.codebook_size, c.code_dim))
         else:  # unit vectors, the normalised EMA of the encoder outputs assigned to each
@@ -174,7 +102,7 @@ class VQModel(nn.Module):
             # restarted from its encoder outputs (a data-dependent initialisation for free)
             self.register_buffer("cluster_size", torch.zeros(c.codebook_size))
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
-        self.discriminator = PatchDiscriminator(c) if c.kind == "vqgan" else None
+        self.discriminator = PatchDiscriminator(c.channels, c.disc_width) if c.kind == "vqgan" else None
         self.history: list[float] = []                                # recent training-batch PSNRs
         self.used = torch.zeros(c.codebook_size, dtype=torch.bool)    # codes used since the last log line
 
@@ -245,7 +173,8 @@ class VQModel(nn.Module):
             if self.training:
                 self.update_codebook(z.detach().float(), codes, generator)  # fp32 even under bf16 autocast
             if self.discriminator is not None and self.step.item() >= c.disc_start:
-                loss = loss + self.adversarial(images, reconstruction, rec_loss)
+                loss = loss + adversarial_loss(self.discriminator, self.decoder, images, reconstruction, rec_loss,
+                                               c.disc_weight)
         if self.training:
             with torch.no_grad():
                 self.step += 1
@@ -274,20 +203,6 @@ class VQModel(nn.Module):
             self.embed_sum[dead] = z[picks.to(z.device)]
             self.cluster_size[dead] = 3 * self.config.dead_below
         self.codebook.copy_(F.normalize(self.embed_sum, dim=1))
-
-    def adversarial(self, images: torch.Tensor, reconstruction: torch.Tensor, rec_loss: torch.Tensor) -> torch.Tensor:
-        """VQGAN's hinge losses, summed: the discriminator's on real and (detached) reconstructed
-        pictures, and the decoder's through a detached copy of the discriminator's weights (one
-        backward pass trains both, as in the gan family), weighted adaptively (Esser et al. 2021, eq. 7)."""
-        real, fake = self.discriminator(torch.cat([images, reconstruction.detach()])).chunk(2)
-        d_loss = discriminator_hinge(real, fake)
-        g_loss = generator_hinge(self.discriminator, reconstruction)
-        # lambda = |grad of the reconstruction loss| / |grad of the GAN loss| at the decoder's last layer
-        last = self.decoder.net[-2].weight
-        rec_grad, = torch.autograd.grad(rec_loss, last, retain_graph=True)
-        g_grad, = torch.autograd.grad(g_loss, last, retain_graph=True)
-        weight = (rec_grad.norm() / (g_grad.norm() + 1e-4)).clamp(0, 1e4).detach()
-        return d_loss + self.config.disc_weight * weight * g_loss
 
     def log_values(self) -> dict:
         """Mean PSNR of recent training batches, and the fraction of the codebook used since the last log line."""

@@ -58,10 +58,11 @@ class Denoiser:
         target = a * noise - s * images
         return F.mse_loss(self.velocity(a * images + s * noise, t, cond).float(), target)
 
-    def guided(self, cond: Condition, guidance: float, threshold: float = 0.0) -> Callable:
+    def guided(self, cond: Condition, guidance: float, threshold: float = 0.0, bounded: bool = True) -> Callable:
         """A sampler's `denoise(x, t) -> x0`: with guidance g != 1, `cond` holds the caption's half then the
-        unconditional (empty or negative caption) half, and x0 = uncond + g (cond - uncond); the estimate
-        is then brought back into [-1, 1] (`dynamic_threshold` at percentile `threshold`, 0: clipping)."""
+        unconditional (empty or negative caption) half, and x0 = uncond + g (cond - uncond). Pictures are
+        `bounded` in [-1, 1]: the estimate is brought back there (`dynamic_threshold` at percentile
+        `threshold`, 0: clipping); latents are not."""
         halves = 1 if guidance == 1 else 2
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
@@ -73,7 +74,7 @@ class Denoiser:
             if halves == 2:
                 conditional, unconditional = x0.chunk(2)
                 x0 = unconditional + guidance * (conditional - unconditional)
-            return dynamic_threshold(x0, threshold)
+            return dynamic_threshold(x0, threshold) if bounded else x0
 
         return denoise
 

@@ -52,15 +52,18 @@ PRESETS = {
 
 
 class TextToImageDiffusion(nn.Module):
-    def __init__(self, config: DiffusionConfig):
+    bounded = True  # pictures live in [-1, 1]: clean estimates are brought back there while sampling
+
+    def __init__(self, config: DiffusionConfig, size: int | None = None, channels: int = 3):
+        """`size` and `channels`: of what it denoises, when not the pictures themselves (latent_diffusion.py)."""
         super().__init__()
         if config.text.width != config.dit.text_width:
             raise ValueError(f"the text encoder's width {config.text.width} and dit.text_width "
                              f"{config.dit.text_width} differ")
         self.config = c = config
         self.text_encoder = build_text_encoder(c.text)
-        self.net = DiT(c.dit, c.image_size)
-        self.preview = CaptionPreview(c.preview, c.dit.text_width, self.net.grid, c.dit.patch, c.dit.width, 3)
+        self.net = DiT(c.dit, size or c.image_size, channels)
+        self.preview = CaptionPreview(c.preview, c.dit.text_width, self.net.grid, c.dit.patch, c.dit.width, channels)
         self.denoiser = Denoiser(self.net, c.preview.power)
 
     def condition(self, ids: torch.Tensor) -> Condition:
@@ -91,6 +94,6 @@ class TextToImageDiffusion(nn.Module):
         guidance = c.guidance if guidance is None else guidance
         if guidance != 1:
             ids = torch.cat([ids, empty_ids.expand(len(ids), -1)])
-        denoise = self.denoiser.guided(self.condition(ids), guidance, c.dynamic_threshold)
-        sample = SAMPLERS[sampler or c.sampler]
-        return sample(denoise, noise.float(), sampling_times(steps or c.steps)).clamp(-1, 1)
+        denoise = self.denoiser.guided(self.condition(ids), guidance, c.dynamic_threshold, self.bounded)
+        x = SAMPLERS[sampler or c.sampler](denoise, noise.float(), sampling_times(steps or c.steps))
+        return x.clamp(-1, 1) if self.bounded else x

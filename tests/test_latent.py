@@ -1,0 +1,113 @@
+"""The autoencoder family (continuous latents) and latent diffusion on its latents."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dreamlet.cli import main
+from dreamlet.config import updated
+from dreamlet.data.shapes import ShapesDataset
+from dreamlet.images import to_tensor
+from dreamlet.models.autoencoder import PRESETS, Autoencoder, AutoencoderConfig
+from dreamlet.models.autoencoding import psnr
+from dreamlet.pipeline import Pipeline
+
+TINY = ["--preset", "tiny", "--batch-size", "4", "--sample-every", "0", "--checkpoint-every", "0"]
+
+
+def tiny_autoencoder(size=32, **changes):
+    return Autoencoder(updated(AutoencoderConfig(), PRESETS["tiny"] | {"image_size": size} | changes))
+
+
+@pytest.mark.parametrize("size, downsample", [(32, 4), (64, 4), (64, 8)])
+def test_autoencoder_round_trip_shapes(size, downsample):
+    model = tiny_autoencoder(size, downsample=downsample)
+    images = torch.rand(2, 3, size, size) * 2 - 1
+    latents = model.encode(images)
+    assert latents.shape == (2, 4, size // downsample, size // downsample)
+    assert model.decode(latents).shape == (2, 3, size, size) and model.decode(latents).abs().max() <= 1
+    loss = model.loss(images, generator=torch.Generator().manual_seed(0))
+    loss.backward()
+    assert loss.ndim == 0 and torch.isfinite(loss)
+
+
+def test_autoencoder_overfits_a_batch_and_the_discriminator_joins_on_time():
+    torch.manual_seed(0)
+    model = tiny_autoencoder(16, disc_start=150)
+    images = to_tensor(ShapesDataset(16, 0).batch(0, 4)[0])
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    before = psnr(model.decode(model.encode(images)), images)
+    for _ in range(150):
+        loss = model.loss(images, generator=torch.Generator().manual_seed(0))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    after = psnr(model.decode(model.encode(images)), images)
+    assert after > before + 8 and after > 14  # 5 -> 16 dB: the tiny preset learns four shapes pictures
+    assert not any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.discriminator.parameters())
+    model.loss(images, generator=torch.Generator().manual_seed(0)).backward()  # step 150: the discriminator learns
+    assert any(p.grad.abs().sum() > 0 for p in model.discriminator.parameters())
+
+
+@pytest.fixture(scope="module")
+def latent_run(tmp_path_factory):
+    """A tiny latent diffusion model at 32 px: its autoencoder first, then the latent model."""
+    run = tmp_path_factory.mktemp("latent")
+    assert main(["train", "--model", "latent-diffusion", "--size", "32", "--steps", "6", "--out", str(run), *TINY]) == 0
+    return run
+
+
+def test_latent_diffusion_trains_its_autoencoder_first_and_draws_at_the_pixel_size(latent_run, tmp_path, capsys):
+    model = latent_run / "model"
+    config = json.loads((model / "config.json").read_text())["model"]
+    assert config["image_size"] == 32 and config["autoencoder"]["image_size"] == 32
+    assert config["autoencoder_dir"] == str((latent_run / "autoencoder" / "model").resolve())
+    assert 0 < config["latent_scale"] < 1e3
+    pipe = Pipeline.load(model)
+    assert pipe.model.noise_shape == (4, 8, 8)
+    pictures = pipe.draw(["a red circle", "a blue square"], [1, 2], steps=3)
+    assert pictures.shape == (2, 32, 32, 3) and pictures.dtype == np.uint8
+    assert main(["sample", "--model", str(model), "--prompt", "a red circle", "--num", "2", "--steps", "3",
+                 "--out", str(tmp_path / "o")]) == 0
+    assert len(list((tmp_path / "o").glob("*.png"))) == 2
+
+
+def test_latent_diffusion_save_load_draws_the_same_pictures(latent_run, tmp_path):
+    pipe = Pipeline.load(latent_run / "model")
+    pipe.save(tmp_path / "copy")
+    again = Pipeline.load(tmp_path / "copy")
+    prompts = ["a large green diamond at the center"]
+    assert np.array_equal(pipe.draw(prompts, [7], steps=4), again.draw(prompts, [7], steps=4))
+    assert not any(k.startswith("autoencoder.discriminator") for k in again.model.state_dict())
+
+
+def test_a_trained_autoencoder_is_reused_and_evaluated(latent_run, tmp_path, capsys):
+    autoencoder = latent_run / "autoencoder" / "model"
+    run = tmp_path / "reuse"
+    assert main(["train", "--model", "latent-diffusion", "--autoencoder", str(autoencoder), "--size", "32",
+                 "--steps", "2", "--out", str(run), *TINY]) == 0
+    assert not (run / "autoencoder").exists()  # given, not trained again
+    assert main(["eval", "--model", str(autoencoder), "--prompts", "4"]) == 0
+    out = capsys.readouterr().out
+    assert "reconstruction PSNR" in out
+    assert json.loads((latent_run / "autoencoder" / "eval.json").read_text())["kind"] == "autoencoder"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--autoencoder", "{ae}", "--size", "16"], "works at 32 px, not --size 16"),
+    (["--autoencoder", "{tmp}"], "not a dreamlet model directory"),
+    (["--set", "autoencoder_share=1.5"], "autoencoder_share=1.5"),
+])
+def test_bad_autoencoder_settings_are_one_line(latent_run, tmp_path, capsys, argv, message):
+    argv = [a.format(ae=latent_run / "autoencoder" / "model", tmp=tmp_path) for a in argv]
+    args = ["train", "--model", "latent-diffusion", "--steps", "2", "--out", str(tmp_path / "r"), *TINY]
+    assert main(args + (argv if "--size" in argv else argv + ["--size", "32"])) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err and "Traceback" not in err
+
+
+def test_an_autoencoder_does_not_draw(latent_run, tmp_path, capsys):
+    assert main(["sample", "--model", str(latent_run / "autoencoder" / "model"), "--prompt", "a red circle",
+                 "--out", str(tmp_path / "o")]) == 2
+    assert "an autoencoder model does not draw pictures" in capsys.readouterr().err
