@@ -25,7 +25,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train(commands) -> None:
-    from .data import DATASETS, FORMATS
+    from .data import DATASETS, FITS, FORMATS
     from .models import FAMILIES
     from .pipeline import PRECISIONS
     from .training import FAMILY_DEPENDENT
@@ -34,6 +34,9 @@ def add_train(commands) -> None:
     train.add_argument("--format", choices=FORMATS, help="the format of a --data path (default: detected)")
     train.add_argument("--model", default="diffusion", help=f"model family: {', '.join(FAMILIES)}")
     train.add_argument("--size", type=int, default=32, help="image side in pixels (shapes: 16, 32, 64, 128)")
+    train.add_argument("--fit", default="crop", choices=FITS,
+                       help="pictures that are not square: crop (the centre square, for photos; the default) or "
+                            "pad (whole, on their background colour: icons, clip art, banners)")
     budget = train.add_mutually_exclusive_group()
     budget.add_argument("--minutes", type=float, help="training time budget (counted across resumes)")
     budget.add_argument("--steps", type=int, help="stop at this step, counted from the start of the run")
@@ -142,13 +145,15 @@ def add_compare(commands) -> None:
 
 
 def add_data(commands) -> None:
-    from .data import DATASETS, FORMATS
+    from .data import DATASETS, FITS, FORMATS
     data = commands.add_parser("data", help="look at a dataset").add_subparsers(dest="action", required=True,
                                                                                  parser_class=Parser)
     inspect = data.add_parser("inspect", help="counts, skipped records by reason, caption statistics, a contact sheet")
     inspect.add_argument("path", help=f"a built-in set ({', '.join(DATASETS)}) or a path")
     inspect.add_argument("--format", choices=FORMATS, help="the path's format (default: detected)")
     inspect.add_argument("--size", type=int, default=32, help="the size to cache the pictures at")
+    inspect.add_argument("--fit", default="crop", choices=FITS,
+                         help="pictures that are not square: crop or pad, as `dreamlet train --fit`")
     inspect.add_argument("--sheet", help="contact sheet PNG (default: inspect.png in the current folder)")
     inspect.add_argument("--count", type=int, default=48, help="pictures on the contact sheet")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -192,9 +197,9 @@ def run_train(args) -> None:
             raise UserError(f"--{flag.name} is for --model {listed(names, 'and')}")
         set_field(settings, flag.field, str(Path(value).resolve()) if flag.path else value)
     config = TrainConfig(model=args.model, out=args.out, resume=args.resume, data=args.data, format=args.format or "",
-                         size=args.size, preset=args.preset, settings=settings, batch_size=args.batch_size, lr=args.lr,
-                         steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device or "",
-                         precision=args.precision, sample_every=args.sample_every,
+                         size=args.size, fit=args.fit, preset=args.preset, settings=settings,
+                         batch_size=args.batch_size, lr=args.lr, steps=args.steps, minutes=args.minutes,
+                         seed=args.seed, device=args.device or "", precision=args.precision, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, accumulate=args.accumulate,
                          checkpointing=args.checkpointing, compile=args.compile, max_memory=args.max_memory,
                          workers=args.workers, wandb=args.wandb)
@@ -275,7 +280,7 @@ def heldout_prompts(model_dir: str, count: int) -> list[str]:
     data = train.get("data", "shapes")
     if data == "shapes":
         return [p.text for p in benchmark_prompts(0, count, 0, seed=5)]
-    dataset = load(data, train.get("size", 32), format=train.get("format") or None)
+    dataset = load(data, train.get("size", 32), format=train.get("format") or None, fit=train.get("fit", "crop"))
     if not len(dataset.heldout_index):
         raise UserError(f"{data} holds nothing out (fewer than 100 pictures); give --prompt or --prompts-file")
     return dataset.heldout(count)[1]
@@ -319,7 +324,8 @@ def run_data(args) -> None:
         raise UserError("shapes is drawn on the fly and has nothing to inspect; try emoji, digits or a path")
     if args.count < 1:
         raise UserError("--count must be at least 1")
-    report = inspect(load(args.path, args.size, format=args.format), args.sheet or "inspect.png", args.count)
+    report = inspect(load(args.path, args.size, format=args.format, fit=args.fit), args.sheet or "inspect.png",
+                     args.count)
     print(json.dumps(report, indent=2) if args.json else describe(report))
 
 

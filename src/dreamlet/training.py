@@ -56,6 +56,7 @@ class TrainConfig:
     data: str = "shapes"            # a built-in set (shapes, emoji, digits) or a path
     format: str = ""               # the path's format ("" : detected; see dreamlet.data.formats)
     size: int = 32                 # image side in pixels
+    fit: str = "crop"              # pictures that are not square: crop (centre square) | pad (on their background)
     preset: str = "small"          # model size preset: small (the tuned default, CPU and GPU), base, tiny
     settings: dict = field(default_factory=dict)  # model config changes, e.g. {"dit": {"depth": 6}} (--set)
     batch_size: int | None = None  # None: the family's (32 for diffusion: small batches, more steps on a CPU)
@@ -277,7 +278,7 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
         restore_interrupted(checkpoint_dir)  # a crash between the two renames of a save left the last one aside
     # each machine's first process builds a data cache, then the others read it
     with processes.local_main_process_first():
-        dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet)
+        dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet, fit=config.fit)
     generator = torch.Generator().manual_seed(process_seed(config.seed, processes.process_index))
     if config.resume and not (checkpoint_dir / "state.json").is_file() and family.prepare \
             and any(out.glob("*/checkpoint/state.json")):
@@ -315,9 +316,10 @@ def read_state(checkpoint_dir: Path, config: TrainConfig, family: Family) -> tup
         if state["family"] != config.model:
             raise UserError(f"{out} holds a {state['family']} run, not {config.model}")
         saved = state["train"]
-        if saved["size"] != config.size or saved["data"] != config.data:
-            raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px; "
-                            "resume with the same --data and --size")
+        fit = saved.get("fit", "crop")  # saved before the fit was a choice: every picture was cropped
+        if saved["size"] != config.size or saved["data"] != config.data or fit != config.fit:
+            raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px with --fit {fit}; "
+                            "resume with the same --data, --size and --fit")
         version = int(state.get("config_version") or 1)
         if version != family.version:  # its weights and optimizer state are laid out as that version's
             raise UserError(f"{out} was saved by another dreamlet (config version {version}, this one writes "

@@ -11,6 +11,7 @@ from pathlib import Path
 from ..checkpoint import UserError
 from .builtin import emoji_fingerprint, read_digits, read_emoji
 from .cache import CaptionedImages, build_cache, cache_key, cache_root
+from .decode import FITS
 from .formats import READERS, detect_format, fingerprint
 from .shapes import SUPPORTED_SIZES, ShapesDataset
 
@@ -19,10 +20,15 @@ DATASETS = list(BUILTIN)  # names for --data; any other value is a path
 FORMATS = list(READERS)
 
 
-def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = None, quiet: bool = False):
-    """A dataset by built-in name (shapes, emoji, digits) or by path (format detected, or `format`).
-    Finite sets are cached on first use under $DREAMLET_CACHE (default ~/.cache/dreamlet)."""
-    if name_or_path == "shapes":
+def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = None, quiet: bool = False,
+         fit: str = "crop"):
+    """A dataset by built-in name (shapes, emoji, digits) or by path (format detected, or `format`),
+    pictures that are not square made square by `fit`: "crop" (centre crop) or "pad" (onto their
+    background colour; decode.fit_square). Finite sets are cached on first use under $DREAMLET_CACHE
+    (default ~/.cache/dreamlet), one cache per set, size and fit."""
+    if fit not in FITS:
+        raise UserError(f"--fit {fit}: choose one of: {', '.join(FITS)}")
+    if name_or_path == "shapes":  # drawn square: the fit changes nothing
         if size not in SUPPORTED_SIZES:
             raise UserError(f"--size {size} is not available for shapes; choose one of: "
                             f"{', '.join(map(str, SUPPORTED_SIZES))}")
@@ -46,9 +52,11 @@ def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = 
         source = dict(name=path.name, format=format, path=str(path))
         identity = fingerprint(path)
         records, label = lambda: READERS[format](path, size), path.name
-    directory = cache_root() / f"{label}-{size}px-{cache_key(source, identity, size)}"
+    # A crop cache keeps the key and name it had before the fit was a choice, so existing caches stay valid.
+    tag, extra = ("", ()) if fit == "crop" else (f"-{fit}", (fit,))
+    directory = cache_root() / f"{label}-{size}px{tag}-{cache_key(source, identity, size, *extra)}"
     if not (directory / "meta.json").is_file():
-        build_cache(records(), directory, size, source, quiet=quiet)
+        build_cache(records(), directory, size, source, quiet=quiet, fit=fit)
     dataset = CaptionedImages(directory, seed=seed, name=name_or_path)
     if dataset.meta["count"] == 0:
         reasons = ", ".join(f"{n} {why}" for why, n in dataset.skipped.items()) or "nothing found"

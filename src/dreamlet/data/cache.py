@@ -1,7 +1,8 @@
 """The decoded-image cache every finite dataset trains from, and the dataset object that reads it.
 
 A source (a folder, COCO, CIFAR, tar shards, parquet, the built-in emoji and digits) is read once,
-record by record: each image is decoded, converted to RGB, centre-cropped and resized, and appended
+record by record: each image is decoded, converted to RGB, made square by the fit (centre-cropped, or
+padded onto its background colour: decode.fit_square) and resized, and appended
 as a row of uint8 to `images.u8` (a plain array file: `CaptionedImages.array()` memory-maps it);
 captions go to `captions.jsonl`. Bad records are skipped and counted by reason in `meta.json`. The
 directory is written under a temporary name and renamed when complete, so an interrupted build
@@ -54,13 +55,14 @@ def in_heldout(key: str, fraction: float) -> bool:
 
 
 def build_cache(records: Iterable[Record], target: Path, size: int, source: dict,
-                heldout_fraction: float = 0.02, quiet: bool = False) -> None:
-    """Decode every record into TARGET (see the module docstring)."""
+                heldout_fraction: float = 0.02, quiet: bool = False, fit: str = "crop") -> None:
+    """Decode every record into TARGET (see the module docstring). A reader's arrays are square already
+    (CIFAR, the built-in sets) and are taken as they are; encoded pictures are made square by `fit`."""
     def write(tmp: Path):
         skipped, seen = Counter(), set()
         sizes, split, count = [], [], 0
         started = time.perf_counter()
-        bar = tqdm(desc=f"caching {source.get('name', 'data')} at {size} px", unit=" images", disable=quiet,
+        bar = tqdm(desc=f"caching {source.get('name', 'data')} at {size} px ({fit})", unit=" images", disable=quiet,
                    file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
         with bar, open(tmp / "images.u8", "wb") as images, open(tmp / "captions.jsonl", "w") as captions:
             for record in records:
@@ -86,7 +88,7 @@ def build_cache(records: Iterable[Record], target: Path, size: int, source: dict
                         if pixels.shape != (size, size, 3) or pixels.dtype != np.uint8:
                             raise ValueError(f"reader gave an array of {pixels.shape} {pixels.dtype}")
                     else:
-                        pixels, original = decode_image(data, size)
+                        pixels, original = decode_image(data, size, fit=fit)
                     digest = hashlib.sha1(pixels.tobytes() + "\n".join(texts).encode()).digest()[:12]
                     if digest in seen:
                         raise Skip("duplicate")
@@ -109,12 +111,12 @@ def build_cache(records: Iterable[Record], target: Path, size: int, source: dict
         if count < MIN_FOR_HELDOUT:  # too few pictures to spare any: a small set trains on all of them
             split[split == 3] = 2
         np.save(tmp / "split.npy", split & 1)
-        meta = dict(version=CACHE_VERSION, count=count, size=size, source=source,
+        meta = dict(version=CACHE_VERSION, count=count, size=size, fit=fit, source=source,
                     skipped=dict(sorted(skipped.items())), seconds=round(time.perf_counter() - started, 1))
         (tmp / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
         if not quiet:
             why = ", ".join(f"{n} {reason}" for reason, n in sorted(skipped.items()))
-            print(f"cached {count:,} pictures at {size} px in {meta['seconds']} s"
+            print(f"cached {count:,} pictures at {size} px ({fit}) in {meta['seconds']} s"
                   + (f"; skipped {sum(skipped.values()):,} ({why})" if skipped else ""), file=sys.stderr)
     write_dir_atomically(target, write)
 
@@ -130,6 +132,7 @@ class CaptionedImages:
         self.directory = Path(directory)
         self.meta = json.loads((self.directory / "meta.json").read_text())
         self.size, self.seed, self.name = self.meta["size"], seed, name or self.meta["source"].get("name", "")
+        self.fit = self.meta.get("fit", "crop")  # caches built before the fit was chosen were all cropped
         with open(self.directory / "captions.jsonl") as f:
             self.all_captions = [json.loads(line) for line in f]
         split = np.load(self.directory / "split.npy")

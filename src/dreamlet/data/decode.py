@@ -13,15 +13,19 @@ from PIL import Image
 
 MAX_PIXELS = 64_000_000  # a picture larger than this is treated as a decompression bomb, not decoded
 BACKGROUND = (255, 255, 255)  # transparent pixels are composited onto white
+FITS = ("crop", "pad")  # how a picture that is not square becomes a square one (see fit_square)
+BORDER_TOLERANCE = 24  # a border pixel within this of the median colour, in every channel, counts as background
+BORDER_SHARE = 0.5     # the median is the padding colour when at least this share of the border is background
 
 
 class Skip(Exception):
     """A record that cannot be used; str(skip) is the reason it is counted under."""
 
 
-def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> tuple[np.ndarray, tuple[int, int]]:
-    """Encoded image bytes -> (size, size, 3) uint8 RGB, centre-cropped and resized, and the
-    original (width, height). Raises Skip for empty files, non-images, truncated or corrupt data,
+def decode_image(data: bytes, size: int, max_pixels: int | None = None,
+                 fit: str = "crop") -> tuple[np.ndarray, tuple[int, int]]:
+    """Encoded image bytes -> (size, size, 3) uint8 RGB, made square by `fit` (see fit_square), and
+    the original (width, height). Raises Skip for empty files, non-images, truncated or corrupt data,
     decompression bombs."""
     if not data:
         raise Skip("empty file")
@@ -40,8 +44,57 @@ def decode_image(data: bytes, size: int, max_pixels: int | None = None) -> tuple
         raise Skip("corrupt or truncated image") from None
     finally:
         Image.MAX_IMAGE_PIXELS = limit
-    original = image.size
-    return resize_square(to_rgb(image), size), original
+    return fit_square(image, size, fit), image.size
+
+
+def fit_square(image: Image.Image, size: int, fit: str = "crop") -> np.ndarray:
+    """A picture of any mode and shape -> (size, size, 3) uint8 RGB.
+
+    crop: the largest centred square is cut out and resized (a wide banner loses its ends).
+    pad:  the longer side is scaled to `size`, keeping the aspect ratio, and the picture is centred on
+          a square of its background colour. The background colour is:
+          - for a picture with transparent pixels (RGBA, LA, a palette with a transparent entry): white,
+            the colour its transparent pixels are composited onto, so they and the padding are one colour;
+          - for an opaque picture: the median colour of the edges the padding touches (top and bottom
+            rows of a wide picture, left and right columns of a tall one), when at least half of those
+            pixels are within 24 levels of it in every channel (a flat background, JPEG noise allowed);
+          - otherwise (a photo, a busy border): white if those edges are light on average, else black.
+    A square picture gives exactly the same pixels with either fit."""
+    if fit not in FITS:
+        raise ValueError(f"fit must be one of {FITS}, not {fit!r}")
+    w, h = image.size
+    if fit == "crop":
+        return resize_square(to_rgb(image), size)
+    colour = BACKGROUND if has_transparency(image) else None
+    image = to_rgb(image)
+    colour = colour or border_colour(image)
+    longer = max(w, h)
+    width, height = max(1, round(w * size / longer)), max(1, round(h * size / longer))
+    image = image.resize((width, height), Image.LANCZOS if longer > size else Image.BICUBIC)
+    canvas = Image.new("RGB", (size, size), colour)
+    canvas.paste(image, ((size - width) // 2, (size - height) // 2))
+    return np.asarray(canvas, dtype=np.uint8)
+
+
+def has_transparency(image: Image.Image) -> bool:
+    """Whether any pixel is (partly) transparent, in the modes whose alpha to_rgb composites."""
+    if image.mode in ("P", "RGBA", "LA", "PA", "La", "RGBa"):
+        return image.convert("RGBA").getchannel("A").getextrema()[0] < 255
+    return False
+
+
+def border_colour(image: Image.Image) -> tuple[int, int, int]:
+    """The padding colour of an opaque RGB picture that is not square (the rule in fit_square)."""
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.width > image.height:  # padded above and below
+        border = np.concatenate([pixels[0], pixels[-1]])
+    else:                           # padded left and right
+        border = np.concatenate([pixels[:, 0], pixels[:, -1]])
+    median = np.median(border, axis=0)
+    if (np.abs(border - median) <= BORDER_TOLERANCE).all(axis=1).mean() >= BORDER_SHARE:
+        return tuple(int(c) for c in np.round(median))
+    luminance = border.mean(axis=0) @ np.array([0.299, 0.587, 0.114])
+    return (255, 255, 255) if luminance >= 128 else (0, 0, 0)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:

@@ -11,13 +11,15 @@ from .cache import CaptionedImages
 
 
 def inspect(dataset: CaptionedImages, sheet: str | Path | None = None, count: int = 48, seed: int = 0) -> dict:
-    """A report of the dataset (and a contact sheet PNG of `count` random pairs when `sheet` is given)."""
+    """A report of the dataset (and a contact sheet PNG of `count` random pairs when `sheet` is given,
+    the pictures as the model sees them: from the cache, fitted by the dataset's fit)."""
     sizes = np.load(dataset.directory / "sizes.npy")
     captions = [c for options in dataset.all_captions for c in options]
     words = [len(c.split()) for c in captions]
     vocabulary = Counter(w.lower().strip(".,;:!?\"'") for c in captions for w in c.split())
     report = {
-        "source": dataset.meta["source"], "cache": str(dataset.directory), "size": dataset.size,
+        "source": dataset.meta["source"], "cache": str(dataset.directory), "size": dataset.size, "fit": dataset.fit,
+        "not_square": int((sizes[:, 0] != sizes[:, 1]).sum()),
         "pictures": dataset.meta["count"], "train": len(dataset.train_index), "heldout": len(dataset.heldout_index),
         "skipped": dataset.skipped, "skipped_total": sum(dataset.skipped.values()),
         "original_width": _spread(sizes[:, 0]), "original_height": _spread(sizes[:, 1]),
@@ -46,6 +48,9 @@ def describe(report: dict) -> str:
     source = report["source"]
     lines = [f"dataset:   {source.get('path', source.get('name'))} (format {source.get('format')})",
              f"cache:     {report['cache']} ({report['size']} px)",
+             f"fit:       {report['fit']}: {report['not_square']:,} of {report['pictures']:,} pictures not square, "
+             + ("centre-cropped (--fit pad keeps them whole)" if report["fit"] == "crop"
+                else "padded onto their background colour (--fit crop fills the square)"),
              f"pictures:  {report['pictures']:,} usable: {report['train']:,} for training, "
              f"{report['heldout']:,} held out"]
     if report["skipped"]:
