@@ -340,3 +340,142 @@ def test_train_on_digits_then_sample_its_heldout_captions_as_a_grid(tmp_path, ca
     data = load("digits", size=16)
     assert [r["prompt"] for r in records] == data.heldout(5)[1]
     assert Image.open(grid).size == (8 * 128, 128 + 40)
+
+
+# ----------------------------------------------------------------------------- --fit crop | pad
+
+RED, BLUE, WHITE = (255, 0, 0), (0, 0, 255), (255, 255, 255)
+
+
+def banner() -> Image.Image:
+    """64 x 16: a red left half and a blue right half on white (a 2 px white margin all round)."""
+    image = Image.new("RGB", (64, 16), WHITE)
+    image.paste(RED, (2, 2, 32, 14))
+    image.paste(BLUE, (32, 2, 62, 14))
+    return image
+
+
+def columns_of(picture: np.ndarray, rgb) -> np.ndarray:
+    """The columns of the middle row within 40 levels of the colour."""
+    return np.flatnonzero((np.abs(picture[picture.shape[0] // 2].astype(int) - rgb) <= 40).all(axis=1))
+
+
+def test_pad_keeps_a_wide_banner_whole_and_crop_cuts_its_ends(tmp_path):
+    from dreamlet.data.cache import cache_key
+    from dreamlet.data.formats import fingerprint
+    root = tmp_path / "banners"
+    root.mkdir()
+    (root / "flag.png").write_bytes(encode(banner()))
+    (root / "flag.txt").write_text("a red and blue banner")
+    crop, pad = load(str(root), size=32, fit="crop"), load(str(root), size=32, fit="pad")
+    cropped, padded = crop.rows([0])[0], pad.rows([0])[0]
+
+    # crop: the centre 16 x 16 of the banner (8 px of each colour's 30) scaled up, red and blue to the edges:
+    # the outer parts of both colours and the white ends are cut away
+    assert columns_of(cropped, RED).min() == 0 and columns_of(cropped, BLUE).max() == 31
+    assert len(columns_of(cropped, RED)) + len(columns_of(cropped, BLUE)) >= 30
+    assert (cropped[16] != 255).any(axis=1).all()
+    # pad: the whole banner at 32 x 8 in rows 12-19, both colours to their ends, white rows above and below
+    assert len(columns_of(padded, RED)) >= 14 and len(columns_of(padded, BLUE)) >= 14
+    assert columns_of(padded, RED).min() <= 2 and columns_of(padded, BLUE).max() >= 29
+    assert (padded[:12] == 255).all() and (padded[20:] == 255).all()
+    assert (padded[12:20] != 255).any()
+
+    # separate caches, each saying its fit; the crop cache has the name it had before the fit was a choice
+    assert crop.directory != pad.directory and "-32px-pad-" in pad.directory.name
+    assert (crop.fit, pad.fit) == ("crop", "pad")
+    assert json.loads((pad.directory / "meta.json").read_text())["fit"] == "pad"
+    source = dict(name=root.name, format="captions", path=str(root.resolve()))
+    assert crop.directory.name == f"banners-32px-{cache_key(source, fingerprint(root.resolve()), 32)}"
+    with pytest.raises(UserError, match="--fit squash: choose one of: crop, pad"):
+        load(str(root), size=32, fit="squash")
+
+
+def test_pad_colour_is_the_background_of_an_opaque_picture():
+    from dreamlet.data.decode import fit_square
+    green = Image.new("RGB", (12, 40), (20, 120, 40))                # tall, on a flat green background
+    green.paste((250, 250, 0), (3, 10, 9, 30))
+    padded = fit_square(green, 32, "pad")
+    assert padded.shape == (32, 32, 3) and (padded[:, :11] == (20, 120, 40)).all()
+    assert (padded[:, 21:] == (20, 120, 40)).all()
+    assert (np.abs(padded[16, 16].astype(int) - (250, 250, 0)) <= 30).all()
+    rng = np.random.default_rng(0)                                  # a busy, dark border: a photo -> black bars
+    photo = Image.fromarray(rng.integers(0, 110, (20, 60, 3), dtype=np.uint8))
+    assert (fit_square(photo, 30, "pad")[:10] == 0).all()
+    light = Image.fromarray(rng.integers(150, 256, (20, 60, 3), dtype=np.uint8))
+    assert (fit_square(light, 30, "pad")[:10] == 255).all()
+
+
+def test_transparent_pictures_pad_onto_the_background(tmp_path):
+    sticker = Image.new("RGBA", (48, 24), (0, 0, 0, 0))               # transparent *black*: the edges read as black
+    sticker.paste((255, 0, 0, 255), (16, 4, 32, 20))
+    palette = Image.new("P", (24, 48), 0)                              # tall, index 0 black and transparent
+    palette.putpalette([0, 0, 0, 0, 0, 255] + [0] * 762)
+    palette.paste(1, (4, 16, 20, 32))
+    root = tmp_path / "stickers"
+    root.mkdir()
+    (root / "sticker.png").write_bytes(encode(sticker))
+    (root / "sticker.txt").write_text("a red square sticker")
+    (root / "palette.png").write_bytes(encode(palette, transparency=0))
+    (root / "palette.txt").write_text("a blue square sticker")
+    data = load(str(root), size=32, fit="pad")
+    pictures = {c[0]: image for c, image in zip(data.all_captions, data.rows(range(data.meta["count"])))}
+    red, blue = pictures["a red square sticker"], pictures["a blue square sticker"]
+    assert (red[:8] == 255).all() and (red[24:] == 255).all()         # padding rows: white
+    assert (red[8:24, :8] == 255).all() and (red[8:24, 24:] == 255).all()  # transparent pixels: white too
+    assert (blue[:, :8] == 255).all() and (blue[:, 24:] == 255).all() and (blue[:8] == 255).all()
+    assert (np.abs(red[13:19, 13:19].astype(int) - RED) <= 10).all()
+    assert (np.abs(blue[13:19, 13:19].astype(int) - BLUE) <= 10).all()
+
+
+def test_square_pictures_are_the_same_with_either_fit(tmp_path):
+    root = tmp_path / "squares"
+    root.mkdir()
+    rng = np.random.default_rng(1)
+    pictures = odd_modes() | {"noise.png": encode(Image.fromarray(rng.integers(0, 256, (48, 48, 3), np.uint8))),
+                              "small.jpg": encode(Image.fromarray(rng.integers(0, 256, (20, 20, 3), np.uint8)), "JPEG"),
+                              "same.png": encode(Image.fromarray(rng.integers(0, 256, (32, 32, 3), np.uint8)))}
+    for name, data in pictures.items():
+        (root / name).write_bytes(data)
+        (root / name).with_suffix(".txt").write_text(f"square {name}")
+    crop, pad = load(str(root), size=32, fit="crop"), load(str(root), size=32, fit="pad")
+    assert crop.meta["count"] == pad.meta["count"] == 7 and crop.directory != pad.directory
+    assert crop.all_captions == pad.all_captions and (crop.array() == pad.array()).all()
+    digits_crop, digits_pad = load("digits", size=16), load("digits", size=16, fit="pad")  # built-in: square already
+    assert (digits_crop.array() == digits_pad.array()).all()
+
+
+def test_fit_through_the_cli_inspect_train_and_resume(tmp_path, capsys):
+    root = tmp_path / "flags"
+    root.mkdir()
+    for i in range(6):
+        (root / f"{i}.png").write_bytes(encode(banner().rotate(90 * (i % 2), expand=True)))
+        (root / f"{i}.txt").write_text(f"banner {i}")
+    sheets = {fit: tmp_path / f"{fit}.png" for fit in ("crop", "pad")}
+    for fit, sheet in sheets.items():
+        assert main(["data", "inspect", str(root), "--fit", fit, "--sheet", str(sheet), "--json"]) == 0
+        report = json.loads(capsys.readouterr().out)
+        assert report["fit"] == fit and report["not_square"] == 6 and ("-pad-" in report["cache"]) == (fit == "pad")
+    assert (np.asarray(Image.open(sheets["crop"])) != np.asarray(Image.open(sheets["pad"]))).any()
+    assert main(["data", "inspect", str(root), "--fit", "pad", "--sheet", str(sheets["pad"])]) == 0
+    assert "fit:       pad: 6 of 6 pictures not square, padded" in capsys.readouterr().out
+    assert main(["data", "inspect", str(root), "--fit", "squash"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "invalid choice: 'squash'" in err[0]
+
+    run = tmp_path / "run"
+    tiny = ["--data", str(root), "--size", "16", "--out", str(run), "--preset", "tiny", "--batch-size", "4",
+            "--sample-every", "0", "--checkpoint-every", "0"]
+    assert main(["train", *tiny, "--steps", "2", "--fit", "pad"]) == 0
+    assert json.loads((run / "model" / "config.json").read_text())["train"]["fit"] == "pad"
+    assert main(["train", *tiny, "--steps", "3", "--resume"]) == 2   # the default, crop, is not what it trained with
+    assert "with --fit pad; resume with the same --data, --size and --fit" in capsys.readouterr().err
+    assert main(["train", *tiny, "--steps", "3", "--resume", "--fit", "pad"]) == 0
+    state_file = run / "checkpoint" / "state.json"
+    state = json.loads(state_file.read_text())
+    assert state["step"] == 3
+    del state["train"]["fit"]                                          # as saved before the fit was a choice
+    state_file.write_text(json.dumps(state))
+    assert main(["train", *tiny, "--steps", "4", "--resume", "--fit", "pad"]) == 2
+    assert "with --fit crop" in capsys.readouterr().err
+    assert main(["train", *tiny, "--steps", "3", "--resume"]) == 0   # resumes as crop (at its step: nothing to do)

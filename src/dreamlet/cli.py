@@ -197,12 +197,12 @@ def run_train(args) -> None:
             raise UserError(f"--{flag.name} is for --model {listed(names, 'and')}")
         set_field(settings, flag.field, str(Path(value).resolve()) if flag.path else value)
     config = TrainConfig(model=args.model, out=args.out, resume=args.resume, data=args.data, format=args.format or "",
-                         size=args.size, fit=args.fit, preset=args.preset, settings=settings,
-                         batch_size=args.batch_size, lr=args.lr, steps=args.steps, minutes=args.minutes,
-                         seed=args.seed, device=args.device or "", precision=args.precision, sample_every=args.sample_every,
+                         size=args.size, preset=args.preset, settings=settings, batch_size=args.batch_size, lr=args.lr,
+                         steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device or "",
+                         precision=args.precision, sample_every=args.sample_every,
                          checkpoint_every=args.checkpoint_every, accumulate=args.accumulate,
                          checkpointing=args.checkpointing, compile=args.compile, max_memory=args.max_memory,
-                         workers=args.workers, wandb=args.wandb)
+                         workers=args.workers, wandb=args.wandb, fit=args.fit)
     model_dir = train(config)
     from accelerate import PartialState
     if PartialState().is_main_process:  # launched as several processes, one line, not one per process

@@ -159,7 +159,8 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     if scorer.image_size != pipeline.image_size:
         raise UserError(f"the CLIP model works at {scorer.image_size} px and the generator at {pipeline.image_size} px")
     data = data or pipeline.meta.get("data", "shapes")
-    real, captions, pool = heldout_set(data, pipeline.image_size, count, trained_format(pipeline), trained_fit(pipeline))
+    real, captions, pool = heldout_set(data, pipeline.image_size, count, trained_format(pipeline),
+                                       trained_fit(pipeline))
     started = time.perf_counter()
     fake = pipeline.draw(captions, list(range(len(captions))), steps=steps, guidance=guidance, sampler=sampler)
     seconds = time.perf_counter() - started
