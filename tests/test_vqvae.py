@@ -10,7 +10,8 @@ from dreamlet.cli import main
 from dreamlet.config import updated
 from dreamlet.data.shapes import ShapesDataset
 from dreamlet.images import to_tensor
-from dreamlet.models.vqvae import KINDS, PRESETS, VQConfig, VQModel, psnr
+from dreamlet.models.autoencoding import psnr
+from dreamlet.models.vqvae import KINDS, PRESETS, VQConfig, VQModel
 from dreamlet.pipeline import Pipeline
 
 TINY = ["--preset", "tiny", "--size", "16", "--steps", "3", "--batch-size", "8", "--sample-every", "0",

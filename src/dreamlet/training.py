@@ -133,6 +133,21 @@ class FirstStage:
     next_name: str                     # what trains after it, for "stage 2 of 2: NEXT_NAME"
 
 
+def first_stage_config(config: TrainConfig, model: str, out: Path, share: float, **changes) -> TrainConfig:
+    """The run of a first stage a family declares: the same data (format, fit, size), seed, device and
+    precision as the whole command, no progress grids, and `share` of a time budget (with --steps, the
+    same step count), in the folder `out`."""
+    budget = dict(minutes=config.minutes * share) if config.minutes else dict(steps=config.steps)
+    return TrainConfig(model=model, out=str(out), data=config.data, format=config.format, fit=config.fit,
+                       size=config.size, seed=config.seed, device=config.device, precision=config.precision,
+                       sample_every=0, checkpoint_every=config.checkpoint_every, **budget, **changes)
+
+
+def after_first_stage(config: TrainConfig, share: float) -> TrainConfig:
+    """The family's own run: what a first stage with `share` of a time budget left of it."""
+    return dataclasses.replace(config, minutes=config.minutes * (1 - share)) if config.minutes else config
+
+
 @dataclass(eq=False)
 class Run:
     """One training run as `start_run` sets it up and the loop moves it on. `step` and `elapsed` (the

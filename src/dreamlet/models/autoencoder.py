@@ -13,11 +13,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from . import Family
-from .autoencoding import Decoder, Encoder, PatchDiscriminator, adversarial_loss, halvings, psnr
+from .autoencoding import Decoder, Encoder, PatchDiscriminator, TrainedWithDiscriminator, halvings
 
 
 @dataclass
@@ -44,8 +43,7 @@ PRESETS = {
 TRAIN_DEFAULTS = dict(lr=1e-3, batch_size=8, weight_decay=0.0, warmup=50, ema_decay=0.99)
 
 
-class Autoencoder(nn.Module):
-    log_fields = ("psnr",)   # extra training-log column: recent training batches' reconstruction PSNR
+class Autoencoder(TrainedWithDiscriminator):
 
     def __init__(self, config: AutoencoderConfig, discriminator: bool = True):
         """Without `discriminator`, for a frozen autoencoder that only encodes and decodes (latent diffusion)."""
@@ -56,7 +54,7 @@ class Autoencoder(nn.Module):
         self.decoder = Decoder(c.latent_channels, c.width, c.blocks, n, c.channels)
         self.discriminator = PatchDiscriminator(c.channels, c.disc_width) if discriminator else None
         self.register_buffer("step", torch.zeros((), dtype=torch.long))  # starts the discriminator; saved, resumed
-        self.history: list[float] = []
+        self.history: list[float] = []                                   # recent training batches' PSNR
 
     @property
     def latent_size(self) -> int:
@@ -93,18 +91,10 @@ class Autoencoder(nn.Module):
         reconstruction = self.decoder(mean + (0.5 * log_var).exp() * eps)
         rec_loss = F.mse_loss(reconstruction, images)
         kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).mean()
-        loss = rec_loss + c.kl_weight * kl
-        if self.step.item() >= c.disc_start:
-            loss = loss + adversarial_loss(self.discriminator, self.decoder, images, reconstruction, rec_loss,
-                                           c.disc_weight)
+        loss = rec_loss + c.kl_weight * kl + self.adversarial_after_warmup(images, reconstruction, rec_loss)
         if self.training:
-            with torch.no_grad():
-                self.step += 1
-                self.history = (self.history + [psnr(reconstruction, images)])[-50:]
+            self.count_step(reconstruction, images)
         return loss
-
-    def log_values(self) -> dict:
-        return {"psnr": sum(self.history) / max(len(self.history), 1)}
 
 
 def evaluate(args, pipeline) -> tuple[dict, str]:

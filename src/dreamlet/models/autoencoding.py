@@ -103,6 +103,30 @@ def adversarial_loss(discriminator: PatchDiscriminator, decoder: Decoder, images
     return d_loss + weight * adaptive * g_loss
 
 
+class TrainedWithDiscriminator(nn.Module):
+    """What the autoencoders share in training: a `step` buffer (saved and resumed with the weights) that
+    starts the discriminator after `config.disc_start` steps, and the recent batches' PSNR for the log.
+    A subclass sets `config`, `decoder`, `discriminator` (None for none) and `history` ([]), and registers
+    `step`."""
+    log_fields = ("psnr",)   # an extra training-log column
+
+    def adversarial_after_warmup(self, images: torch.Tensor, reconstruction: torch.Tensor,
+                                 rec_loss: torch.Tensor) -> torch.Tensor | float:
+        c = self.config
+        if self.discriminator is None or self.step.item() < c.disc_start:
+            return 0.0
+        return adversarial_loss(self.discriminator, self.decoder, images, reconstruction, rec_loss, c.disc_weight)
+
+    @torch.no_grad()
+    def count_step(self, reconstruction: torch.Tensor, images: torch.Tensor) -> None:
+        """After a training batch: one more step, and its reconstruction PSNR for the log."""
+        self.step += 1
+        self.history = (self.history + [psnr(reconstruction, images)])[-50:]
+
+    def log_values(self) -> dict:
+        return {"psnr": sum(self.history) / max(len(self.history), 1)}
+
+
 def psnr(reconstruction: torch.Tensor, images: torch.Tensor) -> float:
     """Peak signal-to-noise ratio in dB on [0, 1] pixels, from pictures in [-1, 1]: 10 log10(1 / MSE)."""
     mse = ((reconstruction.float().clamp(-1, 1) - images.float()) / 2).pow(2).mean().item()

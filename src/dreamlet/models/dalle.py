@@ -176,7 +176,8 @@ class DalleModel(nn.Module):
         return self
 
     def load_first_stage(self) -> None:
-        """A fresh run copies the trained image tokenizer's weights in (later loads read them from this model's file)."""
+        """A fresh run copies the trained image tokenizer's weights in (later loads read them from this
+        model's file)."""
         from ..checkpoint import load_tensors
         self.vq.load_state_dict(load_tensors(Path(self.config.tokenizer) / "model.safetensors"))
 
@@ -330,30 +331,21 @@ def prepare(train_config, overrides: dict, device, quiet: bool, saved: "DalleCon
     directory and config), or, to train the tokenizer first, the training.FirstStage that ends in them.
     On resume, `saved` is the prior's config: the tokenizer it was trained with stays as it is, and
     the prior gets the same share of --minutes as before."""
-    import dataclasses
-
     from ..checkpoint import UserError
-    from ..training import FirstStage, TrainConfig
+    from ..training import FirstStage, after_first_stage, first_stage_config
     stage = Path(train_config.out) / "tokenizer"
     if saved is not None:  # the prior has a checkpoint: its frozen tokenizer (a copy is in its weights) stays as it is
-        if Path(saved.tokenizer).resolve() == (stage / "model").resolve() and train_config.minutes:
-            train_config = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - saved.tokenizer_share))
-        return train_config, {}
+        trained = Path(saved.tokenizer).resolve() == (stage / "model").resolve()
+        return (after_first_stage(train_config, saved.tokenizer_share) if trained else train_config), {}
     if overrides.get("tokenizer"):
         return train_config, with_tokenizer(overrides, overrides["tokenizer"], train_config.size)
     share = overrides.get("tokenizer_share", DalleConfig.tokenizer_share)
     if not 0 < share < 1:
         raise UserError(f"--set tokenizer_share={share}: expected a number between 0 and 1")
-    budget = dict(minutes=train_config.minutes * share) if train_config.minutes else dict(steps=train_config.steps)
-    vq_config = TrainConfig(model="vqvae", out=str(stage), data=train_config.data, format=train_config.format,
-                            size=train_config.size, seed=train_config.seed, device=train_config.device,
-                            precision=train_config.precision, sample_every=0,
-                            checkpoint_every=train_config.checkpoint_every, **budget)
+    vq_config = first_stage_config(train_config, "vqvae", stage, share)
 
     def then(tokenizer):  # the prior takes what the tokenizer left of a time budget
-        prior = train_config
-        if train_config.minutes:
-            prior = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - share))
+        prior = after_first_stage(train_config, share)
         return prior, with_tokenizer(overrides, tokenizer, prior.size)
 
     return FirstStage(vq_config, then, "the image tokenizer", "the transformer prior over its codes")

@@ -12,7 +12,6 @@ clipped while sampling (latents have no fixed range, unlike pixels).
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -82,27 +81,20 @@ def prepare(train_config, overrides: dict, device, quiet: bool, saved: LatentDif
     OUT/autoencoder with `autoencoder_share` of a time budget (the same step count with --steps). On
     resume (`saved`), the latent model takes the budget share it had."""
     from ..checkpoint import UserError
-    from ..training import FirstStage, TrainConfig
+    from ..training import FirstStage, after_first_stage, first_stage_config
     stage = Path(train_config.out) / "autoencoder"
     share = overrides.get("autoencoder_share", LatentDiffusionConfig.autoencoder_share)
     if not 0 < share < 1:
         raise UserError(f"--set autoencoder_share={share}: expected a number between 0 and 1")
-    if saved is not None:
-        if Path(saved.autoencoder_dir).resolve() == (stage / "model").resolve() and train_config.minutes:
-            train_config = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - saved.autoencoder_share))
-        return train_config, {}
+    if saved is not None:  # the autoencoder it was trained with stays; a trained one took its share of the budget
+        trained = Path(saved.autoencoder_dir).resolve() == (stage / "model").resolve()
+        return (after_first_stage(train_config, saved.autoencoder_share) if trained else train_config), {}
     if overrides.get("autoencoder_dir"):
         return train_config, with_autoencoder(overrides, overrides["autoencoder_dir"], train_config)
-    budget = dict(minutes=train_config.minutes * share) if train_config.minutes else dict(steps=train_config.steps)
-    ae_config = TrainConfig(model="autoencoder", out=str(stage), data=train_config.data, format=train_config.format,
-                            size=train_config.size, preset=train_config.preset, seed=train_config.seed,
-                            device=train_config.device, precision=train_config.precision, sample_every=0,
-                            checkpoint_every=train_config.checkpoint_every, **budget)
+    ae_config = first_stage_config(train_config, "autoencoder", stage, share, preset=train_config.preset)
 
     def then(model_dir):  # the latent model takes what the autoencoder left of a time budget
-        latent = train_config
-        if train_config.minutes:
-            latent = dataclasses.replace(train_config, minutes=train_config.minutes * (1 - share))
+        latent = after_first_stage(train_config, share)
         return latent, with_autoencoder(overrides, model_dir, latent)
 
     return FirstStage(ae_config, then, "the autoencoder", "the latent diffusion transformer")
@@ -121,7 +113,8 @@ def with_autoencoder(overrides: dict, model_dir, train_config) -> dict:
     if autoencoder.image_size != train_config.size:
         raise UserError(f"the autoencoder in {model_dir} works at {autoencoder.image_size} px, "
                         f"not --size {train_config.size}")
-    dataset = get_dataset(train_config.data, train_config.size, train_config.seed, train_config.format or None, True)
+    dataset = get_dataset(train_config.data, train_config.size, train_config.seed, train_config.format or None, True,
+                          fit=train_config.fit)
     latents = autoencoder.model.encode(to_tensor(dataset.batch(0, 256)[0]))
     return overrides | {"autoencoder_dir": str(Path(model_dir).resolve()), "autoencoder": autoencoder.model.config,
                         "latent_scale": float(1 / latents.std())}

@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import Family, removed
-from .autoencoding import Decoder, Encoder, PatchDiscriminator, adversarial_loss, halvings, psnr
+from .autoencoding import Decoder, Encoder, PatchDiscriminator, TrainedWithDiscriminator, halvings
 
 KINDS = ("vq", "dvae", "vqgan")
 
@@ -80,7 +80,7 @@ PRESETS = {
 TRAIN_DEFAULTS = dict(lr=1e-3, batch_size=8, weight_decay=0.0, warmup=50, ema_decay=0.99)
 
 
-class VQModel(nn.Module):
+class VQModel(TrainedWithDiscriminator):
     log_fields = ("psnr", "usage")   # extra training-log columns
 
     def __init__(self, config: VQConfig):
@@ -172,14 +172,10 @@ class VQModel(nn.Module):
             loss = rec_loss + c.commitment * F.mse_loss(z, q)
             if self.training:
                 self.update_codebook(z.detach().float(), codes, generator)  # fp32 even under bf16 autocast
-            if self.discriminator is not None and self.step.item() >= c.disc_start:
-                loss = loss + adversarial_loss(self.discriminator, self.decoder, images, reconstruction, rec_loss,
-                                               c.disc_weight)
+            loss = loss + self.adversarial_after_warmup(images, reconstruction, rec_loss)
         if self.training:
-            with torch.no_grad():
-                self.step += 1
-                self.history = (self.history + [psnr(reconstruction, images)])[-50:]
-                self.used |= torch.bincount(codes.flatten().cpu(), minlength=c.codebook_size) > 0
+            self.count_step(reconstruction, images)
+            self.used |= torch.bincount(codes.flatten().cpu(), minlength=c.codebook_size) > 0
         return loss
 
     @torch.no_grad()
@@ -206,8 +202,7 @@ class VQModel(nn.Module):
 
     def log_values(self) -> dict:
         """Mean PSNR of recent training batches, and the fraction of the codebook used since the last log line."""
-        values = {"psnr": sum(self.history) / max(len(self.history), 1),
-                  "usage": self.used.float().mean().item()}
+        values = super().log_values() | {"usage": self.used.float().mean().item()}
         self.used.zero_()
         return values
 
