@@ -7,6 +7,11 @@ docs/benchmarks.md.
 
     python bench/real_data.py diffusion:emoji:32:30 latent-diffusion:emoji:64:30 [--clip-minutes 5]
     python bench/real_data.py latent-diffusion:emoji:64:2 --clip-minutes 1 --count 32   # a smoke run
+    python bench/real_data.py cascade:emoji:64:30    # the 32 -> 64 cascade: half the minutes for each stage
+    python bench/real_data.py diffusion,preview.rank=0:emoji:32:30   # with a setting changed (--set's form)
+
+`cascade` is not a family: it trains the default diffusion model at half the size for half the
+minutes, then a diffusion-sr stage on it (`--base`) for the other half, as docs/imagen.md does.
 
 Runs go to runs/bench/real/<family>-<data>-<size>px-<minutes>min; a CLIP per (data, size) is trained
 once into runs/bench/real/clip-<data>-<size>px and reused (`--retrain-clip` trains it again).
@@ -26,7 +31,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, machine, write_section  # noqa: E402
+from docs_section import command_line, commit, machine, write_section  # noqa: E402
 
 from dreamlet.evaluation import evaluate_with_clip  # noqa: E402
 from dreamlet.images import captioned_grid  # noqa: E402
@@ -36,9 +41,12 @@ from dreamlet.training import TrainConfig, train  # noqa: E402
 
 
 def parse_run(spec: str) -> dict:
-    family, data, size, minutes = spec.split(":")
-    return dict(family=family, data=data, size=int(size), minutes=float(minutes),
-                name=f"{family}-{Path(data).name}-{size}px-{minutes}min")
+    """family[,key=value...]:data:size:minutes; the settings are --set's, e.g. diffusion,preview.rank=0."""
+    from dreamlet.cli import parse_settings
+    family_settings, data, size, minutes = spec.split(":")
+    family, *settings = family_settings.split(",")
+    return dict(family=family, settings=parse_settings(settings), data=data, size=int(size), minutes=float(minutes),
+                name=f"{family_settings}-{Path(data).name}-{size}px-{minutes}min")
 
 
 def clip_for(data: str, size: int, minutes: float, out: Path, retrain: bool) -> Path:
@@ -84,6 +92,22 @@ def judge(run: dict, model_dir: Path, clip_dir: Path, count: int, distractors: i
     return run | scalars | seen | {"grid": str(grid.relative_to(ROOT))}
 
 
+def train_run(run: dict, run_dir: Path) -> None:
+    """One run with its family's defaults; a cascade is two runs of half the minutes each."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    data, size, minutes = run["data"], run["size"], run["minutes"]
+    if run["family"] != "cascade":
+        train(TrainConfig(model=run["family"], data=data, size=size, minutes=minutes, out=str(run_dir), sample_every=0,
+                          settings=run["settings"]), quiet=True)
+        return
+    base = run_dir.parent / f"{run['name']}-base"
+    shutil.rmtree(base, ignore_errors=True)
+    train(TrainConfig(model="diffusion", data=data, size=size // 2, minutes=minutes / 2, out=str(base), sample_every=0),
+          quiet=True)
+    train(TrainConfig(model="diffusion-sr", data=data, size=size, minutes=minutes / 2, out=str(run_dir), sample_every=0,
+                      settings={"base": str((base / "model").resolve())}), quiet=True)
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser()
     parser.add_argument("runs", nargs="+", help="family:data:size:minutes, e.g. latent-diffusion:emoji:64:30")
@@ -96,6 +120,8 @@ def main(argv=None):
     parser.add_argument("--judge-only", action="store_true", help="judge the runs already under --out")
     args = parser.parse_args(argv)
     command = command_line("real_data.py", sys.argv[1:] if argv is None else argv)
+    provenance = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), command=command, commit=commit(),
+                      clip_minutes=args.clip_minutes)
     out, rows, retrained = Path(args.out), [], set()
     for run in map(parse_run, args.runs):
         key = (run["data"], run["size"])  # --retrain-clip: once per data set and size in this command
@@ -103,33 +129,45 @@ def main(argv=None):
         retrained.add(key)
         run_dir = out / run["name"]
         if not args.judge_only:
-            shutil.rmtree(run_dir, ignore_errors=True)
-            train(TrainConfig(model=run["family"], data=run["data"], size=run["size"], minutes=run["minutes"],
-                              out=str(run_dir), sample_every=0), quiet=True)
-        rows.append(judge(run, run_dir / "model", clip_dir, args.count, args.distractors))
+            train_run(run, run_dir)
+        rows.append(judge(run, run_dir / "model", clip_dir, args.count, args.distractors) | provenance)
         print(json.dumps(rows[-1]), flush=True)
-    measured = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), command=command, clip_minutes=args.clip_minutes,
-                    count=args.count, distractors=args.distractors, rows=rows)
+    measured = merged(Path(args.results), rows, count=args.count, distractors=args.distractors)
     Path(args.results).write_text(json.dumps(measured, indent=2, default=str))
     write_docs(measured)
+
+
+def merged(results: Path, rows: list[dict], **settings) -> dict:
+    """The results file with these rows in place of the rows of the same name, so that runs measured by
+    separate commands share one table; rows judged with other --count or --distractors are dropped."""
+    try:
+        old = json.loads(results.read_text())
+    except (OSError, ValueError):
+        old = {}
+    names = {row["name"] for row in rows}
+    same = all(old.get(k) == v for k, v in settings.items())
+    kept = [row for row in old.get("rows", []) if same and row["name"] not in names and "command" in row]
+    return settings | {"rows": kept + rows}
 
 
 def write_docs(measured: dict) -> None:
     def f(row, key, fmt="{:.2f}"):
         return fmt.format(row[key]) if row.get(key) is not None else "-"
 
-    lines = [f"Measured {measured['date']} on {measured['machine']}. Command: `{measured['command']}`.", "",
-             f"Each run trained with its family's defaults for the minutes given; judged by a CLIP trained on the same "
-             f"data and size for {measured['clip_minutes']:g} minutes, on {measured['count']} held-out captions (never "
-             f"trained on) and {measured['count']} seen ones, R-precision against {measured['distractors']} "
-             "distractors. In brackets: the same figure for the real pictures of those captions.", "",
+    lines = ["Each run trained with its family's defaults for the minutes given (`cascade`: the default diffusion "
+             "model at half the size for half the minutes, then a diffusion-sr stage on it for the other half), judged "
+             f"by a CLIP trained on the same data and size, on {measured['count']} held-out captions (never trained "
+             f"on) and {measured['count']} seen ones, R-precision against {measured['distractors']} distractors. In "
+             "brackets: the same figure for the real pictures of those captions. Where each row was measured, and "
+             "its command: bench/results/real_data.json.", "",
              "| run | R-precision held-out (real) | R-precision seen (real) | CLIP score held-out (real) | FID in CLIP "
-             "space | s / picture | grid |", "|---|---|---|---|---|---|---|"]
+             "space | s / picture | measured | grid |", "|---|---|---|---|---|---|---|---|"]
     for r in measured["rows"]:
         lines.append(f"| {r['name']} | {f(r, 'r_precision')} ({f(r, 'r_precision_real')}) "
                      f"| {f(r, 'seen_r_precision')} ({f(r, 'seen_r_precision_real')}) "
                      f"| {f(r, 'clip_score', '{:.1f}')} ({f(r, 'clip_score_real', '{:.1f}')}) | {f(r, 'fid', '{:.1f}')} "
-                     f"| {f(r, 'seconds_per_image', '{:.3f}')} | ![{r['name']}]({r['grid'].removeprefix('docs/')}) |")
+                     f"| {f(r, 'seconds_per_image', '{:.3f}')} | {r['date']}, {r['commit']} "
+                     f"| ![{r['name']}]({r['grid'].removeprefix('docs/')}) |")
     write_section("real", "Real data: how well each run follows the text (bench/real_data.py)", "\n".join(lines))
 
 

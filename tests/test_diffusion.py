@@ -122,6 +122,23 @@ def test_caption_preview_is_the_clean_estimate_at_pure_noise(power):
         assert torch.allclose(x0, a * x + s ** power * preview, atol=1e-5)
 
 
+def test_without_a_preview_the_model_is_the_plain_denoiser():
+    """preview.rank=0 (the ablation of docs/benchmarks.md): no preview module, no bias, no preview loss,
+    and the network's velocity is the denoiser's own."""
+    model = TextToImageDiffusion(updated(tiny(16), {"preview": {"rank": 0}}))
+    assert model.preview is None and not any(name.startswith("preview.") for name in model.state_dict())
+    ids, x, t = torch.randint(4, 64, (2, 24)), torch.randn(2, 3, 16, 16), torch.rand(2)
+    cond = model.condition(ids)
+    assert cond.bias is None and cond.preview is None
+    torch.nn.init.normal_(model.net.head.weight)  # zero-initialised: the output would be 0 whatever was added
+    assert torch.equal(model.denoiser.velocity(x, t, cond), model.net(x, t, cond.text, cond.keep, cond.pooled))
+    generator = torch.Generator().manual_seed(0)
+    plain = model.denoiser.loss(x, torch.full((2,), 0.5), torch.randn(x.shape, generator=generator), cond)
+    assert torch.isfinite(plain) and torch.isfinite(model.loss(x, ids, ids[:1], torch.Generator().manual_seed(0)))
+    pictures = model.generate(ids, ids[:1], torch.randn(2, 3, 16, 16), steps=2)
+    assert pictures.shape == (2, 3, 16, 16)
+
+
 def test_preview_loss_trains_the_layout_towards_the_picture():
     torch.manual_seed(0)
     model = TextToImageDiffusion(tiny(16))

@@ -25,7 +25,7 @@ def test_autoencoder_round_trip_shapes(size, downsample):
     model = tiny_autoencoder(size, downsample=downsample)
     images = torch.rand(2, 3, size, size) * 2 - 1
     latents = model.encode(images)
-    assert latents.shape == (2, 4, size // downsample, size // downsample)
+    assert latents.shape == (2, model.config.latent_channels, size // downsample, size // downsample)
     assert model.decode(latents).shape == (2, 3, size, size) and model.decode(latents).abs().max() <= 1
     loss = model.loss(images, generator=torch.Generator().manual_seed(0))
     loss.backward()
@@ -65,7 +65,7 @@ def test_latent_diffusion_trains_its_autoencoder_first_and_draws_at_the_pixel_si
     assert config["autoencoder_dir"] == str((latent_run / "autoencoder" / "model").resolve())
     assert 0 < config["latent_scale"] < 1e3
     pipe = Pipeline.load(model)
-    assert pipe.model.noise_shape == (4, 8, 8)
+    assert pipe.model.noise_shape == (config["autoencoder"]["latent_channels"], 8, 8)
     pictures = pipe.draw(["a red circle", "a blue square"], [1, 2], steps=3)
     assert pictures.shape == (2, 32, 32, 3) and pictures.dtype == np.uint8
     assert main(["sample", "--model", str(model), "--prompt", "a red circle", "--num", "2", "--steps", "3",

@@ -1,6 +1,6 @@
 """Latent diffusion (Rombach et al. 2022, `--model latent-diffusion`): the default diffusion model, its
 text encoder, caption preview, DiT, denoiser layer and samplers, on the latents of an autoencoder
-trained from scratch on the same pictures (autoencoder.py): 64 x 64 x 3 pictures become 16 x 16 x 4
+trained from scratch on the same pictures (autoencoder.py): 64 x 64 x 3 pictures become 16 x 16 x 8
 latents, so the transformer sees as many tokens as at 32 px in pixel space, and drawing ends with
 one pass of the decoder.
 

@@ -63,13 +63,14 @@ class TextToImageDiffusion(nn.Module):
         self.config = c = config
         self.text_encoder = build_text_encoder(c.text)
         self.net = DiT(c.dit, size or c.image_size, channels)
-        self.preview = CaptionPreview(c.preview, c.dit.text_width, self.net.grid, c.dit.patch, c.dit.width, channels)
-        self.denoiser = Denoiser(self.net, c.preview.power)
+        self.preview = (CaptionPreview(c.preview, c.dit.text_width, self.net.grid, c.dit.patch, c.dit.width, channels)
+                        if c.preview.rank else None)
+        self.denoiser = Denoiser(self.net, c.preview.power if self.preview else 0.0)
 
     def condition(self, ids: torch.Tensor) -> Condition:
         """Token ids (B, L) -> what the denoiser reads: the caption's features, layout and preview."""
         text, keep, pooled = self.text_encoder(ids)
-        bias, preview = self.preview(text, keep, pooled)
+        bias, preview = self.preview(text, keep, pooled) if self.preview else (None, None)
         return Condition(text, keep, pooled, bias=bias, preview=preview)
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
@@ -83,6 +84,8 @@ class TextToImageDiffusion(nn.Module):
         noise = torch.randn(images.shape, generator=generator).to(device)
         cond = self.condition(ids)
         loss = self.denoiser.loss(images, t, noise, cond)
+        if cond.preview is None:
+            return loss
         return loss + self.config.preview.weight * F.mse_loss(cond.preview.float(), images)
 
     @torch.no_grad()

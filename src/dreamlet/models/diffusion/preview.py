@@ -24,7 +24,7 @@ import torch.nn.functional as F
 
 @dataclass
 class PreviewConfig:
-    rank: int = 32         # width of each patch's layout code
+    rank: int = 32         # width of each patch's layout code; 0: no preview (`--set preview.rank=0`)
     heads: int = 4         # heads of the patches' reading of the words (the text width splits into them)
     weight: float = 1.0    # the preview's loss beside the denoising loss, relative to it
     power: float = 8.0     # the preview's share of the clean estimate at noise level sigma is sigma ** power:
