@@ -62,8 +62,8 @@ def seen_scores(pipeline: Pipeline, scorer: ClipScorer, data: str, count: int, d
     """The same figures on captions the model trained on, with their own pictures as the real ones; and the
     first eight pictures drawn with their captions, for the grid."""
     from dreamlet.data import load
-    from dreamlet.evaluation import trained_fit, trained_format
-    dataset = load(data, pipeline.image_size, format=trained_format(pipeline), quiet=True, fit=trained_fit(pipeline))
+    from dreamlet.evaluation import data_options
+    dataset = load(data, pipeline.image_size, quiet=True, **data_options(pipeline))
     records = dataset.train_index[np.linspace(0, len(dataset.train_index) - 1, count).astype(int)]
     real, captions = dataset.rows(records), [dataset.all_captions[r][0] for r in records]
     fake = pipeline.draw(captions, list(range(len(captions))))

@@ -30,8 +30,8 @@ def test_cli_and_api_give_identical_pictures(tiny_run, tmp_path):
     assert len(images) == 4 and all(isinstance(image, Image.Image) for image in images)
     for record, image in zip(records, images):
         assert np.array_equal(np.asarray(Image.open(out / record["file"])), np.asarray(image))
-    array = pipe(prompts, seed=5, num=2, steps=3, output="numpy")
-    tensor = pipe(prompts, seed=5, num=2, steps=3, output="tensor")
+    array = pipe(prompts, seed=5, num=2, steps=3, output="numpy").images
+    tensor = pipe(prompts, seed=5, num=2, steps=3, output="tensor").images
     assert array.shape == (4, 32, 32, 3) and tensor.shape == (4, 3, 32, 32)
     assert torch.allclose(tensor, torch.from_numpy(array).permute(0, 3, 1, 2).float() / 255)
 
@@ -41,7 +41,7 @@ def test_pipeline_options(tiny_run):
     assert pipe.to("cpu") is pipe
     one = pipe("a large green diamond at the center", steps=2, generator=torch.Generator().manual_seed(0), output="numpy")
     two = pipe("a large green diamond at the center", steps=2, generator=torch.Generator().manual_seed(0), output="numpy")
-    assert np.array_equal(one, two)
+    assert np.array_equal(one.images, two.images)
     with pytest.raises(UserError, match="unknown output"):
         pipe("a red circle", steps=2, output="svg")
     with pytest.raises(UserError, match="empty prompt"):
@@ -109,7 +109,7 @@ def test_non_finite_losses_are_skipped_then_stop_the_run(tmp_path, monkeypatch):
     # two bad steps were skipped and training went on; the run stopped after five more in a row,
     # leaving the checkpoint of step 6 (all good weights) to load
     assert json.loads((out / "checkpoint" / "state.json").read_text())["step"] == 6
-    image = dreamlet.load(out / "model")("a red circle", steps=2, output="numpy")
+    image = dreamlet.load(out / "model")("a red circle", steps=2, output="numpy").images
     assert image.shape == (1, 32, 32, 3)
     log = (out / "train_log.csv").read_text().splitlines()
     assert all("nan" not in line for line in log[1:4])  # skipped steps do not poison the logged loss

@@ -5,7 +5,7 @@ import sys
 import pytest
 from safetensors.torch import load_file
 
-from dreamlet.cli import main
+from dreamlet.cli import build_parser, main
 
 TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--checkpoint-every", "0"]
 
@@ -84,9 +84,24 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_it(tmp
      "--arch is for --model dalle"),
     (["train", "--model", "clip", "--text-encoder", "{tmp}", "--steps", "1", "--out", "{tmp}/r"],
      "--text-encoder is for --model diffusion, diffusion-sr and latent-diffusion"),
+    (["train", "--ema-decay", "1.5", "--steps", "1", "--out", "{tmp}/r"], "--ema-decay must be between 0 and 1"),
+    (["train", "--warmup", "-3", "--steps", "1", "--out", "{tmp}/r"], "--warmup must be at least 0"),
+    (["train", "--lr", "nan", "--steps", "1", "--out", "{tmp}/r"], "--lr must be positive, not nan"),
+    (["train", "--minutes", "0", "--out", "{tmp}/r"], "--minutes must be positive"),
+    (["train", "--log-every", "0", "--steps", "1", "--out", "{tmp}/r"], "--log-every must be at least 1"),
+    (["train", "--seed", "-1", "--steps", "1", "--out", "{tmp}/r"], "--seed must be between 0 and 4294967295"),
+    (["train", "--seed", str(2 ** 64), "--steps", "1", "--out", "{tmp}/r"], "--seed must be between 0"),
+    (["eval", "--model", "{model}", "--steps", "-5"], "--steps must be at least 1, not -5"),
+    (["eval", "--model", "{model}", "--seeds", "0"], "--seeds and --distractors must be at least 1"),
+    (["demo", "--prompts", "0", "--out", "{tmp}/d"], "--prompts and --steps must be at least 1"),
+    (["demo", "--steps", "0", "--out", "{tmp}/d"], "--prompts and --steps must be at least 1"),
+    (["demo", "--minutes", "-1", "--out", "{tmp}/d"], "--minutes positive"),
+    (["sample", "--model", "{model}", "--prompt", "x", "--out", "{model}/config.json"], "is a file, not a directory"),
+    (["compare", "{tmp}/bad.json"], "is not a JSON report"),
 ])
 def test_errors_are_one_line_with_exit_2(argv, message, tiny_run, tmp_path):
     argv = [a.format(tmp=tmp_path, model=tiny_run / "model") for a in argv]
+    (tmp_path / "bad.json").write_text("{not json")
     result = subprocess.run([sys.executable, "-m", "dreamlet", *argv], capture_output=True, text=True)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
@@ -122,3 +137,27 @@ def test_the_family_in_the_architecture_doc_needs_one_module_and_one_registry_li
     capsys.readouterr()
     assert main(["train", "--model", "gan", "--paint", "disc", "--steps", "1", "--out", str(tmp_path / "g")]) == 2
     assert capsys.readouterr().err.strip() == "dreamlet: error: --paint is for --model mean-colour"
+
+
+def test_every_train_config_field_is_a_train_flag(monkeypatch):
+    """The flags are built from TrainConfig: each field is reachable, and a value given on the command line
+    arrives in the TrainConfig that training gets."""
+    import dataclasses
+    from dreamlet import training
+    from dreamlet.training import TrainConfig
+    seen = []
+    monkeypatch.setattr(training, "train", lambda config, **_: seen.append(config) or "m")
+    values = dict(warmup=7, min_lr_ratio=0.2, weight_decay=0.05, grad_clip=0.5, ema_decay=0.9, tokenizer_captions=500,
+                  log_every=3, max_bad_steps=2, batch_size=4, lr=0.01, seed=3, sample_every=0, checkpoint_every=9)
+    argv = ["train", "--out", "r", "--steps", "5", "--compile", "--set", "dit.depth=2"]
+    for name, value in values.items():
+        argv += ["--" + name.replace("_", "-"), str(value)]
+    assert main(argv) == 0
+    config = seen[0]
+    assert {k: getattr(config, k) for k in values} == values and config.compile and config.steps == 5
+    assert config.settings == {"dit": {"depth": 2}}
+    parser_flags = {a for action in build_parser()._subparsers._group_actions[0].choices["train"]._actions
+                    for a in action.option_strings}
+    missing = [f.name for f in dataclasses.fields(TrainConfig)
+               if f.name != "settings" and "--" + f.name.replace("_", "-") not in parser_flags]
+    assert not missing and "--set" in parser_flags

@@ -469,7 +469,7 @@ def test_fit_through_the_cli_inspect_train_and_resume(tmp_path, capsys):
     assert main(["train", *tiny, "--steps", "2", "--fit", "pad"]) == 0
     assert json.loads((run / "model" / "config.json").read_text())["train"]["fit"] == "pad"
     assert main(["train", *tiny, "--steps", "3", "--resume"]) == 2   # the default, crop, is not what it trained with
-    assert "with --fit pad; resume with the same --data, --size and --fit" in capsys.readouterr().err
+    assert "with --fit pad; resume with the same --data, --size, --fit and --caption-column" in capsys.readouterr().err
     assert main(["train", *tiny, "--steps", "3", "--resume", "--fit", "pad"]) == 0
     state_file = run / "checkpoint" / "state.json"
     state = json.loads(state_file.read_text())
@@ -479,3 +479,50 @@ def test_fit_through_the_cli_inspect_train_and_resume(tmp_path, capsys):
     assert main(["train", *tiny, "--steps", "4", "--resume", "--fit", "pad"]) == 2
     assert "with --fit crop" in capsys.readouterr().err
     assert main(["train", *tiny, "--steps", "3", "--resume"]) == 0   # resumes as crop (at its step: nothing to do)
+
+
+def test_imagefolder_splits_metadata_parquet_and_caption_column(tmp_path):
+    """Hugging Face's imagefolder with train/ and test/ folders (test is held out, not trained on),
+    metadata.parquet, and --caption-column choosing which column is the caption."""
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    root = tmp_path / "hub"
+    for split, count in (("train", 6), ("test", 2)):
+        (root / split).mkdir(parents=True)
+        rows = []
+        for i in range(count):
+            (root / split / f"{i}.png").write_bytes(solid((40 * i, 200, 10)))
+            rows.append({"file_name": f"{i}.png", "text": f"{split} picture {i}", "blip": f"a short {split} {i}"})
+        if split == "train":
+            pq.write_table(pa.Table.from_pylist(rows), root / split / "metadata.parquet")
+        else:
+            (root / split / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (root / "test" / "stray.png").write_bytes(solid((1, 2, 3)))  # listed nowhere: no caption
+    assert detect_format(root) == "imagefolder"
+    data = load(str(root), size=8)
+    train = sorted(data.all_captions[i][0] for i in data.train_index)
+    held = sorted(data.all_captions[i][0] for i in data.heldout_index)
+    assert train == [f"train picture {i}" for i in range(6)] and held == ["test picture 0", "test picture 1"]
+    assert data.skipped == {"no caption": 1}
+    other = load(str(root), size=8, caption_column="blip")
+    assert sorted(c[0] for c in other.all_captions) == sorted([f"a short train {i}" for i in range(6)]
+                                                              + ["a short test 0", "a short test 1"])
+    assert other.directory != data.directory  # a cache of its own
+    with pytest.raises(UserError, match="--caption-column is for imagefolder and hf data, not captions"):
+        load(str(root / "train"), size=8, format="captions", caption_column="blip")
+
+
+def test_parquet_splits_stay_apart_and_a_missing_caption_column_is_named(tmp_path):
+    pa = pytest.importorskip("pyarrow")
+    import pyarrow.parquet as pq
+    (tmp_path / "data").mkdir()
+    for split, count in (("train", 4), ("test", 2)):
+        table = pa.table({"image": [{"bytes": solid((50 * i, 0, 0)), "path": None} for i in range(count)],
+                          "text": [f"{split} {i}" for i in range(count)], "alt": [f"alt {split} {i}" for i in range(count)]})
+        pq.write_table(table, tmp_path / "data" / f"{split}-00000-of-00001.parquet")
+    data = load(str(tmp_path), size=8)
+    assert sorted(data.all_captions[i][0] for i in data.heldout_index) == ["test 0", "test 1"]
+    assert sorted(data.all_captions[i][0] for i in data.train_index) == [f"train {i}" for i in range(4)]
+    assert sorted(c[0] for c in load(str(tmp_path), size=8, caption_column="alt").all_captions)[0] == "alt test 0"
+    with pytest.raises(UserError, match="--caption-column title: .* has columns image, text, alt"):
+        load(str(tmp_path), size=8, caption_column="title")

@@ -119,6 +119,10 @@ def test_cli_run_writes_a_loadable_model_and_save_load_gives_identical_samples(t
     out = tmp_path / "samples"
     assert main(["sample", "--model", str(run / "model"), "--prompt", prompts[0], "--num", "2", "--out", str(out)]) == 0
     assert len((out / "index.jsonl").read_text().splitlines()) == 2
+    record = json.loads((out / "index.jsonl").read_text().splitlines()[0])
+    assert record["steps"] == 1 and record["guidance"] == 1.0 and record["sampler"] == "one forward pass"
+    assert main(["sample", "--model", str(run / "model"), "--prompt", prompts[0], "--negative-prompt", "red",
+                 "--out", str(out)]) == 2  # no unconditional branch to put it in: one line
 
 
 def test_unknown_setting_is_one_line(tmp_path, capsys):

@@ -162,7 +162,7 @@ def test_sigkill_while_saving_keeps_the_previous_checkpoint(where, tmp_path):
     kept = out / ("checkpoint" if where == "writing" else ".checkpoint.old")
     assert json.loads((kept / "state.json").read_text())["step"] == 3
     assert (out / "checkpoint").exists() == (where == "writing")
-    assert dreamlet.load(out / "model")("a red circle", steps=2, output="numpy").shape == (1, 16, 16, 3)
+    assert dreamlet.load(out / "model")("a red circle", steps=2, output="numpy").images.shape == (1, 16, 16, 3)
     # --resume puts it back and continues, to the very weights of a run that never crashed
     assert main([*args, "--resume"]) == 0
     assert saved_step(out) == 9
@@ -372,4 +372,4 @@ def test_wandb_asked_for_but_not_installed_is_one_line(tmp_path, monkeypatch, ca
     code = main(["train", "--model", "diffusion", *CLI_TINY, "--steps", "2",
                      "--out", str(tmp_path / "run"), "--wandb", "shapes-runs"])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "pip install wandb" in err and len(err.splitlines()) == 1
+    assert code == 2 and 'pip install "dreamlet[wandb]"' in err and len(err.splitlines()) == 1

@@ -323,4 +323,4 @@ def test_compile_flag_puts_the_networks_through_torch_compile(tmp_path, monkeypa
                  "--compile", "--out", str(out)]) == 0
     assert {"TextEncoder", "DiT"} <= set(compiled)
     assert json.loads((out / "model" / "config.json").read_text())["train"]["compile"] is True
-    assert dreamlet.load(out / "model")("a red circle", steps=2, output="numpy").shape == (1, 16, 16, 3)
+    assert dreamlet.load(out / "model")("a red circle", steps=2, output="numpy").images.shape == (1, 16, 16, 3)

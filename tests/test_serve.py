@@ -61,6 +61,19 @@ def test_generate_returns_the_pipelines_pictures_and_verdicts(client, tiny_run):
     assert other["verdicts"] == [{"correct": None, "text": NO_VERDICT}] and 0 <= other["seed"] < 2 ** 31
 
 
+def test_negative_prompt_and_sampler_draw_as_the_api_does_and_every_png_keeps_its_settings(client, tiny_run):
+    import json
+    body = {"prompt": PROMPT, "seed": 5, "num": 2, "steps": 3, "negative_prompt": "blue", "sampler": "ddim"}
+    out = client.post("/api/generate", json=body).json()
+    expected = dreamlet.load(tiny_run / "model")(PROMPT, seed=5, num=2, steps=3, negative="blue", sampler="ddim")
+    images = [decode(b64) for b64 in out["images"]]
+    assert all((np.asarray(a) == np.asarray(b)).all() for a, b in zip(images, expected))
+    assert out["settings"] == {"model": tiny_run.name, "family": "diffusion", "steps": 3, "guidance": 3.0,
+                               "sampler": "ddim", "size": 32, "negative_prompt": "blue"}  # a name, not a path
+    settings = json.loads(images[1].text["dreamlet"])
+    assert settings["seed"] == 6 and settings["prompt"] == PROMPT and settings["negative_prompt"] == "blue"
+
+
 def test_verdict_is_the_judges_on_a_real_picture():
     rng = np.random.default_rng(1)
     scene = random_pair(rng)
@@ -81,6 +94,8 @@ def test_verdict_is_the_judges_on_a_real_picture():
     ({"prompt": PROMPT, "seed": True}, "seed"), ({"prompt": PROMPT, "guidance": "high"}, "guidance"),
     ({"prompt": PROMPT, "guidance": 1e9}, "guidance"), ({"prompt": PROMPT, "model": 7}, "model"),
     ({"prompt": PROMPT, "model": "nope"}, "model"), ({"prompt": PROMPT, "stepz": 3}, "stepz"),
+    ({"prompt": PROMPT, "sampler": "euler"}, "sampler"), ({"prompt": PROMPT, "negative_prompt": 3}, "negative_prompt"),
+    ({"prompt": PROMPT, "negative_prompt": "x" * 10_000}, "negative_prompt"),
     ([PROMPT], "JSON object"), ("a red circle", "JSON object"),
 ])
 def test_bad_requests_get_a_4xx_that_says_what_is_wrong(client, body, words):

@@ -164,7 +164,7 @@ def test_cascade_trains_and_samples_at_the_sr_size(cascade, tmp_path):
     assert all(p.shape == (64, 64, 3) for p in pictures)
     pipe = dreamlet.load(model)
     assert pipe.sizes == [32, 64]
-    images = pipe(PROMPT, num=2, seed=3, steps=3, output="numpy")
+    images = pipe(PROMPT, num=2, seed=3, steps=3, output="numpy").images
     assert all(np.array_equal(p, image) for p, image in zip(pictures, images))  # the CLI and the API agree
     # a cascade's picture is exactly its base stage's picture for the same seed, upsampled
     low = pipe.base.draw([PROMPT] * 2, [3, 4], steps=3)

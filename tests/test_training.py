@@ -87,3 +87,33 @@ def test_a_checkpoint_of_another_config_version_is_refused_in_one_line_and_kept(
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "config version 1" in err and "its model in" in err
     assert (run / "checkpoint" / "state.safetensors").read_bytes() == before
+
+
+def test_progress_is_plain_lines_where_stderr_is_not_a_terminal(tmp_path, capsys):
+    """CI, nohup, `> log`: no carriage-return redraw at every step, a line every 30 s and the last one."""
+    import time
+    from dreamlet.cli import main
+    started = time.perf_counter()
+    assert main(["train", "--size", "16", "--preset", "tiny", "--batch-size", "4", "--steps", "30",
+                 "--sample-every", "0", "--out", str(tmp_path / "r")]) == 0
+    err, seconds = capsys.readouterr().err, time.perf_counter() - started
+    lines = [line for line in err.splitlines() if line.startswith("train diffusion")]
+    assert "\r" not in err
+    assert 1 <= len(lines) <= 3 + seconds // 30, err  # the first, one every 30 s, the last (here 2: 0/30, 30/30)
+    assert lines[-1].startswith("train diffusion") and "30/30 steps, loss" in lines[-1]
+
+
+def test_a_terminal_still_gets_the_redrawn_bar():
+    import io
+    from dreamlet.bars import Lines, progress_bar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+    terminal, log = Terminal(), io.StringIO()
+    for stream in (terminal, log):
+        with progress_bar(stream, total=50, desc="x") as bar:
+            for _ in range(50):
+                bar.update(1)
+    assert "\r" in terminal.getvalue() and "\r" not in log.getvalue() and len(log.getvalue().splitlines()) <= 2
+    assert not isinstance(progress_bar(terminal, total=1).fp, Lines)

@@ -25,56 +25,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def add_train(commands) -> None:
-    from .data import DATASETS, FITS, FORMATS
+    """`dreamlet train`: a flag for every TrainConfig field (training.flag declares its help), the
+    families' own flags, and --set for any model config field."""
+    import dataclasses
+    import typing
+    from .data import DATASETS, FORMATS
     from .models import FAMILIES
-    from .pipeline import PRECISIONS
-    from .training import FAMILY_DEPENDENT
+    from .training import TrainConfig
     train = commands.add_parser("train", help="train a model on a captioned dataset")
-    train.add_argument("--data", default="shapes", help=f"a built-in set ({', '.join(DATASETS)}) or a path")
-    train.add_argument("--format", choices=FORMATS, help="the format of a --data path (default: detected)")
-    train.add_argument("--model", default="diffusion", help=f"model family: {', '.join(FAMILIES)}")
-    train.add_argument("--size", type=int, default=32, help="image side in pixels (shapes: 16, 32, 64, 128)")
-    train.add_argument("--fit", default="crop", choices=FITS,
-                       help="pictures that are not square: crop (the centre square, for photos; the default) or "
-                            "pad (whole, on their background colour: icons, clip art, banners)")
     budget = train.add_mutually_exclusive_group()
-    budget.add_argument("--minutes", type=float, help="training time budget (counted across resumes)")
-    budget.add_argument("--steps", type=int, help="stop at this step, counted from the start of the run")
-    train.add_argument("--seed", type=int, default=0)
-    train.add_argument("--out", required=True, help="run directory; the model goes to OUT/model")
-    train.add_argument("--resume", action="store_true", help="continue the run saved in OUT")
-    train.add_argument("--preset", default="",
-                       help="model size: tiny, small (the default, CPU and GPU), base (wider; see docs/training.md)")
-    train.add_argument("--batch-size", type=int,
-                       help=f"default: the family's ({FAMILY_DEPENDENT['batch_size']} for diffusion)")
-    train.add_argument("--lr", type=float,
-                       help=f"peak learning rate; default: the family's ({FAMILY_DEPENDENT['lr']} for diffusion)")
+    changed = {"model": dict(help=f"model family: {', '.join(FAMILIES)}"), "out": dict(required=True),
+               "data": dict(help=f"a built-in set ({', '.join(DATASETS)}) or a path"),
+               "format": dict(choices=FORMATS, default=None), "device": dict(default=None)}
+    types = typing.get_type_hints(TrainConfig)
+    for field in dataclasses.fields(TrainConfig):
+        if field.name == "settings":  # --set, below
+            continue
+        options = {k: v for k, v in field.metadata.items()} | changed.get(field.name, {})
+        kind = next(t for t in typing.get_args(types[field.name]) or (types[field.name],) if t is not type(None))
+        if kind is bool:
+            options |= dict(action="store_true")
+        else:
+            options = dict(type=kind, default=field.default) | options
+        group = budget if field.name in ("minutes", "steps") else train
+        group.add_argument("--" + field.name.replace("_", "-"), **options)
     for flag, names in family_flags().values():  # each family's own options (models.Flag)
         train.add_argument(f"--{flag.name}", choices=flag.choices or None, metavar=flag.metavar,
                            help=f"{', '.join(names)}: {flag.help}")
     train.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE",
                        help="change one model config field, e.g. --set r1=0.1 --set diffaugment=color,translation "
                             "--set dit.depth=6 (repeatable; see the family's Config)")
-    train.add_argument("--sample-every", type=int, default=500, help="steps between progress grids (0: never)")
-    train.add_argument("--checkpoint-every", type=int, default=500)
-    train.add_argument("--device", help="cpu or cuda (default: cuda when available)")
-    train.add_argument("--precision", default="auto", choices=PRECISIONS,
-                       help="auto: bf16 autocast on a GPU, fp32 on a CPU")
-    train.add_argument("--accumulate", type=int, default=1, metavar="N",
-                       help="split each step's batch into N micro-batches (same batch, less memory)")
-    train.add_argument("--checkpointing", action="store_true",
-                       help="activation checkpointing: recompute the transformer blocks in the backward pass "
-                            "(less memory, about 30 %% slower)")
-    train.add_argument("--compile", action="store_true",
-                       help="torch.compile the networks (slower on CPU; try it on a GPU)")
-    train.add_argument("--wandb", metavar="PROJECT", default="",
-                       help="also log to this Weights & Biases project (needs the wandb package)")
-    train.add_argument("--workers", type=int, metavar="N",
-                       help="processes drawing the next steps' pictures ahead of training "
-                            "(default: up to 4 on a GPU, 0 on a CPU)")
-    train.add_argument("--max-memory", type=float, metavar="GB",
-                       help="memory per process in GiB: measure the model, then choose --accumulate and "
-                            "--checkpointing to fit")
 
 
 def family_flags() -> dict:
@@ -90,8 +70,10 @@ def family_flags() -> dict:
 
 def add_sample(commands) -> None:
     sample = commands.add_parser("sample", help="draw pictures from prompts")
-    sample.add_argument("--model", required=True, help="a model directory (RUN/model)")
+    sample.add_argument("--model", help="a model directory (RUN/model); with --from-png, the one the PNG names")
     source = sample.add_mutually_exclusive_group(required=True)
+    source.add_argument("--from-png", metavar="FILE",
+                        help="draw a picture written by dreamlet sample or serve again, from the settings it carries")
     source.add_argument("--prompt", help="one prompt")
     source.add_argument("--prompts-file", help="a text file, one prompt a line")
     source.add_argument("--heldout", type=int, metavar="N",
@@ -101,6 +83,9 @@ def add_sample(commands) -> None:
     sample.add_argument("--steps", type=int, help="sampler steps (default: the model's, 20)")
     sample.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the model's)")
     sample.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
+    sample.add_argument("--negative-prompt", metavar="TEXT",
+                        help="what the pictures should not show: it takes the empty caption's place in classifier-free "
+                             "guidance")
     sample.add_argument("--size", type=int, help="a size the model draws at (a cascade's base size: that stage alone)")
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
@@ -154,6 +139,8 @@ def add_data(commands) -> None:
     inspect.add_argument("--size", type=int, default=32, help="the size to cache the pictures at")
     inspect.add_argument("--fit", default="crop", choices=FITS,
                          help="pictures that are not square: crop or pad, as `dreamlet train --fit`")
+    inspect.add_argument("--caption-column", default="", metavar="NAME",
+                         help="the column that holds the captions (imagefolder metadata, parquet), as in train")
     inspect.add_argument("--sheet", help="contact sheet PNG (default: inspect.png in the current folder)")
     inspect.add_argument("--count", type=int, default=48, help="pictures on the contact sheet")
     inspect.add_argument("--json", action="store_true", help="print the report as JSON")
@@ -182,6 +169,7 @@ def add_serve(commands) -> None:
 
 
 def run_train(args) -> None:
+    import dataclasses
     from .training import TrainConfig, train
     check_train_numbers(args)
     if args.out and Path(args.out).exists() and not Path(args.out).is_dir():
@@ -196,30 +184,35 @@ def run_train(args) -> None:
         if args.model not in names:
             raise UserError(f"--{flag.name} is for --model {listed(names, 'and')}")
         set_field(settings, flag.field, str(Path(value).resolve()) if flag.path else value)
-    config = TrainConfig(model=args.model, out=args.out, resume=args.resume, data=args.data, format=args.format or "",
-                         size=args.size, preset=args.preset, settings=settings, batch_size=args.batch_size, lr=args.lr,
-                         steps=args.steps, minutes=args.minutes, seed=args.seed, device=args.device or "",
-                         precision=args.precision, sample_every=args.sample_every,
-                         checkpoint_every=args.checkpoint_every, accumulate=args.accumulate,
-                         checkpointing=args.checkpointing, compile=args.compile, max_memory=args.max_memory,
-                         workers=args.workers, wandb=args.wandb, fit=args.fit)
+    given = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig) if f.name != "settings"}
+    config = TrainConfig(**given | dict(format=args.format or "", device=args.device or "", settings=settings))
     model_dir = train(config)
     from accelerate import PartialState
     if PartialState().is_main_process:  # launched as several processes, one line, not one per process
         print(f"model: {model_dir}")
 
 
+# The numbers a training flag may take: (low, high, whether low itself is allowed), checked before any work.
+TRAIN_NUMBERS = {"seed": (0, 2 ** 32 - 1, True), "steps": (1, None, True), "batch_size": (1, None, True),
+                 "size": (1, None, True), "accumulate": (1, None, True), "minutes": (0, None, False), "workers": (0, None, True),
+                 "max_memory": (0, None, False), "lr": (0, None, False), "warmup": (0, None, True),
+                 "min_lr_ratio": (0, 1, True), "weight_decay": (0, None, True), "grad_clip": (0, None, True),
+                 "ema_decay": (0, 1, True), "log_every": (1, None, True), "tokenizer_captions": (1, None, True),
+                 "max_bad_steps": (1, None, True), "sample_every": (0, None, True), "checkpoint_every": (0, None, True)}
+
+
 def check_train_numbers(args) -> None:
-    for name in ("steps", "batch_size", "size", "accumulate"):
+    import math
+    for name, (low, high, closed) in TRAIN_NUMBERS.items():
         value = getattr(args, name)
-        if value is not None and value < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be at least 1")
-    if args.minutes is not None and args.minutes <= 0:
-        raise UserError("--minutes must be positive")
-    if args.workers is not None and args.workers < 0:
-        raise UserError("--workers must be 0 or more")
-    if args.max_memory is not None and not args.max_memory > 0:
-        raise UserError("--max-memory must be a positive number of GiB")
+        if value is None:
+            continue
+        flag = "--" + name.replace("_", "-")
+        too_high = high is not None and value > high
+        if not math.isfinite(value) or value < low or (value == low and not closed) or too_high:
+            bounds = f"between {low} and {high}" if high is not None else (
+                f"at least {low}" if closed else ("positive" if low == 0 else f"more than {low}"))
+            raise UserError(f"{flag} must be {bounds}, not {value}")
 
 
 def parse_settings(settings: list[str]) -> dict:
@@ -248,19 +241,28 @@ def set_field(overrides: dict, name: str, value) -> None:
 
 
 def run_sample(args) -> None:
-    from .sample import read_prompts, sample
+    from .sample import read_prompts, sample, sample_again
+    if args.from_png is not None:
+        records = sample_again(args.from_png, args.out, args.model)
+        print(f"{records[0]['file']} in {args.out}: {records[0]['prompt']!r}, seed {records[0]['seed']}")
+        return
+    if args.model is None:
+        raise UserError("--model is required (or --from-png FILE)")
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a file, not a directory")
     if args.heldout is not None:
         prompts = heldout_prompts(args.model, args.heldout)
     else:
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     records = sample(args.model, prompts, args.out, num=args.num, seed=args.seed, steps=args.steps,
                      guidance=args.guidance, size=args.size, sampler=args.sampler, rerank=args.rerank, clip=args.clip,
-                     method=args.method)
+                     method=args.method, negative=args.negative_prompt)
     if args.grid:
         import numpy as np
         from PIL import Image
         from .images import captioned_grid
         images = np.stack([np.asarray(Image.open(Path(args.out) / r["file"])) for r in records])
+        Path(args.grid).parent.mkdir(parents=True, exist_ok=True)
         captioned_grid(images, [r["prompt"] for r in records], columns=8).save(args.grid)
         print(f"grid: {args.grid}")
     print(f"{len(records)} pictures in {args.out} (index: {Path(args.out) / 'index.jsonl'})")
@@ -280,7 +282,8 @@ def heldout_prompts(model_dir: str, count: int) -> list[str]:
     data = train.get("data", "shapes")
     if data == "shapes":
         return [p.text for p in benchmark_prompts(0, count, 0, seed=5)]
-    dataset = load(data, train.get("size", 32), format=train.get("format") or None, fit=train.get("fit", "crop"))
+    dataset = load(data, train.get("size", 32), format=train.get("format") or None, fit=train.get("fit", "crop"),
+                   caption_column=train.get("caption_column") or "")
     if not len(dataset.heldout_index):
         raise UserError(f"{data} holds nothing out (fewer than 100 pictures); give --prompt or --prompts-file")
     return dataset.heldout(count)[1]
@@ -290,8 +293,10 @@ def run_eval(args) -> None:
     from .evaluation import evaluate_shapes, evaluate_with_clip, write_report
     from .models import get_family
     from .pipeline import Pipeline
-    if args.prompts < 1 or args.distractors < 1:
-        raise UserError("--prompts and --distractors must be at least 1")
+    if args.prompts < 1 or args.distractors < 1 or args.seeds < 1:
+        raise UserError("--prompts, --seeds and --distractors must be at least 1")
+    if args.steps is not None and args.steps < 1:
+        raise UserError(f"--steps must be at least 1, not {args.steps}")
     pipeline = Pipeline.load(args.model).at_size(args.size)  # --size: a cascade's stage
     family = get_family(pipeline.family)
     if family.evaluate:  # its own evaluation (a CLIP on real pictures, an image tokenizer's reconstructions)
@@ -314,6 +319,10 @@ def run_eval(args) -> None:
     out = args.out or str(Path(args.model).parent / "eval")
     json_path, md_path = write_report(report, out)
     print(f"report: {json_path} and {md_path}")
+    if json_path.resolve() == (Path(args.model).parent / "eval.json").resolve():  # the model card shows it
+        from .card import write_card
+        from .checkpoint import read_json
+        write_card(Path(args.model), read_json(Path(args.model) / "config.json"))
 
 
 def run_data(args) -> None:
@@ -324,8 +333,8 @@ def run_data(args) -> None:
         raise UserError("shapes is drawn on the fly and has nothing to inspect; try emoji, digits or a path")
     if args.count < 1:
         raise UserError("--count must be at least 1")
-    report = inspect(load(args.path, args.size, format=args.format, fit=args.fit), args.sheet or "inspect.png",
-                     args.count)
+    dataset = load(args.path, args.size, format=args.format, fit=args.fit, caption_column=args.caption_column)
+    report = inspect(dataset, args.sheet or "inspect.png", args.count)
     print(json.dumps(report, indent=2) if args.json else describe(report))
 
 
@@ -350,7 +359,9 @@ def run_demo(args) -> None:
     from .pipeline import Pipeline
     from .training import TrainConfig, train
     out = Path(args.out)
-    budget = dict(steps=args.steps) if args.steps else dict(minutes=args.minutes)
+    if args.prompts < 1 or (args.steps is not None and args.steps < 1) or not args.minutes > 0:
+        raise UserError("--prompts and --steps must be at least 1 and --minutes positive")
+    budget = dict(steps=args.steps) if args.steps is not None else dict(minutes=args.minutes)
     resume = args.resume or (out / "checkpoint" / "state.json").is_file()
     if resume:
         print(f"continuing the run in {out}")

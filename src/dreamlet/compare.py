@@ -24,22 +24,31 @@ def find_report(path: Path) -> Path:
 
 def training_minutes(report: dict, report_path: Path) -> float | None:
     """Minutes of training of the model a report scored, from its run's train_log.csv."""
-    model = Path(report.get("model", ""))
+    model = Path(str(report.get("model", "")))
     for log in (model.parent / "train_log.csv", report_path.parent / "train_log.csv"):
         if log.is_file():
-            rows = list(csv.DictReader(open(log)))
-            return float(rows[-1]["elapsed_s"]) / 60 if rows else None
+            try:
+                with open(log, newline="", encoding="utf-8") as f:
+                    rows = list(csv.DictReader(f))
+                return float(rows[-1]["elapsed_s"]) / 60 if rows else None
+            except (KeyError, TypeError, ValueError, UnicodeDecodeError, csv.Error):
+                raise UserError(f"{log} is not a dreamlet training log (no readable elapsed_s column)") from None
     return None
 
 
 def row(path: str | Path) -> dict:
     report_path = find_report(Path(path))
-    report = json.loads(report_path.read_text())
+    try:
+        report = json.loads(report_path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        raise UserError(f"{report_path} is not a JSON report") from None
+    if not isinstance(report, dict) or not isinstance(report.get("judge", {}), dict):
+        raise UserError(f"{report_path} is not a dreamlet eval report")
     judged = report.get("judge", report)  # a CLIP report on shapes carries the judge's report inside
     out = {"run": str(path), "minutes": training_minutes(report, report_path), "steps": report.get("steps")}
     for key, _, from_judge in METRICS:
-        source = judged if from_judge else report
-        out[key] = source.get(key)
+        value = (judged if from_judge else report).get(key)
+        out[key] = value if isinstance(value, (int, float)) and not isinstance(value, bool) else None
     return out
 
 

@@ -98,19 +98,17 @@ def markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def trained_format(pipeline: Pipeline) -> str | None:
-    """The --format of the data a model was trained on (None: detected)."""
-    return pipeline.meta.get("train", {}).get("format") or None
+def data_options(pipeline: Pipeline) -> dict:
+    """How the data a model was trained on was read, for `data.load`: its --format (None: detected), --fit
+    (crop before it was a choice) and --caption-column."""
+    train = pipeline.meta.get("train", {})
+    return dict(format=train.get("format") or None, fit=train.get("fit") or "crop",
+                caption_column=train.get("caption_column") or "")
 
 
-def trained_fit(pipeline: Pipeline) -> str:
-    """How the pictures a model was trained on were made square (--fit; saved before it was a choice: crop)."""
-    return pipeline.meta.get("train", {}).get("fit") or "crop"
-
-
-def heldout_set(data: str, size: int, count: int, format: str | None = None,
-                fit: str = "crop") -> tuple[np.ndarray, list[str], list[str]]:
-    """Real held-out pictures (made square by `fit`, as the model was trained), their captions, and a
+def heldout_set(data: str, size: int, count: int, format: str | None = None, fit: str = "crop",
+                caption_column: str = "") -> tuple[np.ndarray, list[str], list[str]]:
+    """Real held-out pictures (read as the model was trained: `data_options`), their captions, and a
     pool of captions to draw distractors from. Shapes: canonical benchmark prompts of every kind and
     freshly drawn pictures of them."""
     from .data import load
@@ -120,7 +118,7 @@ def heldout_set(data: str, size: int, count: int, format: str | None = None,
         scenes: list[Scene] = [random_pair(rng) if i % 3 == 2 else random_single(rng) for i in range(count)]
         pool = [p.text for p in benchmark_prompts(432, 48, 400, seed=99)]
         return np.stack([render(s, size) for s in scenes]), [canonical_caption(s) for s in scenes], pool
-    dataset = load(data, size, format=format, quiet=True, fit=fit)
+    dataset = load(data, size, format=format, quiet=True, fit=fit, caption_column=caption_column)
     if not len(dataset.heldout_index):
         raise UserError(f"{data} holds nothing out (fewer than 100 pictures): nothing to evaluate on")
     images, captions = dataset.heldout(count)
@@ -135,7 +133,8 @@ def evaluate_clip_model(clip_dir: str | Path, data: str | None = None, count: in
     from .scoring import ClipScorer, fid_kid
     scorer = ClipScorer(clip_dir)
     data = data or scorer.pipeline.meta.get("data", "shapes")
-    images, captions, pool = heldout_set(data, scorer.image_size, count, format, trained_fit(scorer.pipeline))
+    images, captions, pool = heldout_set(data, scorer.image_size, count, **data_options(scorer.pipeline) | (
+        {"format": format} if format else {}))
     half = len(images) // 2
     noise = np.random.default_rng(0).integers(0, 256, images[:half].shape, dtype=np.uint8)
     return {"model": str(clip_dir), "kind": "clip", "data": data, "pictures": len(images), "distractors": distractors,
@@ -159,8 +158,7 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     if scorer.image_size != pipeline.image_size:
         raise UserError(f"the CLIP model works at {scorer.image_size} px and the generator at {pipeline.image_size} px")
     data = data or pipeline.meta.get("data", "shapes")
-    real, captions, pool = heldout_set(data, pipeline.image_size, count, trained_format(pipeline),
-                                       trained_fit(pipeline))
+    real, captions, pool = heldout_set(data, pipeline.image_size, count, **data_options(pipeline))
     started = time.perf_counter()
     fake = pipeline.draw(captions, list(range(len(captions))), steps=steps, guidance=guidance, sampler=sampler)
     seconds = time.perf_counter() - started
@@ -233,7 +231,7 @@ def evaluate_tokenizer(model_dir: str | Path, data: str | None = None, count: in
     pipeline = pipeline or Pipeline.load(model_dir)
     model = pipeline.model
     data = data or pipeline.meta.get("data", "shapes")
-    images, _, _ = heldout_set(data, pipeline.image_size, count, trained_format(pipeline), trained_fit(pipeline))
+    images, _, _ = heldout_set(data, pipeline.image_size, count, **data_options(pipeline))
     codes, decoded, seconds = reconstruct(model, images, pipeline.device)
     share = torch.bincount(codes.flatten(), minlength=model.config.codebook_size).double() / codes.numel()
     used = share[share > 0]
@@ -250,7 +248,7 @@ def evaluate_reconstruction(model_dir: str | Path, data: str | None = None, coun
     and, with a CLIP model, the FID of the reconstructions against the originals in its feature space."""
     pipeline = pipeline or Pipeline.load(model_dir)
     data = data or pipeline.meta.get("data", "shapes")
-    images, _, _ = heldout_set(data, pipeline.image_size, count, trained_format(pipeline), trained_fit(pipeline))
+    images, _, _ = heldout_set(data, pipeline.image_size, count, **data_options(pipeline))
     latents, decoded, seconds = reconstruct(pipeline.model, images, pipeline.device)
     report = {"model": str(model_dir), "benchmark": "reconstruction", "kind": "autoencoder", "data": data,
               "size": pipeline.image_size, "pictures": len(images), "grid": latents.shape[-1],

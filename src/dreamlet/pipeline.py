@@ -55,10 +55,44 @@ def stage_seed(seed: int, size: int) -> int:
 
 
 @dataclass
-class Drawn:
-    jobs: list[tuple[str, int]]   # (prompt, seed) of each picture
-    images: np.ndarray            # (N, S, S, 3) uint8
-    scores: list                  # the CLIP score of each reranked winner (None without reranking)
+class PipelineOutput:
+    """What a pipeline call returns (diffusers' habit): `.images`, and beside them the prompt, seed and
+    negative prompt of each picture, each reranked winner's CLIP score (None without reranking) and the
+    settings that drew them. It reads as the images themselves: `out[0]`, `len(out)`, `for image in out`."""
+    images: list | np.ndarray | torch.Tensor  # PIL images, (N, S, S, 3) uint8, or (N, 3, S, S) floats in [0, 1]
+    prompts: list[str]
+    seeds: list[int]
+    negative_prompts: list[str]
+    scores: list
+    settings: dict                            # model, steps, guidance, sampler as used (defaults filled in)
+
+    @property
+    def jobs(self) -> list[tuple[str, int]]:
+        return list(zip(self.prompts, self.seeds))
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __iter__(self):
+        return iter(self.images)
+
+    def __getitem__(self, index):
+        return self.images[index]
+
+
+# diffusers' argument names, accepted beside dreamlet's own
+ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_images_per_prompt": "num",
+           "output_type": "output", "negative_prompt": "negative"}
+OUTPUTS = {"pil": "pil", "numpy": "numpy", "np": "numpy", "tensor": "tensor", "pt": "tensor"}
+
+
+def per_prompt(text: str | list[str] | None, prompts: list[str], name: str) -> list[str]:
+    """A negative prompt given once for all prompts, or one per prompt, as a list with one per prompt."""
+    if text is None or isinstance(text, str):
+        return [text or ""] * len(prompts)
+    if len(text) != len(prompts):
+        raise UserError(f"{len(text)} {name}s for {len(prompts)} prompts: give one, or one per prompt")
+    return [str(t) for t in text]
 
 
 class Pipeline:
@@ -139,11 +173,14 @@ class Pipeline:
         return pipeline
 
     def save(self, model_dir: str | Path, state_dict: dict | None = None) -> None:
-        """Write config.json, model.safetensors (the given weights, EMA by default) and tokenizer.json."""
+        """Write config.json, model.safetensors (the given weights, EMA by default), tokenizer.json and the
+        model card (README.md)."""
         def write(tmp: Path):
-            save_json(tmp / "config.json", self.meta | {"family": self.family, "dreamlet": __version__,
-                                                       "config_version": get_family(self.family).version,
-                                                       "model": to_dict(self.model.config)})
+            from .card import write_card
+            meta = self.meta | {"family": self.family, "dreamlet": __version__,
+                                "config_version": get_family(self.family).version, "model": to_dict(self.model.config)}
+            save_json(tmp / "config.json", meta)
+            write_card(tmp, meta, Path(model_dir))  # README.md: what it is, how it was trained and scored, how to load
             save_tensors(tmp / "model.safetensors", state_dict or self.model.state_dict())
             self.tokenizer.save(tmp / "tokenizer.json")
             if self.base is not None:  # a cascade: the model directory carries its base stage
@@ -168,69 +205,122 @@ class Pipeline:
 
     def __call__(self, prompt: str | list[str], seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, num: int = 1, sampler: str | None = None, rerank: int = 1, clip=None,
-                 generator: torch.Generator | None = None, output: str = "pil"):
-        """Draw `num` pictures for each prompt: a list of PIL images (prompt by prompt, then the next
-        round), or with output="numpy" a (N, S, S, 3) uint8 array, "tensor" a (N, 3, S, S) float tensor in
-        [0, 1]. Picture k of prompt i gets seed `seed + len(prompts) * k + i` (a `generator` draws `seed`);
-        `rerank` K > 1 keeps the best of K candidates by the CLIP model `clip` (a directory or ClipScorer).
+                 generator: torch.Generator | list[torch.Generator] | None = None, output: str = "pil",
+                 negative: str | list[str] | None = None, **diffusers_names) -> PipelineOutput:
+        """Draw `num` pictures for each prompt (prompt by prompt, then the next round): a PipelineOutput
+        whose `.images` are PIL images, or with output="numpy" a (N, S, S, 3) uint8 array, "tensor" a
+        (N, 3, S, S) float tensor in [0, 1]. Picture k of prompt i gets seed `seed + len(prompts) * k + i`;
+        a `generator` draws `seed`, and a list of them (one per picture) draws each picture's seed.
+        `negative` (a prompt, or one per prompt) takes the empty caption's place in classifier-free
+        guidance: the pictures move away from it. `rerank` K > 1 keeps the best of K candidates by the
+        CLIP model `clip` (a directory or ClipScorer). diffusers' names work too: num_inference_steps,
+        guidance_scale, num_images_per_prompt, negative_prompt, output_type ("pil", "np", "pt").
 
             pipe = dreamlet.load("runs/demo/model")
-            images = pipe("a large red circle at the top left", num=4, seed=1)
+            images = pipe("a large red circle at the top left", num=4, seed=1).images
         """
-        if generator is not None:
-            seed = int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))
+        options = dict(steps=steps, guidance=guidance, num=num, output=output, negative=negative)
+        defaults = dict(steps=None, guidance=None, num=1, output="pil", negative=None)
+        for name, value in diffusers_names.items():
+            if name not in ALIASES:
+                raise TypeError(f"Pipeline() got an unexpected keyword argument {name!r}")
+            own = ALIASES[name]
+            if options[own] != defaults[own]:
+                raise TypeError(f"Pipeline() got both {name!r} and its dreamlet name {own!r}")
+            options[own] = value
+        if OUTPUTS.get(options["output"]) is None:
+            raise UserError(f"unknown output {options['output']!r}; expected pil, numpy (np) or tensor (pt)")
         prompts = [prompt] if isinstance(prompt, str) else list(prompt)
-        drawn = self.run(prompts, seed, num, steps, guidance, sampler, rerank, clip)
-        if output == "pil":
+        seeds = None
+        if isinstance(generator, (list, tuple)):  # one generator per picture: each one draws its picture's seed
+            if len(generator) != len(prompts) * options["num"]:
+                raise UserError(f"{len(generator)} generators for {len(prompts) * options['num']} pictures: "
+                                "give one, or one per picture")
+            seeds = [int(torch.randint(0, 2 ** 31 - 1, (), generator=g)) for g in generator]
+        elif generator is not None:
+            seed = int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))
+        drawn = self.run(prompts, seed, options["num"], options["steps"], options["guidance"], sampler, rerank, clip,
+                         negative=options["negative"], seeds=seeds)
+        kind = OUTPUTS[options["output"]]
+        if kind == "pil":
             from PIL import Image
-            return [Image.fromarray(image) for image in drawn.images]
-        if output == "numpy":
-            return drawn.images
-        if output == "tensor":
-            return torch.from_numpy(drawn.images).permute(0, 3, 1, 2).float() / 255
-        raise UserError(f"unknown output {output!r}; expected pil, numpy or tensor")
+            drawn.images = [Image.fromarray(image) for image in drawn.images]
+        elif kind == "tensor":
+            drawn.images = torch.from_numpy(drawn.images).permute(0, 3, 1, 2).float() / 255
+        return drawn
+
+    def settings(self, steps: int | None = None, guidance: float | None = None, sampler: str | None = None) -> dict:
+        """The settings a drawing used, with this model's defaults for those not given (None where the
+        family has no such setting, as a GAN has no steps)."""
+        config = self.model.config
+        given = dict(steps=steps, guidance=guidance, sampler=sampler)
+        return {"model": str(self.path) if self.path else None, "family": self.family} | {
+            name: value if value is not None else getattr(config, name, None) for name, value in given.items()}
 
     def run(self, prompts: list[str], seed: int = 0, num: int = 1, steps: int | None = None,
-            guidance: float | None = None, sampler: str | None = None, rerank: int = 1, clip=None) -> "Drawn":
-        """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture, the
-        pictures, and with reranking each winner's CLIP score (DALL-E's best-of-K)."""
+            guidance: float | None = None, sampler: str | None = None, rerank: int = 1, clip=None,
+            negative: str | list[str] | None = None, seeds: list[int] | None = None) -> PipelineOutput:
+        """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture (`seeds`: given
+        ones, one per picture in drawing order), the pictures as a uint8 array, and with reranking each
+        winner's CLIP score (DALL-E's best-of-K)."""
         if rerank > 1 and not clip:
             raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL "
                             f"(train one with --model {listed(families_that(lambda family: family.scores))})")
-        jobs = seed_jobs(self.check_prompts(prompts), seed, num, steps, rerank)
+        prompts = self.check_prompts(prompts)
+        negatives = per_prompt(negative, prompts, "negative prompt")
+        self.check_negative(negatives)
+        jobs = seed_jobs(prompts, seed, num, steps, rerank)
+        if seeds is not None:
+            jobs = [(prompts[j % len(prompts)], int(s)) for j, s in enumerate(seeds)]
+        negatives = [negatives[j % len(prompts)] for j in range(len(jobs))]  # jobs go prompt by prompt, round by round
+        settings = self.settings(steps, guidance, sampler)
         if rerank == 1:
             images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance,
-                               sampler=sampler)
-            return Drawn(jobs, images, [None] * len(jobs))
-        return self.best_of(jobs, rerank, clip, steps, guidance, sampler)
+                               sampler=sampler, negative=negatives)
+            return PipelineOutput(images, [p for p, _ in jobs], [s for _, s in jobs], negatives, [None] * len(jobs),
+                                  settings)
+        return self.best_of(jobs, rerank, clip, steps, guidance, sampler, negatives, settings)
+
+    def check_negative(self, negatives: list[str]) -> None:
+        """One line when a negative prompt is given to a model that has no unconditional branch for it."""
+        if any(negatives) and not get_family(self.family).guided:
+            guided = families_that(lambda family: family.guided and family.draws)
+            raise UserError(f"a {self.family} model draws without classifier-free guidance, so it has no use for "
+                            f"a negative prompt ({listed(guided)} models have)")
 
     def best_of(self, jobs: list[tuple[str, int]], rerank: int, clip, steps: int | None = None,
-                guidance: float | None = None, sampler: str | None = None) -> "Drawn":
+                guidance: float | None = None, sampler: str | None = None, negative: list[str] | None = None,
+                settings: dict | None = None) -> PipelineOutput:
         """For each (prompt, seed) job, draw `rerank` candidates (seeds rerank * seed + c) and keep the
         one the CLIP model `clip` (a directory or ClipScorer) matches best to its prompt."""
         from .scoring import ClipScorer
         scorer = clip if isinstance(clip, ClipScorer) else ClipScorer(clip)
+        negative = negative or [""] * len(jobs)
         candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
         drawn = self.draw([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
-                          sampler=sampler)
-        images, chosen, scores = [], [], []
+                          sampler=sampler, negative=[n for n in negative for _ in range(rerank)])
+        images, seeds, scores = [], [], []
         for j, (prompt, _) in enumerate(jobs):
             group = drawn[j * rerank:(j + 1) * rerank]
             similarity = scorer.match(group, prompt)
             best = int(similarity.argmax())
             images.append(group[best])
-            chosen.append((prompt, candidates[j * rerank + best][1]))
+            seeds.append(candidates[j * rerank + best][1])
             scores.append(round(100 * float(similarity[best]), 2))
-        return Drawn(chosen, np.stack(images), scores)
+        return PipelineOutput(np.stack(images), [p for p, _ in jobs], seeds, list(negative), scores,
+                              (settings or self.settings(steps, guidance, sampler)) | {"candidates": rerank})
 
     @torch.no_grad()
-    def draw(self, prompts: list[str], seeds: list[int], steps: int | None = None,
-             guidance: float | None = None, sampler: str | None = None, batch_size: int = 64) -> np.ndarray:
-        """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise."""
+    def draw(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
+             sampler: str | None = None, batch_size: int = 64, negative: str | list[str] | None = None) -> np.ndarray:
+        """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise;
+        `negative`: the negative prompt of every picture, or of each."""
         get_family(self.family).refuse_to_draw(self.model.config)  # one line for a model that does not draw
         prompts = self.check_prompts(prompts)
+        negative = per_prompt(negative, prompts, "negative prompt")
+        self.check_negative(negative)
         return np.concatenate([to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps,
-                                                      guidance, sampler))
+                                                      guidance, sampler, negative=negative[i:i + batch_size]))
                                for i in range(0, len(prompts), batch_size)])
 
     @torch.no_grad()
@@ -252,15 +342,17 @@ class Pipeline:
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None,
-                 low: torch.Tensor | None = None) -> torch.Tensor:
+                 low: torch.Tensor | None = None, negative: list[str] | None = None) -> torch.Tensor:
         """One batch of pictures, (B, 3, S, S) in [-1, 1]. A seed fixes its picture's starting noise. A
         super-resolution stage upsamples `low` (B, 3, s, s), by default its base stage's pictures for the
-        same prompts and seeds, rounded to 8 bits as they would be saved. Steps, guidance and sampler,
-        when given, hold for every stage."""
+        same prompts and seeds, rounded to 8 bits as they would be saved. Steps, guidance, sampler and
+        the negative prompts (one per picture: the unconditional branch's captions), when given, hold
+        for every stage."""
         if low is None and self.base is not None:
-            low = to_tensor(to_uint8(self.base.generate(prompts, seeds, steps, guidance, sampler)))
+            low = to_tensor(to_uint8(self.base.generate(prompts, seeds, steps, guidance, sampler, negative=negative)))
         S = self.image_size
-        ids, empty = self.tokenizer(prompts).to(self.device), self.tokenizer([""]).to(self.device)
+        ids = self.tokenizer(prompts).to(self.device)
+        empty = self.tokenizer(negative if negative and any(negative) else [""]).to(self.device)
         options = dict(steps=steps, guidance=guidance, sampler=sampler)
         generators = [torch.Generator().manual_seed(int(s) if low is None else stage_seed(int(s), S)) for s in seeds]
         shape = getattr(self.model, "noise_shape", (3, S, S))  # a latent model starts from latent noise

@@ -1,4 +1,6 @@
-"""Generate pictures from prompts: PNG files plus OUTDIR/index.jsonl (file, prompt, seed)."""
+"""Generate pictures from prompts: PNG files plus OUTDIR/index.jsonl. Every picture carries what drew
+it (model, prompt, seed, negative prompt, steps, guidance, sampler) in its index line and in a
+"dreamlet" text chunk of its PNG, so `dreamlet sample --from-png FILE` draws it again."""
 from __future__ import annotations
 
 import json
@@ -7,9 +9,10 @@ from pathlib import Path
 
 from PIL import Image
 
+from . import __version__
 from .checkpoint import UserError
 from .models import families_that, get_family, listed
-from .pipeline import Pipeline, seed_jobs
+from .pipeline import Pipeline, PipelineOutput, seed_jobs
 
 
 def read_prompts(path: str | Path) -> list[str]:
@@ -33,21 +36,29 @@ def slug(text: str, length: int = 40) -> str:
 def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int = 1, seed: int = 0,
            steps: int | None = None, guidance: float | None = None, size: int | None = None,
            sampler: str | None = None, rerank: int = 1, clip: str | Path | None = None,
-           method: str = "model") -> list[dict]:
+           method: str = "model", negative: str | None = None) -> list[dict]:
     """Draw `num` pictures per prompt (the same `Pipeline.run` as `dreamlet.load(...)(...)`): picture k of
     prompt i gets seed `seed + len(prompts) * k + i`. With `rerank` K > 1, each picture is the best of K
     candidates (seeds K * s ... K * s + K - 1) by the CLIP model `clip`, as DALL-E does; its record gives
-    the winning seed. `method="vqgan-clip"` draws no sample from a
-    prior: it optimises an image tokenizer's codes (a vqvae model, or a dalle model's own) against
-    the CLIP for `steps` steps (default 100). Returns the index records."""
+    the winning seed. `negative`: the negative prompt (classifier-free guidance moves away from it).
+    `method="vqgan-clip"` draws no sample from a prior: it optimises an image tokenizer's codes (a vqvae
+    model, or a dalle model's own) against the CLIP for `steps` steps (default 100). Returns the index
+    records."""
     if method not in ("model", "vqgan-clip"):
         raise UserError(f"unknown --method {method!r}; expected model or vqgan-clip")
     pipeline = Pipeline.load(model_dir)
     if method == "vqgan-clip":
-        return save(out, *optimise_with_clip(pipeline, prompts, num, seed, steps, clip))
+        if negative:
+            raise UserError("--method vqgan-clip has no use for a negative prompt")
+        jobs, images, scores = optimise_with_clip(pipeline, prompts, num, seed, steps, clip)
+        settings = {"model": str(model_dir), "family": pipeline.family, "method": method, "steps": steps or 100,
+                    "clip": str(clip)}
+        return save(out, PipelineOutput(images, [p for p, _ in jobs], [s for _, s in jobs], [""] * len(jobs), scores,
+                                        settings))
     pipeline = pipeline.at_size(size)  # a cascade's base stage alone when --size asks for its size
-    drawn = pipeline.run(prompts, seed, num, steps, guidance, sampler, rerank, clip)
-    return save(out, drawn.jobs, drawn.images, drawn.scores, rerank)
+    drawn = pipeline.run(prompts, seed, num, steps, guidance, sampler, rerank, clip, negative=negative)
+    drawn.settings |= {"model": str(model_dir), "size": pipeline.image_size} | ({"clip": str(clip)} if clip else {})
+    return save(out, drawn)
 
 
 def optimise_with_clip(pipeline: Pipeline, prompts: list[str], num: int, seed: int, steps: int | None, clip):
@@ -69,21 +80,65 @@ def optimise_with_clip(pipeline: Pipeline, prompts: list[str], num: int, seed: i
     ids = scorer.tokenizer([p for p, _ in jobs]).to(scorer.device)
     images = optimise_codes(tokenizer.to(scorer.device), scorer.model, ids, [s for _, s in jobs], steps or 100)
     scores = [round(100 * float(v), 2) for v in scorer.cosine(images, [p for p, _ in jobs])]
-    return jobs, images, scores, 1
+    return jobs, images, scores
 
 
-def save(out: str | Path, jobs: list[tuple[str, int]], images, scores: list, rerank: int) -> list[dict]:
-    """PNG files and index.jsonl lines for (prompt, seed) jobs and their pictures."""
+def save(out: str | Path, drawn: PipelineOutput) -> list[dict]:
+    """PNG files and index.jsonl lines for drawn pictures, each with the settings that drew it (also in
+    the PNG's "dreamlet" text chunk)."""
+    from PIL.PngImagePlugin import PngInfo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
-    for (prompt, image_seed), image, score in zip(jobs, images, scores):
+    for image, prompt, image_seed, negative, score in zip(drawn.images, drawn.prompts, drawn.seeds,
+                                                          drawn.negative_prompts, drawn.scores):
         name = f"{image_seed:06d}-{slug(prompt)}.png"
-        Image.fromarray(image).save(out / name)
-        records.append({"file": name, "prompt": prompt, "seed": image_seed}
-                       | ({"candidates": rerank} if rerank > 1 else {})
-                       | ({"clip_score": score} if score is not None else {}))
+        settings = ({"prompt": prompt, "seed": image_seed, "negative_prompt": negative} | drawn.settings
+                    | ({"clip_score": score} if score is not None else {}) | {"dreamlet": __version__})
+        chunk = PngInfo()
+        chunk.add_text(PNG_KEY, json.dumps(settings))
+        Image.fromarray(image).save(out / name, pnginfo=chunk)
+        records.append({"file": name} | settings)
     with open(out / "index.jsonl", "a", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
     return records
+
+
+PNG_KEY = "dreamlet"  # the PNG text chunk that holds a picture's settings
+
+
+def read_png_settings(path: str | Path) -> dict:
+    """The settings a picture written by `sample` or `serve` was drawn with (its "dreamlet" text chunk)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"--from-png: no such file: {path}")
+    try:
+        with Image.open(path) as image:
+            text = getattr(image, "text", {}).get(PNG_KEY)
+    except (OSError, ValueError, Image.DecompressionBombError):
+        raise UserError(f"--from-png: {path} is not a picture Pillow can read") from None
+    if text is None:
+        raise UserError(f"--from-png: {path} carries no dreamlet settings (it was not drawn by dreamlet sample "
+                        "or serve)")
+    try:
+        settings = json.loads(text)
+        assert isinstance(settings, dict) and isinstance(settings["prompt"], str) and isinstance(settings["seed"], int)
+    except (ValueError, KeyError, AssertionError):
+        raise UserError(f"--from-png: the dreamlet settings in {path} are damaged") from None
+    return settings
+
+
+def sample_again(path: str | Path, out: str | Path, model_dir: str | Path | None = None) -> list[dict]:
+    """Draw the picture in a PNG written by dreamlet again, from the settings it carries: with its own
+    model, or `model_dir` (the same picture when that is the same model)."""
+    settings = read_png_settings(path)
+    if model_dir is None:
+        model_dir = settings.get("model")
+        if not model_dir or not Path(model_dir).is_dir():  # `serve` names its models without their paths
+            raise UserError(f"--from-png: {path} was drawn by model {model_dir!r}, which is not a folder here; "
+                            "give --model DIR")
+    return sample(model_dir, [settings["prompt"]], out, seed=settings["seed"], steps=settings.get("steps"),
+                  guidance=settings.get("guidance"), size=settings.get("size"), sampler=settings.get("sampler"),
+                  clip=settings.get("clip"), method=settings.get("method", "model"),
+                  negative=settings.get("negative_prompt") or None)

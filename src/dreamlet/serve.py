@@ -10,6 +10,7 @@ import asyncio
 import base64
 import csv
 import io
+import json
 import math
 import secrets
 import time
@@ -21,6 +22,7 @@ from pathlib import Path
 from .checkpoint import UserError
 
 NO_VERDICT = "no verdict (not a canonical shapes prompt)"
+SAMPLERS = ("dpmpp_2m", "ddim")
 MAX_SEED = 2 ** 31 - 1
 MAX_LOG_POINTS = 2000  # the run view's loss curve keeps every k-th row beyond this
 
@@ -55,7 +57,7 @@ def parse_request(body, limits: Limits, models: list[dict]) -> dict:
     """The checked fields of a generate request, or BadRequest saying what is wrong with it."""
     if not isinstance(body, dict):
         raise BadRequest('the body must be a JSON object such as {"prompt": "a red circle"}')
-    unknown = set(body) - {"prompt", "seed", "steps", "guidance", "num", "model"}
+    unknown = set(body) - {"prompt", "negative_prompt", "seed", "steps", "guidance", "sampler", "num", "model"}
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(sorted(unknown))}")
     prompt = body.get("prompt")
@@ -63,6 +65,12 @@ def parse_request(body, limits: Limits, models: list[dict]) -> dict:
         raise BadRequest("prompt: give some text to draw")
     if len(prompt) > limits.max_prompt_chars:
         raise BadRequest(f"prompt: {len(prompt)} characters, at most {limits.max_prompt_chars}")
+    negative = body.get("negative_prompt") or ""
+    if not isinstance(negative, str) or len(negative) > limits.max_prompt_chars:
+        raise BadRequest(f"negative_prompt: text of at most {limits.max_prompt_chars} characters")
+    sampler = body.get("sampler")
+    if sampler is not None and sampler not in SAMPLERS:
+        raise BadRequest(f"sampler: one of {', '.join(SAMPLERS)}, not {sampler!r}")
 
     def number(name, low, high, kinds=(int,)):
         value = body.get(name)
@@ -79,14 +87,21 @@ def parse_request(body, limits: Limits, models: list[dict]) -> dict:
     if not matches:
         raise BadRequest(f"model: no model {choice!r}; loaded: {', '.join(m['name'] for m in models) or 'none'}")
     seed = number("seed", 0, MAX_SEED)
-    return dict(prompt=prompt, model=matches[0]["index"], seed=secrets.randbelow(MAX_SEED) if seed is None else seed,
+    return dict(prompt=prompt, negative=negative, model=matches[0]["index"],
+                seed=secrets.randbelow(MAX_SEED) if seed is None else seed, sampler=sampler,
                 steps=number("steps", 1, limits.max_steps), guidance=number("guidance", 0, 50, (int, float)),
                 num=number("num", 1, limits.max_images) or 1)
 
 
-def png_base64(image) -> str:
+def png_base64(image, settings: dict | None = None) -> str:
+    """A picture as base64 PNG, with the settings that drew it in its "dreamlet" text chunk (as `sample` writes)."""
+    from PIL.PngImagePlugin import PngInfo
+    from .sample import PNG_KEY
+    info = PngInfo()
+    if settings is not None:
+        info.add_text(PNG_KEY, json.dumps(settings))
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    image.save(buffer, format="PNG", pnginfo=info)
     return base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -167,10 +182,15 @@ def error(message: str, status: int):
 
 def draw(pipeline, info: dict, job: dict, queued: float) -> dict:
     """A checked generate request's answer: the pictures as PNG, their seeds, shapes verdicts, timings."""
+    from . import __version__
     started = time.perf_counter()
-    images = pipeline(job["prompt"], seed=job["seed"], num=job["num"], steps=job["steps"], guidance=job["guidance"])
-    out = dict(images=[png_base64(im) for im in images], seed=job["seed"],
-               seeds=[job["seed"] + k for k in range(job["num"])], model=info["name"], size=info["size"])
+    images = pipeline(job["prompt"], seed=job["seed"], num=job["num"], steps=job["steps"], guidance=job["guidance"],
+                      sampler=job["sampler"], negative=job["negative"])
+    settings = images.settings | {"model": info["name"], "size": info["size"]}  # a name: no paths leave the server
+    out = dict(images=[png_base64(im, {"prompt": job["prompt"], "seed": seed, "negative_prompt": job["negative"]}
+                                  | settings | {"dreamlet": __version__}) for im, seed in zip(images, images.seeds)],
+               seed=job["seed"], seeds=images.seeds, model=info["name"], size=info["size"],
+               settings=settings | {"negative_prompt": job["negative"]})
     if info["data"] == "shapes":
         out["verdicts"] = [verdict(im, job["prompt"]) for im in images]
     out["timings"] = dict(queue_s=round(started - queued, 4), generate_s=round(time.perf_counter() - started, 4))

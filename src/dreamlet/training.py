@@ -30,13 +30,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from .bars import progress_bar
+from .card import trained as trained_facts
 from .checkpoint import (Interrupted, UserError, load_optimizer_state, load_tensors, optimizer_state, read_json,
                          restore_interrupted, save_json, save_tensors, write_dir_atomically)
 from .config import to_dict, updated
-from .data import get_dataset
+from .data import FITS, get_dataset
 from .images import captioned_grid, to_tensor
 from .models import Family, get_family
-from .pipeline import Pipeline, autocast, pick_device
+from .pipeline import PRECISIONS, Pipeline, autocast, pick_device
 from .scaling import (budget_bytes, check_split, has_unused_parameters, measure_footprint, step_batches,
                       plan_memory, set_activation_checkpointing)
 from .text.tokenizer import CaptionTokenizer, load_tokenizer, tokenizer_for
@@ -47,41 +49,61 @@ from .text.tokenizer import CaptionTokenizer, load_tokenizer, tokenizer_for
 FAMILY_DEPENDENT = dict(batch_size=32, lr=2e-3, warmup=100, weight_decay=0.01, grad_clip=1.0, ema_decay=0.995)
 
 
+def flag(default, help: str, **argparse_options):
+    """A TrainConfig field with its `dreamlet train` help (and argparse options such as choices or metavar):
+    the CLI builds its training flags from these."""
+    return field(default=default, metadata=dict(help=help, **argparse_options))
+
+
 @dataclass
 class TrainConfig:
-    """Everything one training run needs; the fields are the `dreamlet train` flags."""
-    model: str = "diffusion"       # the model family (dreamlet.models.FAMILIES)
-    out: str = "runs/train"        # run directory: the model goes to OUT/model, the resumable state to OUT/checkpoint
-    resume: bool = False           # continue the run saved in OUT
-    data: str = "shapes"            # a built-in set (shapes, emoji, digits) or a path
-    format: str = ""               # the path's format ("" : detected; see dreamlet.data.formats)
-    size: int = 32                 # image side in pixels
-    fit: str = "crop"              # pictures that are not square: crop (centre square) | pad (on their background)
-    preset: str = "small"          # model size preset: small (the tuned default, CPU and GPU), base, tiny
+    """Everything one training run needs; every field is a `dreamlet train` flag (--batch-size for
+    batch_size), built from these declarations by the CLI."""
+    model: str = flag("diffusion", "the model family (dreamlet.models.FAMILIES)")
+    out: str = flag("runs/train", "run directory: the model goes to OUT/model, the resumable state to OUT/checkpoint")
+    resume: bool = flag(False, "continue the run saved in OUT")
+    data: str = flag("shapes", "a built-in set (shapes, emoji, digits) or a path")
+    format: str = flag("", "the format of a --data path (default: detected; see docs/data.md)")
+    size: int = flag(32, "image side in pixels (shapes: 16, 32, 64, 128)")
+    caption_column: str = flag("", "the column that holds the captions in imagefolder metadata or parquet (default: "
+                                   "the first of text, caption, captions, txt, prompt, sentence)", metavar="NAME")
+    fit: str = flag("crop", "pictures that are not square: crop (the centre square, for photos; the default) or pad "
+                            "(whole, on their background colour: icons, clip art, banners)", choices=FITS)
+    preset: str = flag("small", "model size: tiny, small (the tuned default, CPU and GPU), base (wider; "
+                                "docs/training.md)")
     settings: dict = field(default_factory=dict)  # model config changes, e.g. {"dit": {"depth": 6}} (--set)
-    batch_size: int | None = None  # None: the family's (32 for diffusion: small batches, more steps on a CPU)
-    lr: float | None = None        # peak AdamW learning rate (None: the family's, 2e-3 for diffusion)
-    warmup: int | None = None      # linear warmup steps
-    min_lr_ratio: float = 0.1      # cosine decay ends at lr * min_lr_ratio when the budget is spent
-    weight_decay: float | None = None
-    grad_clip: float | None = None  # 0: off
-    ema_decay: float | None = None
-    steps: int | None = None       # stop at this step (counted from the start of the run) ...
-    minutes: float | None = None   # ... or after this much training time (also counted across resumes)
-    seed: int = 0
-    device: str = ""               # "" : cuda when available, else cpu
-    precision: str = "auto"        # auto: bf16 autocast on a GPU, fp32 on a CPU | fp32 | bf16
-    tokenizer_captions: int = 20000
-    log_every: int = 20
-    sample_every: int = 500        # steps between progress grids (0: never)
-    checkpoint_every: int = 500    # steps between checkpoints (and always at the end)
-    max_bad_steps: int = 5         # non-finite losses in a row before the run stops (each one is skipped)
-    accumulate: int = 1            # micro-batches per step: each of batch_size / accumulate pictures, one update
-    checkpointing: bool = False    # activation checkpointing: blocks recomputed in backward (less memory, ~30 % slower)
-    compile: bool = False          # torch.compile the model's networks (off: slower on CPU, docs/benchmarks.md)
-    max_memory: float | None = None  # GiB per process: measure the model, choose accumulate and checkpointing to fit
-    wandb: str = ""                # a Weights & Biases project to log to as well ("" : TensorBoard and CSV only)
-    workers: int | None = None     # processes drawing the next steps' pictures ahead (None: <= 4 on a GPU, 0 on a CPU)
+    init_from: str = flag("", "fine-tune: start from this trained model's weights and tokenizer (RUN/model) on --data, "
+                              "as a run of its own (its architecture; new words get tokens of their own)",
+                          metavar="MODEL")
+    batch_size: int | None = flag(None, "pictures per step (default: the family's, 32 for diffusion: small batches, "
+                                        "more steps on a CPU)")
+    lr: float | None = flag(None, "peak AdamW learning rate (default: the family's, 2e-3 for diffusion)")
+    warmup: int | None = flag(None, "linear warmup steps (default: the family's, 100 for diffusion)")
+    min_lr_ratio: float = flag(0.1, "the cosine decay ends at lr x this when the budget is spent")
+    weight_decay: float | None = flag(None, "AdamW weight decay (default: the family's, 0.01 for diffusion)")
+    grad_clip: float | None = flag(None, "clip the gradient norm at this (0: off; default: the family's, 1)")
+    ema_decay: float | None = flag(None, "decay of the weights' moving average that is saved (default: the "
+                                         "family's, 0.995 for diffusion)")
+    steps: int | None = flag(None, "stop at this step, counted from the start of the run ...")
+    minutes: float | None = flag(None, "... or after this much training time (also counted across resumes)")
+    seed: int = flag(0, "seeds the model's initialisation, the data order and every random draw of training")
+    device: str = flag("", "cpu or cuda (default: cuda when available)")
+    precision: str = flag("auto", "auto: bf16 autocast on a GPU, fp32 on a CPU", choices=PRECISIONS)
+    tokenizer_captions: int = flag(20000, "captions the tokenizer is trained on")
+    log_every: int = flag(20, "steps between training-log rows (train_log.csv, TensorBoard, wandb)")
+    sample_every: int = flag(500, "steps between progress grids (0: never)")
+    checkpoint_every: int = flag(500, "steps between checkpoints (and always at the end)")
+    max_bad_steps: int = flag(5, "non-finite losses in a row before the run stops (each one is skipped)")
+    accumulate: int = flag(1, "split each step's batch into N micro-batches (same batch, less memory)", metavar="N")
+    checkpointing: bool = flag(False, "activation checkpointing: recompute the transformer blocks in the backward "
+                                      "pass (less memory, about 30 %% slower)")
+    compile: bool = flag(False, "torch.compile the networks (slower on CPU, docs/benchmarks.md; try it on a GPU)")
+    max_memory: float | None = flag(None, "memory per process in GiB: measure the model, then choose --accumulate "
+                                          "and --checkpointing to fit", metavar="GB")
+    wandb: str = flag("", "also log to this Weights & Biases project (pip install \"dreamlet[wandb]\")",
+                      metavar="PROJECT")
+    workers: int | None = flag(None, "processes drawing the next steps' pictures ahead of training (default: up "
+                                     "to 4 on a GPU, 0 on a CPU)", metavar="N")
 
     def resolved(self) -> "TrainConfig":
         """A copy with every None filled in: the family's TRAIN_DEFAULTS, else FAMILY_DEPENDENT."""
@@ -134,12 +156,13 @@ class FirstStage:
 
 
 def first_stage_config(config: TrainConfig, model: str, out: Path, share: float, **changes) -> TrainConfig:
-    """The run of a first stage a family declares: the same data (format, fit, size), seed, device and
-    precision as the whole command, no progress grids, and `share` of a time budget (with --steps, the
-    same step count), in the folder `out`."""
+    """The run of a first stage a family declares: the same data (format, fit, caption column, size), seed,
+    device and precision as the whole command, no progress grids, and `share` of a time budget (with
+    --steps, the same step count), in the folder `out`."""
     budget = dict(minutes=config.minutes * share) if config.minutes else dict(steps=config.steps)
     return TrainConfig(model=model, out=str(out), data=config.data, format=config.format, fit=config.fit,
-                       size=config.size, seed=config.seed, device=config.device, precision=config.precision,
+                       caption_column=config.caption_column, size=config.size, seed=config.seed,
+                       device=config.device, precision=config.precision,
                        sample_every=0, checkpoint_every=config.checkpoint_every, **budget, **changes)
 
 
@@ -226,7 +249,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
     `progress.stop()` all end the run with a checkpoint saved, ready for `resume=True`. Launched as
     several processes, every process calls this and trains; the main one alone writes and calls back."""
     run = start_run(config, quiet)
-    config, window, bad_steps, bar = run.config, Window(), 0, progress_bar(run)
+    config, window, bad_steps, bar = run.config, Window(), 0, training_bar(run)
     batches = step_batches(run.dataset, run.step, config.batch_size, config.accumulate, run.rank, run.world,
                            data_workers(config, run.device))
     with StopSignals() as signals, run.log or contextlib.nullcontext():  # the writer closes (flushes) on the way out
@@ -293,7 +316,8 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
         restore_interrupted(checkpoint_dir)  # a crash between the two renames of a save left the last one aside
     # each machine's first process builds a data cache, then the others read it
     with processes.local_main_process_first():
-        dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet, fit=config.fit)
+        dataset = get_dataset(config.data, config.size, config.seed, config.format or None, quiet, fit=config.fit,
+                              caption_column=config.caption_column)
     generator = torch.Generator().manual_seed(process_seed(config.seed, processes.process_index))
     if config.resume and not (checkpoint_dir / "state.json").is_file() and family.prepare \
             and any(out.glob("*/checkpoint/state.json")):
@@ -307,8 +331,12 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
     else:
         if (checkpoint_dir / "state.json").is_file():
             raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-        config, model_config, tokenizer = new_model_config(config, family, dataset, device, quiet)
-    model, ema, optimizer = build_model(config, family, model_config, device)
+        if not config.init_from:
+            config, model_config, tokenizer = new_model_config(config, family, dataset, device, quiet)
+    weights = None
+    if config.init_from and not config.resume:  # fine-tuning: the trained model's config, tokenizer and weights
+        model_config, tokenizer, weights = start_from(config, family, dataset, quiet)
+    model, ema, optimizer = build_model(config, family, model_config, device, weights)
     run = Run(config, family, processes, device, quiet, dataset, generator, tokenizer, model_config, model, ema,
               optimizer, step, elapsed, state.get("warnings", []))
     if config.resume:
@@ -332,9 +360,12 @@ def read_state(checkpoint_dir: Path, config: TrainConfig, family: Family) -> tup
             raise UserError(f"{out} holds a {state['family']} run, not {config.model}")
         saved = state["train"]
         fit = saved.get("fit", "crop")  # saved before the fit was a choice: every picture was cropped
-        if saved["size"] != config.size or saved["data"] != config.data or fit != config.fit:
-            raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px with --fit {fit}; "
-                            "resume with the same --data, --size and --fit")
+        column = saved.get("caption_column") or ""
+        if saved["size"] != config.size or saved["data"] != config.data or (fit, column) != (config.fit,
+                                                                                             config.caption_column):
+            raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px with --fit {fit}"
+                            + (f" and --caption-column {column}" if column else "")
+                            + "; resume with the same --data, --size, --fit and --caption-column")
         version = int(state.get("config_version") or 1)
         if version != family.version:  # its weights and optimizer state are laid out as that version's
             raise UserError(f"{out} was saved by another dreamlet (config version {version}, this one writes "
@@ -393,14 +424,56 @@ def new_model_config(config: TrainConfig, family: Family, dataset, device, quiet
     return config, model_config, tokenizer_for(getattr(model_config, "text", None), tokenizer)
 
 
-def build_model(config: TrainConfig, family: Family, model_config, device):
-    """The model (the same initial weights in every process), its EMA copy and the AdamW optimizer."""
+def start_from(config: TrainConfig, family: Family, dataset, quiet: bool):
+    """--init-from MODEL: its config (changed by --set), its caption tokenizer with the new captions' words
+    added, and its weights, for a fresh run on new data."""
+    source = Pipeline.load(config.init_from, device="cpu")
+    if source.family != config.model:
+        raise UserError(f"--init-from {config.init_from} is a {source.family} model; give --model {source.family}")
+    if source.image_size != config.size:
+        raise UserError(f"--init-from {config.init_from} draws {source.image_size} px pictures, not --size "
+                        f"{config.size}")
+    try:
+        model_config = updated(source.model.config, copy.deepcopy(config.settings))
+    except ValueError as error:
+        raise UserError(f"--set: {error}") from None
+    tokenizer, text = source.tokenizer, getattr(model_config, "text", None)
+    if isinstance(tokenizer, CaptionTokenizer) and text is not None:  # not a pretrained encoder's own
+        tokenizer, added = tokenizer.extended(dataset.captions(config.tokenizer_captions), max(4096, text.vocab_size))
+        model_config = updated(model_config, {"text": {"vocab_size": tokenizer.vocab_size}})
+        if not quiet:
+            print(f"fine-tuning {config.init_from}: {added} new tokens for the new captions' words")
+    return model_config, tokenizer, source.model.state_dict()
+
+
+def load_grown(model: torch.nn.Module, weights: dict) -> None:
+    """A trained model's weights into a model whose vocabulary grew: a tensor with more rows than its
+    trained one (a token embedding) keeps its fresh initialisation in the new rows."""
+    state = model.state_dict()
+    for name, tensor in weights.items():
+        if name in state and tensor.shape != state[name].shape and tensor.shape[1:] == state[name].shape[1:] \
+                and tensor.shape[0] < state[name].shape[0]:
+            grown = state[name].clone()
+            grown[:tensor.shape[0]] = tensor
+            weights = weights | {name: grown}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise UserError(f"--init-from: the weights do not fit this model ({str(error).strip().splitlines()[0]}); "
+                        "is a --set changing its shape?") from None
+
+
+def build_model(config: TrainConfig, family: Family, model_config, device, weights: dict | None = None):
+    """The model (the same initial weights in every process, or `weights`: --init-from), its EMA copy and
+    the AdamW optimizer."""
     torch.manual_seed(config.seed)  # the same initial weights in every process
     try:
         model = family.model(model_config).to(device)
     except (ValueError, TypeError) as error:  # e.g. a --set value of the wrong kind
         raise UserError(f"cannot build a {config.model} model from this config: {error}") from None
-    if not config.resume and hasattr(model, "load_first_stage"):  # e.g. dalle's frozen image tokenizer
+    if weights is not None:
+        load_grown(model, weights)
+    elif not config.resume and hasattr(model, "load_first_stage"):  # e.g. dalle's frozen image tokenizer
         model.load_first_stage()
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     if hasattr(model, "param_groups"):  # e.g. a GAN: generator and discriminator, each with its own settings
@@ -498,13 +571,13 @@ def data_workers(config: TrainConfig, device: torch.device) -> int:
     return min(4, max(1, (os.cpu_count() or 2) - 1)) if device.type == "cuda" else 0
 
 
-def progress_bar(run: Run) -> tqdm:
+def training_bar(run: Run) -> tqdm:
     parameters = sum(p.numel() for p in run.model.parameters())
     total = run.config.steps
-    return tqdm(total=total, initial=run.step if total else 0, disable=run.quiet, dynamic_ncols=True,
-                desc=f"train {run.config.model} {parameters / 1e6:.1f}M params",
-                bar_format="{desc}: {n_fmt}/{total_fmt} steps{postfix} [{elapsed}<{remaining}]" if total else
-                "{desc}: {n_fmt} steps{postfix} [{elapsed}]")
+    return progress_bar(total=total, initial=run.step if total else 0, disable=run.quiet,
+                        desc=f"train {run.config.model} {parameters / 1e6:.1f}M params",
+                        bar_format="{desc}: {n_fmt}/{total_fmt} steps{postfix} [{elapsed}<{remaining}]" if total else
+                        "{desc}: {n_fmt} steps{postfix} [{elapsed}]")
 
 
 # -- one training step ----------------------------------------------------------------------------
@@ -568,7 +641,7 @@ def log_row(run: Run, window: Window, lr: float, bar: tqdm) -> Progress:
             tqdm.write(f"dreamlet: warning at step {run.step}: {warning}")
     minutes = run.config.minutes
     left = f" {max(0.0, 60 * minutes - run.elapsed) / 60:.1f} min left" if run.config.steps is None else ""
-    bar.set_postfix_str(f"loss {mean_loss:.4f} {rate:.0f} img/s{left}")
+    bar.set_postfix_str(f"loss {mean_loss:.4f} {rate:.0f} img/s{left}", refresh=False)  # shown at the next redraw
     return Progress(run.step, mean_loss, lr, rate, run.elapsed, pipeline=run.pipeline)
 
 
@@ -621,6 +694,7 @@ def save_checkpoint(run: Run) -> None:
                                        "optimizer": opt_meta, "warnings": run.warnings})
         run.tokenizer.save(tmp / "tokenizer.json")
     write_dir_atomically(run.checkpoint_dir, write)
+    run.pipeline.meta["trained"] = trained_facts(run.step, run.elapsed, run.world)  # for config.json and the model card
     run.pipeline.save(run.out / "model")
 
 
@@ -709,7 +783,7 @@ class RunLog:
             try:
                 import wandb
             except ImportError:
-                raise UserError("--wandb needs the wandb package: pip install wandb "
+                raise UserError('--wandb needs the wandb package: pip install "dreamlet[wandb]" '
                                 "(WANDB_MODE=offline logs without an account or a network)") from None
             id_file = out / "wandb_run_id"
             run_id = id_file.read_text().strip() if config.resume and id_file.is_file() else None

@@ -12,7 +12,7 @@ from ..checkpoint import UserError
 from .builtin import emoji_fingerprint, read_digits, read_emoji
 from .cache import CaptionedImages, build_cache, cache_key, cache_root
 from .decode import FITS
-from .formats import READERS, detect_format, fingerprint
+from .formats import READERS, WITH_CAPTION_COLUMN, detect_format, fingerprint
 from .shapes import SUPPORTED_SIZES, ShapesDataset
 
 BUILTIN = {"shapes": None, "emoji": read_emoji, "digits": read_digits}
@@ -21,11 +21,12 @@ FORMATS = list(READERS)
 
 
 def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = None, quiet: bool = False,
-         fit: str = "crop"):
+         fit: str = "crop", caption_column: str = ""):
     """A dataset by built-in name (shapes, emoji, digits) or by path (format detected, or `format`),
     pictures that are not square made square by `fit`: "crop" (centre crop) or "pad" (onto their
-    background colour; decode.fit_square). Finite sets are cached on first use under $DREAMLET_CACHE
-    (default ~/.cache/dreamlet), one cache per set, size and fit."""
+    background colour; decode.fit_square), captions from `caption_column` where rows have named columns
+    (imagefolder metadata, parquet; default: the first of text, caption, ...). Finite sets are cached on
+    first use under $DREAMLET_CACHE (default ~/.cache/dreamlet), one cache per set, size, fit and column."""
     if fit not in FITS:
         raise UserError(f"--fit {fit}: choose one of: {', '.join(FITS)}")
     if name_or_path == "shapes":  # drawn square: the fit changes nothing
@@ -36,6 +37,8 @@ def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = 
     if size < 8 or size > 512 or size % 8:
         raise UserError(f"--size {size}: use a multiple of 8 between 8 and 512")
     if name_or_path in BUILTIN:
+        if caption_column:
+            raise UserError(f"--caption-column is for data with named columns, not the built-in {name_or_path}")
         reader = BUILTIN[name_or_path]
         source = dict(name=name_or_path, format="builtin")
         identity = emoji_fingerprint() if name_or_path == "emoji" else []
@@ -50,8 +53,14 @@ def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = 
             raise UserError(f"unknown --format {format!r}; choose one of: {', '.join(READERS)}")
         format = format or detect_format(path)
         source = dict(name=path.name, format=format, path=str(path))
+        options = {}
+        if caption_column:
+            if format not in WITH_CAPTION_COLUMN:
+                raise UserError(f"--caption-column is for {' and '.join(WITH_CAPTION_COLUMN)} data, not {format}")
+            source["caption_column"] = caption_column  # a cache of its own (none: the key it always had)
+            options = {"caption_column": caption_column}
         identity = fingerprint(path)
-        records, label = lambda: READERS[format](path, size), path.name
+        records, label = lambda: READERS[format](path, size, **options), path.name
     # A crop cache keeps the key and name it had before the fit was a choice, so existing caches stay valid.
     tag, extra = ("", ()) if fit == "crop" else (f"-{fit}", (fit,))
     directory = cache_root() / f"{label}-{size}px{tag}-{cache_key(source, identity, size, *extra)}"

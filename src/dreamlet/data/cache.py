@@ -22,8 +22,8 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 import numpy as np
-from tqdm import tqdm
 
+from ..bars import progress_bar
 from ..checkpoint import write_dir_atomically
 from .decode import Skip, clean_caption, decode_image
 
@@ -62,8 +62,8 @@ def build_cache(records: Iterable[Record], target: Path, size: int, source: dict
         skipped, seen = Counter(), set()
         sizes, split, count = [], [], 0
         started = time.perf_counter()
-        bar = tqdm(desc=f"caching {source.get('name', 'data')} at {size} px ({fit})", unit=" images", disable=quiet,
-                   file=sys.stderr, dynamic_ncols=True, mininterval=1.0)
+        bar = progress_bar(desc=f"caching {source.get('name', 'data')} at {size} px ({fit})", unit=" images",
+                           disable=quiet, mininterval=1.0)
         with bar, open(tmp / "images.u8", "wb") as images, open(tmp / "captions.jsonl", "w") as captions:
             for record in records:
                 bar.update(1)

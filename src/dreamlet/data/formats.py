@@ -1,7 +1,8 @@
 """Readers for the captioned formats people already have. Each yields `Record`s one at a time
 (never a whole set in memory) and reports what it cannot use as a record with a `problem`.
 
-    imagefolder   a folder with metadata.jsonl or metadata.csv (file_name, text), as Hugging Face's
+    imagefolder   metadata.jsonl, .csv or .parquet (file_name, text), as Hugging Face's, in the folder
+                  or in each split's folder (train/, test/, validation/)
     captions      one .txt caption beside each image (photo.jpg + photo.txt)
     coco          annotations/captions_*.json and the image folders they name
     cifar         CIFAR-10 / CIFAR-100, binary or Python version (read without running pickle code)
@@ -43,39 +44,73 @@ def _loader(path: Path):
 
 # ----------------------------------------------------------------------------- folders
 
-def read_imagefolder(root: Path, size: int) -> Iterator[Record]:
-    """Hugging Face's imagefolder layout: metadata.jsonl or metadata.csv with file_name and text."""
-    rows, listed = [], set()
-    if (root / "metadata.jsonl").is_file():
-        with open(root / "metadata.jsonl", "rb") as f:
+SPLITS = {"train": False, "test": True, "validation": True, "valid": True, "val": True}  # name: held out?
+METADATA = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+
+
+def _metadata_rows(folder: Path) -> Iterator[tuple[int, dict | None]]:
+    """(line number, row) of an imagefolder's metadata file; None for a line that is not a JSON object."""
+    if (folder / "metadata.jsonl").is_file():
+        with open(folder / "metadata.jsonl", "rb") as f:
             for number, line in enumerate(f, 1):
                 if not line.strip():
                     continue
                 try:
-                    rows.append((number, json.loads(line.decode("utf-8", "surrogateescape"))))
+                    yield number, json.loads(line.decode("utf-8", "surrogateescape"))
                 except ValueError:  # not JSON, or not UTF-8
-                    rows.append((number, None))
+                    yield number, None
+    elif (folder / "metadata.csv").is_file():
+        with open(folder / "metadata.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
+            yield from enumerate(csv.DictReader(f), 2)
     else:
-        with open(root / "metadata.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
-            rows = list(enumerate(csv.DictReader(f), 2))
-    for number, row in rows:
-        key = f"metadata line {number}"
-        if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
-            yield Record(key, None, None, problem="bad metadata line")
-            continue
-        path = root / row["file_name"]
-        listed.add(path.resolve())
-        caption = next((row[k] for k in TEXT_FIELDS if k in row), None)
-        if isinstance(caption, str) and any(0xDC80 <= ord(c) <= 0xDCFF for c in caption):
-            caption = caption.encode("utf-8", "surrogateescape")  # bad UTF-8: let the cleaner count it
-        captions = caption if isinstance(caption, list) else [caption]
-        if not path.is_file():
-            yield Record(str(row["file_name"]), None, captions, problem="missing file")
-            continue
-        yield Record(str(row["file_name"]), _loader(path), captions)
-    for path in _image_files(root):  # pictures the metadata does not mention have no caption
-        if path.resolve() not in listed:
-            yield Record(str(path.relative_to(root)), None, None, problem="no caption")
+        number = 1
+        for batch in _parquet_batches(folder / "metadata.parquet"):
+            for row in batch.to_pylist():
+                yield number, row
+                number += 1
+
+
+def _caption(row: dict, caption_column: str):
+    """The row's caption: the named column's, or the first of TEXT_FIELDS it has."""
+    if caption_column:
+        return row.get(caption_column)
+    return next((row[k] for k in TEXT_FIELDS if k in row), None)
+
+
+def imagefolder_splits(root: Path) -> list[tuple[Path, bool | None]]:
+    """The folders of an imagefolder with their held-out flag: train/, test/ (validation/ ...) each with
+    its own metadata, as Hugging Face lays out splits; else the folder itself (dreamlet picks held-out
+    pictures, None)."""
+    splits = [(root / name, held) for name, held in SPLITS.items()
+              if any((root / name / m).is_file() for m in METADATA)]
+    return splits if splits and not any((root / m).is_file() for m in METADATA) else [(root, None)]
+
+
+def read_imagefolder(root: Path, size: int, caption_column: str = "") -> Iterator[Record]:
+    """Hugging Face's imagefolder layout: metadata.jsonl, .csv or .parquet with file_name and a text
+    column (`caption_column`, or the first of TEXT_FIELDS), in the folder or in each split's folder
+    (train/ is trained on, test/ and validation/ are held out)."""
+    for folder, held in imagefolder_splits(root):
+        prefix = "" if folder == root else f"{folder.name}/"
+        listed = set()
+        for number, row in _metadata_rows(folder):
+            key = f"{prefix}metadata line {number}"
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+                yield Record(key, None, None, problem="bad metadata line")
+                continue
+            path = folder / row["file_name"]
+            listed.add(path.resolve())
+            caption = _caption(row, caption_column)
+            if isinstance(caption, str) and any(0xDC80 <= ord(c) <= 0xDCFF for c in caption):
+                caption = caption.encode("utf-8", "surrogateescape")  # bad UTF-8: let the cleaner count it
+            captions = caption if isinstance(caption, list) else [caption]
+            if not path.is_file():
+                yield Record(prefix + row["file_name"], None, captions, problem="missing file", heldout=held)
+                continue
+            yield Record(prefix + row["file_name"], _loader(path), captions, heldout=held)
+        for path in _image_files(folder):  # pictures the metadata does not mention have no caption
+            if path.resolve() not in listed:
+                yield Record(str(path.relative_to(root)), None, None, problem="no caption")
 
 
 def read_captions_beside(root: Path, size: int) -> Iterator[Record]:
@@ -236,19 +271,36 @@ def read_webdataset(path: Path, size: int) -> Iterator[Record]:
 
 # ----------------------------------------------------------------------------- Hugging Face datasets / parquet
 
-def _arrow_batches(path: Path):
-    import pyarrow as pa
+def _parquet_batches(file: Path):
     import pyarrow.parquet as pq
+    yield from pq.ParquetFile(file).iter_batches(batch_size=256)
+
+
+def parquet_split(file: Path) -> bool | None:
+    """Whether a parquet file of a Hugging Face dataset is a held-out split, from its name (train-00000-of-00002,
+    test-..., validation-...) or its folder's (data/train/...); None when neither says."""
+    for name in (file.stem.split("-")[0], file.parent.name):
+        if name in SPLITS:
+            return SPLITS[name]
+    return None
+
+
+def _arrow_batches(path: Path):
+    """(batch, held out?) of a parquet file, a folder of them, or a saved dataset (every split of a
+    DatasetDict: train trained on, the others held out)."""
+    import pyarrow as pa
     if path.is_file() and path.suffix == ".parquet":
-        yield from pq.ParquetFile(path).iter_batches(batch_size=256)
+        yield from ((batch, parquet_split(path)) for batch in _parquet_batches(path))
         return
-    if (path / "dataset_dict.json").is_file():  # a DatasetDict: the train split, else the first
-        splits = json.loads((path / "dataset_dict.json").read_text()).get("splits", [])
-        path = path / ("train" if "train" in splits else splits[0])
+    if (path / "dataset_dict.json").is_file():
+        for split in json.loads((path / "dataset_dict.json").read_text()).get("splits", []):
+            held = SPLITS.get(split, split != "train")
+            yield from ((batch, held) for batch, _ in _arrow_batches(path / split))
+        return
     parquet = sorted(path.rglob("*.parquet"))
     if parquet:
         for file in parquet:
-            yield from pq.ParquetFile(file).iter_batches(batch_size=256)
+            yield from ((batch, parquet_split(file)) for batch in _parquet_batches(file))
         return
     for file in sorted(path.glob("*.arrow")):
         with open(file, "rb") as f:
@@ -257,14 +309,15 @@ def _arrow_batches(path: Path):
             except pa.ArrowInvalid:
                 reader = pa.ipc.open_file(f)
                 for i in range(reader.num_record_batches):
-                    yield reader.get_batch(i)
+                    yield reader.get_batch(i), None
                 continue
-            yield from reader
+            yield from ((batch, None) for batch in reader)
 
 
-def read_hf(path: Path, size: int) -> Iterator[Record]:
+def read_hf(path: Path, size: int, caption_column: str = "") -> Iterator[Record]:
     """A `datasets` dataset saved to disk, or parquet files: the image column (bytes, or a path) and
-    the text column (a string or a list of strings), read a batch of rows at a time."""
+    the text column (`caption_column`, or the first of TEXT_FIELDS; a string or a list of strings),
+    read a batch of rows at a time. Splits stay apart: test and validation rows are held out."""
     try:
         import pyarrow  # noqa: F401
     except ImportError:
@@ -272,13 +325,15 @@ def read_hf(path: Path, size: int) -> Iterator[Record]:
                         "pip install 'dreamlet[data]'") from None
     base = path if path.is_dir() else path.parent
     row = 0
-    for batch in _arrow_batches(path):
+    for batch, held in _arrow_batches(path):
         names = batch.schema.names
         image_column = next((n for n in IMAGE_FIELDS if n in names), None)
-        text_column = next((n for n in TEXT_FIELDS if n in names), None)
+        text_column = caption_column if caption_column in names else next((n for n in TEXT_FIELDS if n in names), None)
+        if caption_column and caption_column not in names:
+            raise UserError(f"--caption-column {caption_column}: {path} has columns {', '.join(names)}")
         if image_column is None or text_column is None:
             raise UserError(f"{path} has columns {names}; dreamlet needs an image column ({', '.join(IMAGE_FIELDS)}) "
-                            f"and a text column ({', '.join(TEXT_FIELDS)})")
+                            f"and a text column ({', '.join(TEXT_FIELDS)}, or --caption-column)")
         for image, text in zip(batch.column(image_column).to_pylist(), batch.column(text_column).to_pylist()):
             key = f"row {row}"
             row += 1
@@ -288,13 +343,14 @@ def read_hf(path: Path, size: int) -> Iterator[Record]:
                     data = _loader(base / file) if (base / file).is_file() else None
                 image = data
             yield Record(key, image, text if isinstance(text, list) else [text],
-                         problem=None if image is not None else "no image")
+                         problem=None if image is not None else "no image", heldout=held)
 
 
 # ----------------------------------------------------------------------------- detection
 
 READERS = {"imagefolder": read_imagefolder, "captions": read_captions_beside, "coco": read_coco,
            "cifar": read_cifar, "webdataset": read_webdataset, "hf": read_hf}
+WITH_CAPTION_COLUMN = ("imagefolder", "hf")  # the formats whose rows have named columns (--caption-column)
 
 
 def detect_format(path: Path) -> str:
@@ -309,15 +365,18 @@ def detect_format(path: Path) -> str:
     names = {p.name for p in path.iterdir()}
     if any(n.endswith(".tar") for n in names):
         return "webdataset"
-    if names & {"dataset_dict.json", "dataset_info.json", "state.json"} or any(n.endswith(".parquet") for n in names):
+    if names & {"dataset_dict.json", "dataset_info.json", "state.json"} or any(
+            n.endswith(".parquet") and n != "metadata.parquet" for n in names):
         return "hf"
     if (path / "annotations").is_dir() and any((path / "annotations").glob("captions_*.json")):
         return "coco"
     if names & {"batches.meta.txt", "fine_label_names.txt", "batches.meta", "meta"} and \
             names & {"data_batch_1.bin", "train.bin", "data_batch_1", "train"}:
         return "cifar"
-    if names & {"metadata.jsonl", "metadata.csv"}:
+    if names & set(METADATA) or imagefolder_splits(path)[0][1] is not None:
         return "imagefolder"
+    if any(p.name != "metadata.parquet" for p in path.rglob("*.parquet")):  # the Hub's data/train-*.parquet
+        return "hf"
     if any(p.suffix.lower() in IMAGE_EXTENSIONS for p in path.rglob("*")):
         return "captions"
     raise UserError(f"cannot tell the format of {path}: no metadata.jsonl/csv, COCO annotations, CIFAR batches, "

@@ -31,6 +31,7 @@ def inspect(dataset: CaptionedImages, sheet: str | Path | None = None, count: in
         rng = np.random.default_rng(seed)
         records = np.sort(rng.choice(dataset.meta["count"], min(count, dataset.meta["count"]), replace=False))
         images = dataset.rows(records)
+        Path(sheet).parent.mkdir(parents=True, exist_ok=True)
         captioned_grid(images, [dataset.all_captions[r][0] for r in records], columns=8).save(sheet)
         report["contact_sheet"] = str(sheet)
     return report

@@ -54,6 +54,9 @@ class Family:
     # Draws pictures from prompts (Pipeline.draw, sample, the shapes judge): a bool, or a function of
     # the model's config for a family that draws only in some setups (a super-resolution stage: in a cascade).
     draws: bool | Callable[[object], bool] = True
+    # Draws with classifier-free guidance: its generate() reads `empty_ids` as the unconditional branch's
+    # captions, where a negative prompt takes the empty caption's place.
+    guided: bool = True
     scores: bool = False             # scores pictures against captions (a CLIP: reranking, eval --clip)
     upsamples: bool = False          # upsamples given pictures (Pipeline.upsample: generate(..., low=, low_noise=))
     does_instead: str = ""           # when it does not draw: what it does, for the one-line refusal

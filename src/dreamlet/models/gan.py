@@ -305,5 +305,5 @@ class TextToImageGAN(nn.Module):
         return self.generator(z, self.caption(ids) if self.conditional else None).float()
 
 
-FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2,
+FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2, guided=False,
                 migrations={1: lambda config: removed(config, "text.token_std")})

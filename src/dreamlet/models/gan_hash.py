@@ -15,4 +15,5 @@ class HashGanConfig(GanConfig):
 
 
 FAMILY = Family("gan-hash", HashGanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2,
+                guided=False,
                 migrations={1: lambda config: removed(config, "text.token_std")})

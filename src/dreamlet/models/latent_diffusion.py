@@ -114,7 +114,7 @@ def with_autoencoder(overrides: dict, model_dir, train_config) -> dict:
         raise UserError(f"the autoencoder in {model_dir} works at {autoencoder.image_size} px, "
                         f"not --size {train_config.size}")
     dataset = get_dataset(train_config.data, train_config.size, train_config.seed, train_config.format or None, True,
-                          fit=train_config.fit)
+                          fit=train_config.fit, caption_column=train_config.caption_column)
     latents = autoencoder.model.encode(to_tensor(dataset.batch(0, 256)[0]))
     return overrides | {"autoencoder_dir": str(Path(model_dir).resolve()), "autoencoder": autoencoder.model.config,
                         "latent_scale": float(1 / latents.std())}

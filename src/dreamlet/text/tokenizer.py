@@ -16,6 +16,14 @@ from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers
 from ..checkpoint import UserError
 
 PAD, UNK, BOS, EOS = "[PAD]", "[UNK]", "[BOS]", "[EOS]"
+NORMALIZER = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+PRE_TOKENIZER = pre_tokenizers.BertPreTokenizer()
+
+
+def word_counts(captions) -> Counter:
+    """How often each word (as the tokenizer splits and lower-cases them) occurs in the captions."""
+    return Counter(word for caption in captions
+                   for word, _ in PRE_TOKENIZER.pre_tokenize_str(NORMALIZER.normalize_str(str(caption))))
 
 
 class TokenizerFile:
@@ -59,23 +67,37 @@ class CaptionTokenizer(TokenizerFile):
         rather than by tokenizers' WordPieceTrainer, whose token set and ids depend on hash-map order
         from one process to the next (huggingface/tokenizers#1794; measured on the emoji captions):
         the same captions must give the same ids, or the same --seed would not give the same model."""
-        normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
-        pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-        counts = Counter(word for caption in captions
-                         for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(str(caption))))
+        counts = word_counts(captions)
         chars = sorted({char for word in counts for char in word})
         vocab = [PAD, UNK, BOS, EOS] + chars + ["##" + char for char in chars]
         words = sorted((w for w in counts if len(w) > 1), key=lambda w: (-counts[w], w))  # ties: alphabetical
         vocab += words[:max(0, vocab_size - len(vocab))]
+        return cls.from_vocabulary(vocab, max_length)
+
+    @classmethod
+    def from_vocabulary(cls, vocab: list[str], max_length: int = 32) -> "CaptionTokenizer":
+        """The WordPiece tokenizer whose token i is vocab[i] (vocab starts with PAD, UNK, BOS, EOS)."""
         tok = Tokenizer(models.WordPiece({token: i for i, token in enumerate(vocab)}, unk_token=UNK,
                                          max_input_chars_per_word=64))
-        tok.normalizer, tok.pre_tokenizer, tok.decoder = normalizer, pre_tokenizer, decoders.WordPiece()
+        tok.normalizer, tok.pre_tokenizer, tok.decoder = NORMALIZER, PRE_TOKENIZER, decoders.WordPiece()
         tok.add_special_tokens([PAD, UNK, BOS, EOS])  # their ids stay; decode(skip_special_tokens) drops them
         from tokenizers.processors import TemplateProcessing
         tok.post_processor = TemplateProcessing(single=f"{BOS} $A {EOS}",
                                                 special_tokens=[(BOS, tok.token_to_id(BOS)),
                                                                 (EOS, tok.token_to_id(EOS))])
         return cls(tok, max_length)
+
+    def extended(self, captions, vocab_size: int = 4096) -> tuple["CaptionTokenizer", int]:
+        """For fine-tuning on new captions: this tokenizer with the characters and words of `captions` it
+        lacks appended, most frequent first, up to `vocab_size` tokens in all. Every old token keeps its
+        id, so a trained text encoder keeps what it learned and a new word gets a row of its own; a word
+        left out is still spelled in characters. Returns the tokenizer and how many tokens it gained."""
+        vocab = sorted(self.tokenizer.get_vocab(), key=self.tokenizer.token_to_id)
+        known, counts = set(vocab), word_counts(captions)
+        chars = sorted({char for word in counts for char in word} - known)
+        words = sorted((w for w in counts if len(w) > 1 and w not in known), key=lambda w: (-counts[w], w))
+        added = (chars + ["##" + c for c in chars if "##" + c not in known] + words)[:max(0, vocab_size - len(vocab))]
+        return CaptionTokenizer.from_vocabulary(vocab + added, self.max_length), len(added)
 
     @classmethod
     def load(cls, path: str | Path, max_length: int = 32) -> "CaptionTokenizer":
