@@ -131,3 +131,11 @@ def test_unknown_setting_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "dreamlet: error: --set: GanConfig has no field 'wings'"
     assert main(["train", "--model", "gan", "--steps", "1", "--out", str(tmp_path / "r"), *TINY, "--set", "r1"]) == 2
+
+
+def test_a_gan_does_not_edit_pictures(tmp_path):
+    from dreamlet.checkpoint import UserError
+    run = tmp_path / "g"
+    assert main(["train", "--model", "gan", "--size", "16", "--steps", "1", "--out", str(run), *TINY]) == 0
+    with pytest.raises(UserError, match="a gan model does not edit pictures; a diffusion or latent-diffusion"):
+        Pipeline.load(run / "model")("a red circle", image=np.zeros((16, 16, 3), np.uint8))

@@ -149,3 +149,63 @@ def test_fine_tuning_refuses_another_family_or_size_in_one_line(tiny_run, tmp_pa
     assert "is a diffusion model; give --model diffusion" in capsys.readouterr().err
     assert main(base + ["--size", "16"]) == 2
     assert "draws 32 px pictures, not --size 16" in capsys.readouterr().err
+
+
+def picture_and_mask(size=32):
+    rng = np.random.default_rng(0)
+    picture = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), bool)
+    mask[8:20, 4:28] = True
+    return picture, mask
+
+
+def test_image_to_image_spans_keeping_the_picture_to_plain_sampling(tiny_run):
+    from dreamlet.models.diffusion.schedule import edit_times
+    from dreamlet.pipeline import Edit
+    pipe = dreamlet.load(tiny_run / "model")
+    picture, _ = picture_and_mask()
+    prompts, seeds = [PROMPT, "a blue square"], [3, 4]
+    kept = pipe.draw(prompts, seeds, steps=4, edit=Edit(picture, None, 0.0))
+    assert all(np.array_equal(image, picture) for image in kept)  # strength 0: the input as it is
+    plain = pipe.draw(prompts, seeds, steps=4)
+    assert np.array_equal(pipe.draw(prompts, seeds, steps=4, edit=Edit(picture, None, 1.0)), plain)  # from noise
+    half = pipe.draw(prompts, seeds, steps=4, edit=Edit(picture, None, 0.5))
+    assert not np.array_equal(half, plain) and not np.array_equal(half[0], picture)
+    # closer to the start picture than plain sampling is
+    assert np.abs(half.astype(int) - picture).mean() < np.abs(plain.astype(int) - picture).mean()
+    assert len(edit_times(20, 0.5)) == 11 and float(edit_times(20, 0.5)[0]) == 0.5
+
+
+def test_inpainting_keeps_every_pixel_outside_the_mask(tiny_run, tmp_path, capsys):
+    pipe = dreamlet.load(tiny_run / "model")
+    picture, mask = picture_and_mask()
+    out = pipe(PROMPT, num=2, steps=3, image=picture, mask_image=(mask * 255).astype(np.uint8), output="np")
+    assert out.settings["strength"] == 1.0
+    for image in out.images:
+        assert np.array_equal(image[~mask], picture[~mask]) and not np.array_equal(image[mask], picture[mask])
+    Image.fromarray(picture).save(tmp_path / "start.png")
+    Image.fromarray((mask * 255).astype(np.uint8)).save(tmp_path / "mask.png")
+    assert main(["sample", "--model", str(tiny_run / "model"), "--prompt", PROMPT, "--init-image",
+                 str(tmp_path / "start.png"), "--mask", str(tmp_path / "mask.png"), "--steps", "3",
+                 "--out", str(tmp_path / "o")]) == 0
+    record = json.loads((tmp_path / "o" / "index.jsonl").read_text())
+    assert record["strength"] == 1.0 and record["mask"] == str(tmp_path / "mask.png")
+    drawn = np.asarray(Image.open(tmp_path / "o" / record["file"]))
+    assert np.array_equal(drawn[~mask], picture[~mask])
+    assert main(["sample", "--from-png", str(tmp_path / "o" / record["file"]), "--out", str(tmp_path / "again")]) == 0
+    again = json.loads((tmp_path / "again" / "index.jsonl").read_text())
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "again" / again["file"])), drawn)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--strength", "0.5"], "give --init-image as well"),
+    (["--init-image", "{tmp}/start.png", "--strength", "1.5"], "strength must be between 0 and 1, not 1.5"),
+    (["--init-image", "{tmp}/missing.png"], "cannot read"),
+])
+def test_bad_edits_are_one_line(tiny_run, tmp_path, capsys, argv, message):
+    Image.new("RGB", (40, 30), (200, 10, 10)).save(tmp_path / "start.png")
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    assert main(["sample", "--model", str(tiny_run / "model"), "--prompt", PROMPT, "--steps", "2", *argv,
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and "\n" not in err

@@ -145,3 +145,15 @@ def test_a_user_folder_at_64_px_end_to_end(tmp_path, capsys):
     capsys.readouterr()
     assert main(["eval", "--model", str(run / "autoencoder" / "model"), "--data", str(folder), "--prompts", "2"]) == 2
     assert "holds nothing out (fewer than 100 pictures)" in capsys.readouterr().err  # said, not a traceback
+
+
+def test_latent_inpainting_keeps_the_pixels_outside_the_mask_and_img2img_starts_from_the_picture(latent_run):
+    pipe = Pipeline.load(latent_run / "model")
+    rng = np.random.default_rng(1)
+    picture = rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[:, 16:] = True
+    out = pipe("a red circle", num=2, steps=3, image=picture, mask_image=mask.astype(np.uint8) * 255, output="np")
+    assert all(np.array_equal(image[~mask], picture[~mask]) for image in out.images)
+    assert np.array_equal(pipe("a red circle", steps=3, image=picture, strength=0.0, output="np").images[0], picture)
+    assert pipe("a red circle", steps=3, image=picture, strength=0.6, output="np").images.shape == (1, 32, 32, 3)

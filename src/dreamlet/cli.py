@@ -86,6 +86,13 @@ def add_sample(commands) -> None:
     sample.add_argument("--negative-prompt", metavar="TEXT",
                         help="what the pictures should not show: it takes the empty caption's place in classifier-free "
                              "guidance")
+    sample.add_argument("--init-image", metavar="PATH",
+                        help="image-to-image: start from this picture, noised --strength down the schedule")
+    sample.add_argument("--mask", metavar="PATH",
+                        help="inpainting (with --init-image): draw where this picture is light, keep the rest")
+    sample.add_argument("--strength", type=float,
+                        help="how far down the noise schedule the start picture goes: 0 keeps it, 1 draws anew "
+                             "(default 0.8; 1 with --mask)")
     sample.add_argument("--size", type=int, help="a size the model draws at (a cascade's base size: that stage alone)")
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
@@ -194,8 +201,8 @@ def run_train(args) -> None:
 
 # The numbers a training flag may take: (low, high, whether low itself is allowed), checked before any work.
 TRAIN_NUMBERS = {"seed": (0, 2 ** 32 - 1, True), "steps": (1, None, True), "batch_size": (1, None, True),
-                 "size": (1, None, True), "accumulate": (1, None, True), "minutes": (0, None, False), "workers": (0, None, True),
-                 "max_memory": (0, None, False), "lr": (0, None, False), "warmup": (0, None, True),
+                 "size": (1, None, True), "accumulate": (1, None, True), "minutes": (0, None, False),
+                 "workers": (0, None, True), "max_memory": (0, None, False), "lr": (0, None, False), "warmup": (0, None, True),
                  "min_lr_ratio": (0, 1, True), "weight_decay": (0, None, True), "grad_clip": (0, None, True),
                  "ema_decay": (0, 1, True), "log_every": (1, None, True), "tokenizer_captions": (1, None, True),
                  "max_bad_steps": (1, None, True), "sample_every": (0, None, True), "checkpoint_every": (0, None, True)}
@@ -256,7 +263,8 @@ def run_sample(args) -> None:
         prompts = [args.prompt] if args.prompt is not None else read_prompts(args.prompts_file)
     records = sample(args.model, prompts, args.out, num=args.num, seed=args.seed, steps=args.steps,
                      guidance=args.guidance, size=args.size, sampler=args.sampler, rerank=args.rerank, clip=args.clip,
-                     method=args.method, negative=args.negative_prompt)
+                     method=args.method, negative=args.negative_prompt, init_image=args.init_image, mask=args.mask,
+                     strength=args.strength)
     if args.grid:
         import numpy as np
         from PIL import Image

@@ -80,6 +80,36 @@ class PipelineOutput:
         return self.images[index]
 
 
+@dataclass
+class Edit:
+    """Image-to-image and inpainting: the start picture, where to draw, and how far down the noise
+    schedule the start goes (1: from pure noise, as plain sampling; 0: the picture as it is)."""
+    image: np.ndarray                 # (S, S, 3) uint8, at the model's size
+    mask: np.ndarray | None = None    # (S, S) bool, True where to draw; None: everywhere
+    strength: float = 0.8
+
+
+def read_picture(picture, size: int, fit: str, mask: bool = False) -> np.ndarray:
+    """A path, PIL image or uint8 array -> (size, size, 3) uint8 RGB made square as the model's training
+    pictures were (`fit`); a mask -> (size, size) bool, True where it is light (where to draw)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    if isinstance(picture, np.ndarray):
+        picture = Image.fromarray(picture.astype(np.uint8))
+    elif not isinstance(picture, Image.Image):
+        try:
+            with Image.open(picture) as opened:
+                picture = opened.copy()
+        except (OSError, ValueError, UnidentifiedImageError):
+            raise UserError(f"cannot read {picture} as a picture") from None
+    if mask:  # the same geometry as the picture's, with nothing to draw where it is padded
+        grey = picture.convert("L")
+        square = ImageOps.pad(grey, (size, size), Image.NEAREST, color=0) if fit == "pad" else \
+            ImageOps.fit(grey, (size, size), Image.NEAREST)
+        return np.asarray(square) > 127
+    from .data.decode import fit_square
+    return fit_square(picture, size, fit)
+
+
 # diffusers' argument names, accepted beside dreamlet's own
 ALIASES = {"num_inference_steps": "steps", "guidance_scale": "guidance", "num_images_per_prompt": "num",
            "output_type": "output", "negative_prompt": "negative"}
@@ -206,14 +236,17 @@ class Pipeline:
     def __call__(self, prompt: str | list[str], seed: int = 0, steps: int | None = None,
                  guidance: float | None = None, num: int = 1, sampler: str | None = None, rerank: int = 1, clip=None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output: str = "pil",
-                 negative: str | list[str] | None = None, **diffusers_names) -> PipelineOutput:
+                 negative: str | list[str] | None = None, image=None, mask_image=None, strength: float | None = None,
+                 **diffusers_names) -> PipelineOutput:
         """Draw `num` pictures for each prompt (prompt by prompt, then the next round): a PipelineOutput
         whose `.images` are PIL images, or with output="numpy" a (N, S, S, 3) uint8 array, "tensor" a
         (N, 3, S, S) float tensor in [0, 1]. Picture k of prompt i gets seed `seed + len(prompts) * k + i`;
         a `generator` draws `seed`, and a list of them (one per picture) draws each picture's seed.
         `negative` (a prompt, or one per prompt) takes the empty caption's place in classifier-free
         guidance: the pictures move away from it. `rerank` K > 1 keeps the best of K candidates by the
-        CLIP model `clip` (a directory or ClipScorer). diffusers' names work too: num_inference_steps,
+        CLIP model `clip` (a directory or ClipScorer). `image` (a path, PIL image or array) draws
+        image-to-image from it, `strength` (0.8) down the noise schedule; with `mask_image` (light where
+        to draw) it inpaints (strength 1 by default). diffusers' names work too: num_inference_steps,
         guidance_scale, num_images_per_prompt, negative_prompt, output_type ("pil", "np", "pt").
 
             pipe = dreamlet.load("runs/demo/model")
@@ -239,8 +272,11 @@ class Pipeline:
             seeds = [int(torch.randint(0, 2 ** 31 - 1, (), generator=g)) for g in generator]
         elif generator is not None:
             seed = int(torch.randint(0, 2 ** 31 - 1, (), generator=generator))
+        edit = self.edit(image, mask_image, strength) if image is not None else None
+        if edit is None and (mask_image is not None or strength is not None):
+            raise UserError("mask_image and strength edit a picture: give image= as well")
         drawn = self.run(prompts, seed, options["num"], options["steps"], options["guidance"], sampler, rerank, clip,
-                         negative=options["negative"], seeds=seeds)
+                         negative=options["negative"], seeds=seeds, edit=edit)
         kind = OUTPUTS[options["output"]]
         if kind == "pil":
             from PIL import Image
@@ -248,6 +284,21 @@ class Pipeline:
         elif kind == "tensor":
             drawn.images = torch.from_numpy(drawn.images).permute(0, 3, 1, 2).float() / 255
         return drawn
+
+    def edit(self, image, mask=None, strength: float | None = None) -> Edit:
+        """An Edit for this model from a picture and an optional mask (paths, PIL images or arrays), made
+        square as its training pictures were; strength 0.8 by default, 1 when inpainting."""
+        family = get_family(self.family)
+        if not family.edits or self.base is not None:
+            editing = families_that(lambda other: other.edits)
+            raise UserError(f"a {'cascade' if self.base is not None else self.family} model does not edit pictures; "
+                            f"a {listed(editing)} model does (image-to-image, inpainting)")
+        strength = (1.0 if mask is not None else 0.8) if strength is None else float(strength)
+        if not 0 <= strength <= 1:
+            raise UserError(f"strength must be between 0 and 1, not {strength}")
+        fit = self.meta.get("train", {}).get("fit") or "crop"
+        picture = read_picture(image, self.image_size, fit)
+        return Edit(picture, None if mask is None else read_picture(mask, self.image_size, fit, mask=True), strength)
 
     def settings(self, steps: int | None = None, guidance: float | None = None, sampler: str | None = None) -> dict:
         """The settings a drawing used, with this model's defaults for those not given (None where the
@@ -259,7 +310,8 @@ class Pipeline:
 
     def run(self, prompts: list[str], seed: int = 0, num: int = 1, steps: int | None = None,
             guidance: float | None = None, sampler: str | None = None, rerank: int = 1, clip=None,
-            negative: str | list[str] | None = None, seeds: list[int] | None = None) -> PipelineOutput:
+            negative: str | list[str] | None = None, seeds: list[int] | None = None,
+            edit: Edit | None = None) -> PipelineOutput:
         """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture (`seeds`: given
         ones, one per picture in drawing order), the pictures as a uint8 array, and with reranking each
         winner's CLIP score (DALL-E's best-of-K)."""
@@ -273,13 +325,13 @@ class Pipeline:
         if seeds is not None:
             jobs = [(prompts[j % len(prompts)], int(s)) for j, s in enumerate(seeds)]
         negatives = [negatives[j % len(prompts)] for j in range(len(jobs))]  # jobs go prompt by prompt, round by round
-        settings = self.settings(steps, guidance, sampler)
+        settings = self.settings(steps, guidance, sampler) | ({"strength": edit.strength} if edit else {})
         if rerank == 1:
             images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance,
-                               sampler=sampler, negative=negatives)
+                               sampler=sampler, negative=negatives, edit=edit)
             return PipelineOutput(images, [p for p, _ in jobs], [s for _, s in jobs], negatives, [None] * len(jobs),
                                   settings)
-        return self.best_of(jobs, rerank, clip, steps, guidance, sampler, negatives, settings)
+        return self.best_of(jobs, rerank, clip, steps, guidance, sampler, negatives, settings, edit)
 
     def check_negative(self, negatives: list[str]) -> None:
         """One line when a negative prompt is given to a model that has no unconditional branch for it."""
@@ -290,7 +342,7 @@ class Pipeline:
 
     def best_of(self, jobs: list[tuple[str, int]], rerank: int, clip, steps: int | None = None,
                 guidance: float | None = None, sampler: str | None = None, negative: list[str] | None = None,
-                settings: dict | None = None) -> PipelineOutput:
+                settings: dict | None = None, edit: Edit | None = None) -> PipelineOutput:
         """For each (prompt, seed) job, draw `rerank` candidates (seeds rerank * seed + c) and keep the
         one the CLIP model `clip` (a directory or ClipScorer) matches best to its prompt."""
         from .scoring import ClipScorer
@@ -298,7 +350,7 @@ class Pipeline:
         negative = negative or [""] * len(jobs)
         candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
         drawn = self.draw([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
-                          sampler=sampler, negative=[n for n in negative for _ in range(rerank)])
+                          sampler=sampler, negative=[n for n in negative for _ in range(rerank)], edit=edit)
         images, seeds, scores = [], [], []
         for j, (prompt, _) in enumerate(jobs):
             group = drawn[j * rerank:(j + 1) * rerank]
@@ -312,16 +364,24 @@ class Pipeline:
 
     @torch.no_grad()
     def draw(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
-             sampler: str | None = None, batch_size: int = 64, negative: str | list[str] | None = None) -> np.ndarray:
+             sampler: str | None = None, batch_size: int = 64, negative: str | list[str] | None = None,
+             edit: Edit | None = None) -> np.ndarray:
         """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise;
-        `negative`: the negative prompt of every picture, or of each."""
+        `negative`: the negative prompt of every picture, or of each; `edit`: a picture each one starts
+        from (image-to-image), and where to draw in it (inpainting: the rest stays exactly as it is)."""
         get_family(self.family).refuse_to_draw(self.model.config)  # one line for a model that does not draw
         prompts = self.check_prompts(prompts)
         negative = per_prompt(negative, prompts, "negative prompt")
         self.check_negative(negative)
-        return np.concatenate([to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps,
-                                                      guidance, sampler, negative=negative[i:i + batch_size]))
-                               for i in range(0, len(prompts), batch_size)])
+        if edit is not None and edit.strength == 0:  # no step at all: the picture as it is
+            return np.repeat(edit.image[None], len(prompts), axis=0)
+        images = np.concatenate([to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps,
+                                                        guidance, sampler, negative=negative[i:i + batch_size],
+                                                        edit=edit))
+                                 for i in range(0, len(prompts), batch_size)])
+        if edit is not None and edit.mask is not None:  # pixels outside the mask exactly as given (a latent
+            images = np.where(edit.mask[None, :, :, None], images, edit.image[None])  # model redraws them)
+        return images
 
     @torch.no_grad()
     def upsample(self, pictures: np.ndarray, prompts: list[str], seeds: list[int], steps: int | None = None,
@@ -342,7 +402,8 @@ class Pipeline:
     @torch.no_grad()
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None,
-                 low: torch.Tensor | None = None, negative: list[str] | None = None) -> torch.Tensor:
+                 low: torch.Tensor | None = None, negative: list[str] | None = None,
+                 edit: Edit | None = None) -> torch.Tensor:
         """One batch of pictures, (B, 3, S, S) in [-1, 1]. A seed fixes its picture's starting noise. A
         super-resolution stage upsamples `low` (B, 3, s, s), by default its base stage's pictures for the
         same prompts and seeds, rounded to 8 bits as they would be saved. Steps, guidance, sampler and
@@ -357,6 +418,12 @@ class Pipeline:
         generators = [torch.Generator().manual_seed(int(s) if low is None else stage_seed(int(s), S)) for s in seeds]
         shape = getattr(self.model, "noise_shape", (3, S, S))  # a latent model starts from latent noise
         noise = torch.stack([torch.randn(shape, generator=g) for g in generators]).to(self.device)
+        if edit is not None:
+            options |= dict(init=to_tensor(np.repeat(edit.image[None], len(prompts), axis=0)).to(self.device),
+                            strength=edit.strength)
+            if edit.mask is not None:
+                mask = torch.from_numpy(edit.mask).float()[None, None].expand(len(prompts), 1, S, S)
+                options["mask"] = mask.to(self.device)
         if low is not None:
             options |= dict(low=low.to(self.device), low_noise=torch.stack(
                 [torch.randn(low.shape[1:], generator=g) for g in generators]).to(self.device))

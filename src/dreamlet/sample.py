@@ -36,11 +36,14 @@ def slug(text: str, length: int = 40) -> str:
 def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int = 1, seed: int = 0,
            steps: int | None = None, guidance: float | None = None, size: int | None = None,
            sampler: str | None = None, rerank: int = 1, clip: str | Path | None = None,
-           method: str = "model", negative: str | None = None) -> list[dict]:
+           method: str = "model", negative: str | None = None, init_image: str | Path | None = None,
+           mask: str | Path | None = None, strength: float | None = None) -> list[dict]:
     """Draw `num` pictures per prompt (the same `Pipeline.run` as `dreamlet.load(...)(...)`): picture k of
     prompt i gets seed `seed + len(prompts) * k + i`. With `rerank` K > 1, each picture is the best of K
     candidates (seeds K * s ... K * s + K - 1) by the CLIP model `clip`, as DALL-E does; its record gives
     the winning seed. `negative`: the negative prompt (classifier-free guidance moves away from it).
+    `init_image` draws image-to-image from that picture (`strength` 0.8); with `mask` (light where to
+    draw) it inpaints (strength 1).
     `method="vqgan-clip"` draws no sample from a prior: it optimises an image tokenizer's codes (a vqvae
     model, or a dalle model's own) against the CLIP for `steps` steps (default 100). Returns the index
     records."""
@@ -56,8 +59,13 @@ def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int 
         return save(out, PipelineOutput(images, [p for p, _ in jobs], [s for _, s in jobs], [""] * len(jobs), scores,
                                         settings))
     pipeline = pipeline.at_size(size)  # a cascade's base stage alone when --size asks for its size
-    drawn = pipeline.run(prompts, seed, num, steps, guidance, sampler, rerank, clip, negative=negative)
+    if init_image is None and (mask is not None or strength is not None):
+        raise UserError("--mask and --strength edit a picture: give --init-image as well")
+    edit = pipeline.edit(init_image, mask, strength) if init_image is not None else None
+    drawn = pipeline.run(prompts, seed, num, steps, guidance, sampler, rerank, clip, negative=negative, edit=edit)
     drawn.settings |= {"model": str(model_dir), "size": pipeline.image_size} | ({"clip": str(clip)} if clip else {})
+    if edit is not None:
+        drawn.settings |= {"init_image": str(init_image)} | ({"mask": str(mask)} if mask is not None else {})
     return save(out, drawn)
 
 
@@ -141,4 +149,5 @@ def sample_again(path: str | Path, out: str | Path, model_dir: str | Path | None
     return sample(model_dir, [settings["prompt"]], out, seed=settings["seed"], steps=settings.get("steps"),
                   guidance=settings.get("guidance"), size=settings.get("size"), sampler=settings.get("sampler"),
                   clip=settings.get("clip"), method=settings.get("method", "model"),
-                  negative=settings.get("negative_prompt") or None)
+                  negative=settings.get("negative_prompt") or None, init_image=settings.get("init_image"),
+                  mask=settings.get("mask"), strength=settings.get("strength"))

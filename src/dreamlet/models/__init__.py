@@ -57,6 +57,8 @@ class Family:
     # Draws with classifier-free guidance: its generate() reads `empty_ids` as the unconditional branch's
     # captions, where a negative prompt takes the empty caption's place.
     guided: bool = True
+    # Edits given pictures: generate(..., init=, strength=, mask=) draws image-to-image and inpainting.
+    edits: bool = False
     scores: bool = False             # scores pictures against captions (a CLIP: reranking, eval --clip)
     upsamples: bool = False          # upsamples given pictures (Pipeline.upsample: generate(..., low=, low_noise=))
     does_instead: str = ""           # when it does not draw: what it does, for the one-line refusal

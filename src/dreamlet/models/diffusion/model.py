@@ -18,7 +18,7 @@ from .denoiser import Condition, Denoiser
 from .dit import DiT, DiTConfig
 from .preview import CaptionPreview, PreviewConfig
 from .sampling import SAMPLERS
-from .schedule import sample_timesteps, sampling_times
+from .schedule import alpha_sigma, edit_times, sample_timesteps, sampling_times
 
 
 @dataclass
@@ -90,13 +90,38 @@ class TextToImageDiffusion(nn.Module):
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,
-                 steps: int | None = None, guidance: float | None = None, sampler: str | None = None):
+                 steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
+                 init: torch.Tensor | None = None, strength: float = 1.0, mask: torch.Tensor | None = None):
         """Pictures in [-1, 1] (B, 3, S, S) from token ids (B, L) and starting noise (B, 3, S, S);
-        `empty_ids` (1 or B, L) take the unconditional branch of guidance."""
+        `empty_ids` (1 or B, L) take the unconditional branch of guidance. With `init` pictures (B, 3, S, S),
+        image-to-image: the start is `init` noised to t = `strength` (edit_start); with a `mask` (B, 1, S, S),
+        1 where to draw, inpainting: the rest is kept from `init`."""
         c = self.config
         guidance = c.guidance if guidance is None else guidance
         if guidance != 1:
             ids = torch.cat([ids, empty_ids.expand(len(ids), -1)])
         denoise = self.denoiser.guided(self.condition(ids), guidance, c.dynamic_threshold, self.bounded)
-        x = SAMPLERS[sampler or c.sampler](denoise, noise.float(), sampling_times(steps or c.steps))
+        times = sampling_times(steps or c.steps) if init is None else edit_times(steps or c.steps, strength)
+        x, keep = edit_start(noise.float(), times, init, mask)
+        x = SAMPLERS[sampler or c.sampler](denoise, x, times, keep)
         return x.clamp(-1, 1) if self.bounded else x
+
+
+def edit_start(noise: torch.Tensor, times: torch.Tensor, init: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None):
+    """Where sampling starts and what it keeps after each step: plain sampling starts from the noise;
+    image-to-image from `init` noised to times[0] (SDEdit); inpainting (a `mask`, 1 where to draw)
+    puts `init`, noised to the time just reached with the same noise, back outside the mask after every
+    step, so the last step leaves those pixels exactly as they were (RePaint's known region, without
+    its resampling)."""
+    if init is None:
+        return noise, None
+    a, s = alpha_sigma(times[0])
+    x = noise if times[0] == 1 else (a * init + s * noise).to(noise.dtype)
+    if mask is None:
+        return x, None
+
+    def keep(i, x, x0):
+        a, s = alpha_sigma(times[i + 1])
+        return (mask * x + (1 - mask) * (a * init + s * noise)).to(x.dtype)
+    return x, keep

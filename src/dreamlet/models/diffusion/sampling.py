@@ -1,15 +1,21 @@
 """Deterministic samplers: one short stateless function each, the same signature for all.
 
 `denoise(x, t) -> x0` is the model's estimate of the clean image at time t (guidance and
-thresholding already applied: denoiser.Denoiser.guided); `times` runs from 1 down to 0
-(schedule.sampling_times). Each call to denoise is one network evaluation, so `len(times) - 1` is
-the step count.
+thresholding already applied: denoiser.Denoiser.guided); `times` runs from 1 (or from where an
+image-to-image start is noised to) down to 0 (schedule.sampling_times). Each call to denoise is one
+network evaluation, so `len(times) - 1` is the step count. `callback(i, x, x0)` runs after every
+step; what it returns, when not None, replaces x (inpainting puts the known pixels back so).
 """
 from __future__ import annotations
 
 import torch
 
 from .schedule import alpha_sigma
+
+
+def after_step(callback, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+    replaced = callback(i, x, x0)
+    return x if replaced is None else replaced
 
 
 @torch.no_grad()
@@ -21,7 +27,7 @@ def sample_ddim(denoise, x, times, callback=None):
         eps = (x - a * x0) / s
         x = (a_next * x0 + s_next * eps).to(x.dtype)
         if callback is not None:
-            callback(i, x, x0)
+            x = after_step(callback, i, x, x0)
     return x
 
 
@@ -48,7 +54,7 @@ def sample_dpmpp_2m(denoise, x, times, callback=None):
             h_previous = h
         previous = x0
         if callback is not None:
-            callback(i, x, x0)
+            x = after_step(callback, i, x, x0)
     return x
 
 

@@ -30,3 +30,9 @@ def sample_timesteps(batch: int, mode: str, generator: torch.Generator | None = 
 def sampling_times(steps: int) -> torch.Tensor:
     """steps + 1 times from pure noise (t = 1) down to the clean image (t = 0), float64."""
     return torch.linspace(1.0, 0.0, steps + 1, dtype=torch.float64)
+
+
+def edit_times(steps: int, strength: float) -> torch.Tensor:
+    """Image-to-image (SDEdit, Meng et al. 2022): the last round(steps * strength) of `steps` sampling
+    times, so the start is noised to t = strength; strength 1 is plain sampling, 0 no step at all."""
+    return sampling_times(steps)[steps - round(steps * strength):]
