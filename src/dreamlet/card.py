@@ -10,9 +10,6 @@ import shutil
 import time
 from pathlib import Path
 
-EVAL_NAMES = ("eval.json",)
-
-
 def hardware() -> str:
     """What a run trained on, in words: the GPU's name, or the CPU's core count."""
     import torch

@@ -202,8 +202,9 @@ def run_train(args) -> None:
 # The numbers a training flag may take: (low, high, whether low itself is allowed), checked before any work.
 TRAIN_NUMBERS = {"seed": (0, 2 ** 32 - 1, True), "steps": (1, None, True), "batch_size": (1, None, True),
                  "size": (1, None, True), "accumulate": (1, None, True), "minutes": (0, None, False),
-                 "workers": (0, None, True), "max_memory": (0, None, False), "lr": (0, None, False), "warmup": (0, None, True),
-                 "min_lr_ratio": (0, 1, True), "weight_decay": (0, None, True), "grad_clip": (0, None, True),
+                 "workers": (0, None, True), "max_memory": (0, None, False), "lr": (0, None, False),
+                 "warmup": (0, None, True), "min_lr_ratio": (0, 1, True), "weight_decay": (0, None, True),
+                 "grad_clip": (0, None, True),
                  "ema_decay": (0, 1, True), "log_every": (1, None, True), "tokenizer_captions": (1, None, True),
                  "max_bad_steps": (1, None, True), "sample_every": (0, None, True), "checkpoint_every": (0, None, True)}
 
