@@ -130,9 +130,11 @@ def test_a_user_folder_at_64_px_end_to_end(tmp_path, capsys):
         (folder / f"{i:02d}.txt").write_text(f"a {name} box number {i}")
     (folder / "broken.png").write_bytes(b"not a picture")
     (folder / "broken.txt").write_text("a broken picture")
-    assert main(["data", "inspect", str(folder), "--size", "64", "--fit", "pad"]) == 0
+    sheet = tmp_path / "inspect.png"
+    assert main(["data", "inspect", str(folder), "--size", "64", "--fit", "pad", "--sheet", str(sheet)]) == 0
     report = capsys.readouterr().out
     assert "24 usable" in report and "skipped:   1 (1 not an image)" in report and "16 of 24 pictures not square" in report
+    assert Image.open(sheet).size[0] > 64
     run = tmp_path / "run"
     args = ["train", "--model", "latent-diffusion", "--data", str(folder), "--size", "64", "--fit", "pad",
             "--out", str(run), *TINY]
