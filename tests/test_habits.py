@@ -209,3 +209,23 @@ def test_bad_edits_are_one_line(tiny_run, tmp_path, capsys, argv, message):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_progress_is_reported_after_every_step_and_an_exception_there_stops_the_drawing(tiny_run):
+    pipe = dreamlet.load(tiny_run / "model")
+    seen = []
+    out = pipe([PROMPT, "a blue square"], num=2, steps=5, progress=seen.append, output="numpy")
+    assert len(seen) == 5 + 1 and seen == sorted(seen) and seen[0] > 0 and seen[-1] == 1  # 5 steps, then the batch
+    assert np.array_equal(out.images, pipe([PROMPT, "a blue square"], num=2, steps=5, output="numpy").images)
+    batches = []
+    pipe.draw([PROMPT] * 5, list(range(5)), steps=2, batch_size=2, progress=batches.append)
+    assert batches == sorted(batches) and batches[-1] == 1 and len(batches) == 3 * (2 + 1)  # 3 batches of 2 steps
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_half(fraction):
+        if fraction >= 0.5:
+            raise Stop
+    with pytest.raises(Stop):
+        pipe(PROMPT, steps=10, progress=stop_at_half)

@@ -173,6 +173,10 @@ def add_serve(commands) -> None:
     serve.add_argument("--max-prompt-chars", type=int, default=500)
     serve.add_argument("--queue", type=int, default=8, help="requests that may wait while one draws; more get 429")
     serve.add_argument("--timeout", type=float, default=60.0, help="seconds a request may wait to start; then 503")
+    serve.add_argument("--max-body-bytes", type=int, default=8 << 20, help="a request body larger than this gets 413")
+    serve.add_argument("--out", default="runs/serve", help="where every picture drawn is kept (the page's history)")
+    serve.add_argument("--token", help="a secret every request must carry (also DREAMLET_TOKEN); needed when --host "
+                                       "is not a loopback address")
 
 
 def run_train(args) -> None:
@@ -396,8 +400,9 @@ def run_demo(args) -> None:
 
 def run_serve(args) -> None:
     from .serve import Limits, serve
-    serve(args.model, args.run, args.host, args.port, Limits(args.max_images, args.max_steps, args.max_prompt_chars,
-                                                             args.queue, args.timeout))
+    limits = Limits(args.max_images, args.max_steps, args.max_prompt_chars, args.queue, args.timeout,
+                    args.max_body_bytes)
+    serve(args.model, args.run, args.host, args.port, limits, args.out, args.token)
 
 
 COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "data": run_data, "compare": run_compare,

@@ -237,7 +237,7 @@ class Pipeline:
                  guidance: float | None = None, num: int = 1, sampler: str | None = None, rerank: int = 1, clip=None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output: str = "pil",
                  negative: str | list[str] | None = None, image=None, mask_image=None, strength: float | None = None,
-                 **diffusers_names) -> PipelineOutput:
+                 progress=None, **diffusers_names) -> PipelineOutput:
         """Draw `num` pictures for each prompt (prompt by prompt, then the next round): a PipelineOutput
         whose `.images` are PIL images, or with output="numpy" a (N, S, S, 3) uint8 array, "tensor" a
         (N, 3, S, S) float tensor in [0, 1]. Picture k of prompt i gets seed `seed + len(prompts) * k + i`;
@@ -246,7 +246,9 @@ class Pipeline:
         guidance: the pictures move away from it. `rerank` K > 1 keeps the best of K candidates by the
         CLIP model `clip` (a directory or ClipScorer). `image` (a path, PIL image or array) draws
         image-to-image from it, `strength` (0.8) down the noise schedule; with `mask_image` (light where
-        to draw) it inpaints (strength 1 by default). diffusers' names work too: num_inference_steps,
+        to draw) it inpaints (strength 1 by default). `progress(fraction)` is called as drawing goes
+        (after every sampler step, 0 to 1 over the whole call); an exception raised there stops the drawing
+        and comes out of the call (a cancel button's way). diffusers' names work too: num_inference_steps,
         guidance_scale, num_images_per_prompt, negative_prompt, output_type ("pil", "np", "pt").
 
             pipe = dreamlet.load("runs/demo/model")
@@ -276,7 +278,7 @@ class Pipeline:
         if edit is None and (mask_image is not None or strength is not None):
             raise UserError("mask_image and strength edit a picture: give image= as well")
         drawn = self.run(prompts, seed, options["num"], options["steps"], options["guidance"], sampler, rerank, clip,
-                         negative=options["negative"], seeds=seeds, edit=edit)
+                         negative=options["negative"], seeds=seeds, edit=edit, progress=progress)
         kind = OUTPUTS[options["output"]]
         if kind == "pil":
             from PIL import Image
@@ -311,7 +313,7 @@ class Pipeline:
     def run(self, prompts: list[str], seed: int = 0, num: int = 1, steps: int | None = None,
             guidance: float | None = None, sampler: str | None = None, rerank: int = 1, clip=None,
             negative: str | list[str] | None = None, seeds: list[int] | None = None,
-            edit: Edit | None = None) -> PipelineOutput:
+            edit: Edit | None = None, progress=None) -> PipelineOutput:
         """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture (`seeds`: given
         ones, one per picture in drawing order), the pictures as a uint8 array, and with reranking each
         winner's CLIP score (DALL-E's best-of-K)."""
@@ -328,10 +330,10 @@ class Pipeline:
         settings = self.settings(steps, guidance, sampler) | ({"strength": edit.strength} if edit else {})
         if rerank == 1:
             images = self.draw([p for p, _ in jobs], [s for _, s in jobs], steps=steps, guidance=guidance,
-                               sampler=sampler, negative=negatives, edit=edit)
+                               sampler=sampler, negative=negatives, edit=edit, progress=progress)
             return PipelineOutput(images, [p for p, _ in jobs], [s for _, s in jobs], negatives, [None] * len(jobs),
                                   settings)
-        return self.best_of(jobs, rerank, clip, steps, guidance, sampler, negatives, settings, edit)
+        return self.best_of(jobs, rerank, clip, steps, guidance, sampler, negatives, settings, edit, progress)
 
     def check_negative(self, negatives: list[str]) -> None:
         """One line when a negative prompt is given to a model that has no unconditional branch for it."""
@@ -342,7 +344,7 @@ class Pipeline:
 
     def best_of(self, jobs: list[tuple[str, int]], rerank: int, clip, steps: int | None = None,
                 guidance: float | None = None, sampler: str | None = None, negative: list[str] | None = None,
-                settings: dict | None = None, edit: Edit | None = None) -> PipelineOutput:
+                settings: dict | None = None, edit: Edit | None = None, progress=None) -> PipelineOutput:
         """For each (prompt, seed) job, draw `rerank` candidates (seeds rerank * seed + c) and keep the
         one the CLIP model `clip` (a directory or ClipScorer) matches best to its prompt."""
         from .scoring import ClipScorer
@@ -350,7 +352,8 @@ class Pipeline:
         negative = negative or [""] * len(jobs)
         candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
         drawn = self.draw([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
-                          sampler=sampler, negative=[n for n in negative for _ in range(rerank)], edit=edit)
+                          sampler=sampler, negative=[n for n in negative for _ in range(rerank)], edit=edit,
+                          progress=progress)
         images, seeds, scores = [], [], []
         for j, (prompt, _) in enumerate(jobs):
             group = drawn[j * rerank:(j + 1) * rerank]
@@ -365,20 +368,27 @@ class Pipeline:
     @torch.no_grad()
     def draw(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
              sampler: str | None = None, batch_size: int = 64, negative: str | list[str] | None = None,
-             edit: Edit | None = None) -> np.ndarray:
+             edit: Edit | None = None, progress=None) -> np.ndarray:
         """One picture per (prompt, seed): (N, S, S, 3) uint8. A seed fixes its picture's starting noise;
         `negative`: the negative prompt of every picture, or of each; `edit`: a picture each one starts
-        from (image-to-image), and where to draw in it (inpainting: the rest stays exactly as it is)."""
+        from (image-to-image), and where to draw in it (inpainting: the rest stays exactly as it is);
+        `progress(fraction)`: how far the drawing is, after every sampler step and every batch."""
         get_family(self.family).refuse_to_draw(self.model.config)  # one line for a model that does not draw
         prompts = self.check_prompts(prompts)
         negative = per_prompt(negative, prompts, "negative prompt")
         self.check_negative(negative)
         if edit is not None and edit.strength == 0:  # no step at all: the picture as it is
             return np.repeat(edit.image[None], len(prompts), axis=0)
-        images = np.concatenate([to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps,
-                                                        guidance, sampler, negative=negative[i:i + batch_size],
-                                                        edit=edit))
-                                 for i in range(0, len(prompts), batch_size)])
+        starts = range(0, len(prompts), batch_size)
+        batches = []
+        for b, i in enumerate(starts):
+            in_batch = None if progress is None else lambda f, b=b: progress((b + f) / len(starts))
+            batches.append(to_uint8(self.generate(prompts[i:i + batch_size], seeds[i:i + batch_size], steps, guidance,
+                                                  sampler, negative=negative[i:i + batch_size], edit=edit,
+                                                  progress=in_batch)))
+            if progress is not None:
+                progress((b + 1) / len(starts))
+        images = np.concatenate(batches)
         if edit is not None and edit.mask is not None:  # pixels outside the mask exactly as given (a latent
             images = np.where(edit.mask[None, :, :, None], images, edit.image[None])  # model redraws them)
         return images
@@ -403,14 +413,17 @@ class Pipeline:
     def generate(self, prompts: list[str], seeds: list[int], steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None,
                  low: torch.Tensor | None = None, negative: list[str] | None = None,
-                 edit: Edit | None = None) -> torch.Tensor:
+                 edit: Edit | None = None, progress=None) -> torch.Tensor:
         """One batch of pictures, (B, 3, S, S) in [-1, 1]. A seed fixes its picture's starting noise. A
         super-resolution stage upsamples `low` (B, 3, s, s), by default its base stage's pictures for the
         same prompts and seeds, rounded to 8 bits as they would be saved. Steps, guidance, sampler and
         the negative prompts (one per picture: the unconditional branch's captions), when given, hold
-        for every stage."""
+        for every stage. `progress(fraction)` after every sampler step (a cascade's stages share it evenly)."""
         if low is None and self.base is not None:
-            low = to_tensor(to_uint8(self.base.generate(prompts, seeds, steps, guidance, sampler, negative=negative)))
+            base_progress = None if progress is None else lambda f: progress(f / 2)
+            low = to_tensor(to_uint8(self.base.generate(prompts, seeds, steps, guidance, sampler, negative=negative,
+                                                        progress=base_progress)))
+            progress = None if progress is None else lambda f, whole=progress: whole(0.5 + f / 2)
         S = self.image_size
         ids = self.tokenizer(prompts).to(self.device)
         empty = self.tokenizer(negative if negative and any(negative) else [""]).to(self.device)
@@ -427,5 +440,7 @@ class Pipeline:
         if low is not None:
             options |= dict(low=low.to(self.device), low_noise=torch.stack(
                 [torch.randn(low.shape[1:], generator=g) for g in generators]).to(self.device))
+        if progress is not None and get_family(self.family).steps:
+            options["progress"] = lambda i, n: progress(i / n)
         with autocast(self.device, self.precision):
             return self.model.generate(ids, empty, noise, **options).float()

@@ -146,6 +146,12 @@ def sample_again(path: str | Path, out: str | Path, model_dir: str | Path | None
         if not model_dir or not Path(model_dir).is_dir():  # `serve` names its models without their paths
             raise UserError(f"--from-png: {path} was drawn by model {model_dir!r}, which is not a folder here; "
                             "give --model DIR")
+    beside = {}  # `serve` names the pictures a drawing started from relative to the folder of its pictures
+    for key in ("init_image", "mask"):
+        named = settings.get(key)
+        if named and not Path(named).is_absolute() and (Path(path).parent / named).is_file():
+            beside[key] = str(Path(path).parent / named)
+    settings |= beside
     return sample(model_dir, [settings["prompt"]], out, seed=settings["seed"], steps=settings.get("steps"),
                   guidance=settings.get("guidance"), size=settings.get("size"), sampler=settings.get("sampler"),
                   clip=settings.get("clip"), method=settings.get("method", "model"),

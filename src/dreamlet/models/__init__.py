@@ -59,6 +59,9 @@ class Family:
     guided: bool = True
     # Edits given pictures: generate(..., init=, strength=, mask=) draws image-to-image and inpainting.
     edits: bool = False
+    # Draws in steps: generate(..., progress=) calls progress(i, n) after step i of n (a progress bar, the
+    # page's; an exception raised there stops the drawing). Others report once a batch is drawn.
+    steps: bool = False
     scores: bool = False             # scores pictures against captions (a CLIP: reranking, eval --clip)
     upsamples: bool = False          # upsamples given pictures (Pipeline.upsample: generate(..., low=, low_noise=))
     does_instead: str = ""           # when it does not draw: what it does, for the one-line refusal

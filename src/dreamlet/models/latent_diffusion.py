@@ -72,7 +72,8 @@ class LatentDiffusion(TextToImageDiffusion):
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 init: torch.Tensor | None = None, strength: float = 1.0, mask: torch.Tensor | None = None):
+                 init: torch.Tensor | None = None, strength: float = 1.0, mask: torch.Tensor | None = None,
+                 progress=None):
         """Pictures in [-1, 1] (B, 3, S, S) from token ids (B, L) and starting latent noise (B, C, s, s).
         Image-to-image and inpainting work on the `init` pictures' latents; a latent cell is drawn
         where any of its pixels is in the `mask` (the pipeline puts the pixels outside it back)."""
@@ -80,7 +81,7 @@ class LatentDiffusion(TextToImageDiffusion):
             init = self.autoencoder.encode(init) * self.config.latent_scale
             if mask is not None:
                 mask = F.adaptive_max_pool2d(mask, init.shape[-1])
-        latents = super().generate(ids, empty_ids, noise, steps, guidance, sampler, init, strength, mask)
+        latents = super().generate(ids, empty_ids, noise, steps, guidance, sampler, init, strength, mask, progress)
         return self.autoencoder.decode(latents / self.config.latent_scale)
 
 
@@ -129,7 +130,7 @@ def with_autoencoder(overrides: dict, model_dir, train_config) -> dict:
 
 
 FAMILY = Family(
-    "latent-diffusion", LatentDiffusionConfig, LatentDiffusion, PRESETS, prepare=prepare, edits=True,
+    "latent-diffusion", LatentDiffusionConfig, LatentDiffusion, PRESETS, prepare=prepare, edits=True, steps=True,
     flags=(Flag("autoencoder", "autoencoder_dir", metavar="MODEL", path=True,
                 help="an autoencoder trained before (RUN/model of --model autoencoder) instead of training one "
                      "first"), TEXT_ENCODER_FLAG))

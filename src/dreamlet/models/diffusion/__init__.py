@@ -58,8 +58,8 @@ def diffusion_v2(config: dict) -> dict:
 
 
 FAMILY = Family(
-    "diffusion", DiffusionConfig, TextToImageDiffusion, PRESETS, flags=(TEXT_ENCODER_FLAG,), version=2, edits=True,
-    migrations={1: diffusion_v2},
+    "diffusion", DiffusionConfig, TextToImageDiffusion, PRESETS, flags=(TEXT_ENCODER_FLAG,), edits=True, steps=True,
+    version=2, migrations={1: diffusion_v2},
     renames={1: {f"net.layout_{old}": f"preview.{new}" for old, new in [
         ("in", "pooled"), ("queries", "queries"), ("kv", "kv"), ("null", "null"), ("read", "read"),
         ("out", "to_tokens"), ("preview", "to_picture")]}})

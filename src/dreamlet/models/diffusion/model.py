@@ -17,7 +17,7 @@ from ...text.encoder import TextEncoderConfig, build_text_encoder
 from .denoiser import Condition, Denoiser
 from .dit import DiT, DiTConfig
 from .preview import CaptionPreview, PreviewConfig
-from .sampling import SAMPLERS
+from .sampling import SAMPLERS, with_progress
 from .schedule import alpha_sigma, edit_times, sample_timesteps, sampling_times
 
 
@@ -91,11 +91,12 @@ class TextToImageDiffusion(nn.Module):
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,
                  steps: int | None = None, guidance: float | None = None, sampler: str | None = None,
-                 init: torch.Tensor | None = None, strength: float = 1.0, mask: torch.Tensor | None = None):
+                 init: torch.Tensor | None = None, strength: float = 1.0, mask: torch.Tensor | None = None,
+                 progress=None):
         """Pictures in [-1, 1] (B, 3, S, S) from token ids (B, L) and starting noise (B, 3, S, S);
         `empty_ids` (1 or B, L) take the unconditional branch of guidance. With `init` pictures (B, 3, S, S),
         image-to-image: the start is `init` noised to t = `strength` (edit_start); with a `mask` (B, 1, S, S),
-        1 where to draw, inpainting: the rest is kept from `init`."""
+        1 where to draw, inpainting: the rest is kept from `init`. `progress(i, n)` after step i of n."""
         c = self.config
         guidance = c.guidance if guidance is None else guidance
         if guidance != 1:
@@ -103,7 +104,7 @@ class TextToImageDiffusion(nn.Module):
         denoise = self.denoiser.guided(self.condition(ids), guidance, c.dynamic_threshold, self.bounded)
         times = sampling_times(steps or c.steps) if init is None else edit_times(steps or c.steps, strength)
         x, keep = edit_start(noise.float(), times, init, mask)
-        x = SAMPLERS[sampler or c.sampler](denoise, x, times, keep)
+        x = SAMPLERS[sampler or c.sampler](denoise, x, times, with_progress(keep, progress, len(times) - 1))
         return x.clamp(-1, 1) if self.bounded else x
 
 

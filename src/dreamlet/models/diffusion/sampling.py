@@ -18,6 +18,19 @@ def after_step(callback, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Ten
     return x if replaced is None else replaced
 
 
+def with_progress(callback, progress, steps: int):
+    """A sampler callback that runs `callback` (may be None) and then reports `progress(i + 1, steps)`
+    after step i, e.g. to a progress bar or a web page; an exception raised there stops sampling."""
+    if progress is None:
+        return callback
+
+    def step(i, x, x0):
+        x = x if callback is None else after_step(callback, i, x, x0)
+        progress(i + 1, steps)
+        return x
+    return step
+
+
 @torch.no_grad()
 def sample_ddim(denoise, x, times, callback=None):
     """DDIM with eta = 0 (Song et al. 2021, eq. 12): move to the next time along the predicted noise."""

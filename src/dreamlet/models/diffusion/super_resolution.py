@@ -33,7 +33,7 @@ from .. import Family, Flag, get_family
 from . import TEXT_ENCODER_FLAG, v1_dit
 from .denoiser import Condition, Denoiser
 from .dit import DiT, DiTConfig, timestep_embedding
-from .sampling import SAMPLERS
+from .sampling import SAMPLERS, with_progress
 from .schedule import alpha_sigma, sample_timesteps, sampling_times
 
 
@@ -116,9 +116,10 @@ class SuperResolutionDiffusion(nn.Module):
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor, steps: int | None = None,
                  guidance: float | None = None, sampler: str | None = None, low: torch.Tensor | None = None,
-                 low_noise: torch.Tensor | None = None) -> torch.Tensor:
+                 low_noise: torch.Tensor | None = None, progress=None) -> torch.Tensor:
         """Pictures in [-1, 1] (B, 3, S, S) from token ids (B, L), starting noise (B, 3, S, S), the
-        low-res pictures `low` (B, 3, s, s) in [-1, 1] and the noise that augments them (B, 3, s, s)."""
+        low-res pictures `low` (B, 3, s, s) in [-1, 1] and the noise that augments them (B, 3, s, s).
+        `progress(i, n)` after step i of n."""
         c = self.config
         if low is None or low_noise is None:
             raise ValueError("the super-resolution stage draws from low-res pictures: give low and low_noise")
@@ -132,7 +133,8 @@ class SuperResolutionDiffusion(nn.Module):
         low, low_noise = (z.float().repeat(halves, 1, 1, 1) for z in (low, low_noise))
         denoise = self.denoiser.guided(self.condition(ids, low, level, low_noise), guidance, c.dynamic_threshold)
         sample = SAMPLERS[sampler or c.sampler]
-        return sample(denoise, noise.float(), sampling_times(steps or c.steps)).clamp(-1, 1)
+        times = sampling_times(steps or c.steps)
+        return sample(denoise, noise.float(), times, with_progress(None, progress, len(times) - 1)).clamp(-1, 1)
 
 
 def prepare(train_config, overrides: dict, device, quiet: bool, saved: "SuperResolutionConfig | None" = None):
@@ -168,6 +170,6 @@ FAMILY = Family(
     "diffusion-sr", SuperResolutionConfig, SuperResolutionDiffusion, PRESETS, prepare=prepare,
     flags=(Flag("base", "base", metavar="MODEL",
                 help="the cascade's first stage (RUN/model), whose pictures this model upsamples"), TEXT_ENCODER_FLAG),
-    draws=lambda config: bool(config.base), upsamples=True,
+    draws=lambda config: bool(config.base), upsamples=True, steps=True,
     does_instead="it upsamples pictures (Pipeline.upsample); train it with --base RUN/model to draw as a cascade",
     version=2, migrations={1: lambda config: v1_dit(config, layout=False)})
