@@ -2,7 +2,6 @@
 itself in headless Chromium against the real server."""
 import base64
 import io
-import os
 import shutil
 import socket
 import subprocess
@@ -342,13 +341,11 @@ def write_run(run: Path, steps: int = 40) -> None:
 
 @pytest.fixture
 def server(tiny_run, tmp_path):
-    """`dreamlet serve` in a subprocess, as a user starts it. DREAMLET_SERVE_MODELS (paths joined by os.pathsep)
-    and DREAMLET_SERVE_RUN serve other models and another run, e.g. to make the README's screenshot."""
-    models = os.environ.get("DREAMLET_SERVE_MODELS", str(tiny_run / "model")).split(os.pathsep)
-    run = os.environ.get("DREAMLET_SERVE_RUN")
-    if not run:
-        write_run(tmp_path / "run")
-        run = tmp_path / "run"
+    """`dreamlet serve` in a subprocess, as a user starts it (bench/serve_screenshots.py does the same with
+    real models for the docs' screenshots)."""
+    models = [str(tiny_run / "model")]
+    write_run(tmp_path / "run")
+    run = tmp_path / "run"
     port = free_port()
     args = [a for m in models for a in ("--model", m)] + ["--run", str(run), "--port", str(port),
                                                           "--out", str(tmp_path / "serve"), "--max-steps", "2000"]
@@ -397,8 +394,7 @@ def test_the_page_draws_in_a_browser(server, browser, tmp_path):
     prompt = browser.find_element(By.ID, "prompt")
     prompt.clear()
     prompt.send_keys(PROMPT)
-    steps = "" if "DREAMLET_SERVE_MODELS" in os.environ else "4"  # real models draw with their own steps
-    for field, value in (("seed", "7"), ("num", "3"), ("steps", steps)):
+    for field, value in (("seed", "7"), ("num", "3"), ("steps", "4")):
         browser.find_element(By.ID, field).clear()
         browser.find_element(By.ID, field).send_keys(value)
     browser.find_element(By.ID, "generate").click()
@@ -417,7 +413,7 @@ def test_the_page_draws_in_a_browser(server, browser, tmp_path):
     WebDriverWait(browser, 30).until(lambda b: b.execute_script(
         "const g = document.querySelector('#runs img.grid'); return g.complete && g.naturalWidth > 0"))
     assert "images/s" in browser.find_element(By.ID, "runs").text
-    shot = Path(os.environ.get("DREAMLET_SERVE_SCREENSHOT", tmp_path / "serve.png"))
+    shot = tmp_path / "serve.png"
     browser.set_window_size(1200, max(900, browser.execute_script("return document.body.scrollHeight") + 140))
     assert browser.save_screenshot(str(shot))
     assert Image.open(shot).size[0] > 500
