@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 # The CPU build of torch where there is no NVIDIA GPU (small, and on this machine's disk); the
 # regular (CUDA) build where there is one.
-TORCH := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo "torch>=2.2"; else echo "torch==2.13.0"; fi)
+TORCH := $(shell if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then echo "torch>=2.6"; else echo "torch==2.13.0"; fi)
 
 EMOJI_FONT := /usr/share/fonts/truetype/noto/NotoColorEmoji.ttf
 

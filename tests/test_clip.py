@@ -137,3 +137,13 @@ def test_eval_with_clip_scores_a_gan_and_a_dalle_prior_too(clip_run, tmp_path, c
                      "--out", str(out)]) == 0, capsys.readouterr().err
         report = json.loads(out.with_suffix(".json").read_text())
         assert report["pictures"] == 12 and 0 <= report["r_precision"] <= 1 and report["fid"] > 0
+
+
+def test_shapes_held_out_pictures_include_the_held_out_pairings():
+    from dreamlet.data.shapes import HELD_OUT, parse_prompt
+    from dreamlet.evaluation import heldout_set
+    images, captions, pool = heldout_set("shapes", 16, 30)
+    kinds = [parse_prompt(c) for c in captions]
+    held = [p for p in kinds if p.relation is None and (p.objects[0][0], p.objects[0][1]) in HELD_OUT]
+    assert images.shape == (30, 16, 16, 3) and len(held) == 10  # a third: never seen alone in training
+    assert sum(p.relation is not None for p in kinds) == 10 and len(pool) > 100

@@ -223,6 +223,151 @@ def test_webdataset_shards_are_streamed(tmp_path):
     assert single.meta["count"] == 2
 
 
+def sample_shard(count: int) -> bytes:
+    """An uncompressed shard of `count` samples (png + txt), each member one header block and one data block:
+    sample i starts at byte 2048 * i, its caption's header at 2048 * i + 1024."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for i in range(count):
+            add(tar, f"s/{i}.png", solid((40 * i, 0, 0)))
+            add(tar, f"s/{i}.txt", f"picture {i}".encode())
+    return buffer.getvalue()
+
+
+def test_webdataset_member_over_the_cap_is_skipped_unread(tmp_path, monkeypatch):
+    from dreamlet.data import formats
+    monkeypatch.setattr(formats, "MAX_MEMBER_BYTES", 1 << 20)
+    extracted = []
+    extractfile = tarfile.TarFile.extractfile
+    monkeypatch.setattr(tarfile.TarFile, "extractfile", lambda tar, member: extracted.append(member.name)
+                        or extractfile(tar, member))
+    shard = tmp_path / "big.tar"                                       # gzip inside, as shards often are
+    with tarfile.open(shard, "w:gz") as tar:
+        add(tar, "0.png", solid((255, 0, 0)))
+        add(tar, "0.txt", b"a red thing")
+        add(tar, "1.png", bytes((1 << 20) + 1))                        # one byte over the cap
+        add(tar, "1.txt", b"too big to read")
+        add(tar, "2.png", solid((0, 0, 255)))
+        add(tar, "2.txt", b"a blue thing")
+    data = load(str(shard), size=8)
+    assert sorted(c[0] for c in data.all_captions) == ["a blue thing", "a red thing"]  # the shard read on past it
+    assert data.skipped == {"member over 1 MiB": 1}
+    assert "1.png" not in extracted and "1.txt" not in extracted      # neither member of that sample was read
+
+
+def test_webdataset_shard_cut_off_anywhere_counts_the_sample_it_lost(tmp_path):
+    from dreamlet.data.formats import read_webdataset
+    whole = sample_shard(4)
+    garbage = bytearray(whole)
+    garbage[4096:4608] = b"x" * 512                                    # sample 2's first header is junk
+    cuts = {"in-data.tar": whole[:4096 + 700],                         # inside sample 2's picture
+            "in-header.tar": whole[:4096 + 1024 + 100],                # inside the header of sample 2's caption
+            "on-boundary.tar": whole[:6144],                           # after sample 2, with no end of archive
+            "garbage.tar": bytes(garbage)}
+    for name, data in cuts.items():
+        root = tmp_path / name.removesuffix(".tar")
+        root.mkdir()
+        (root / name).write_bytes(data)
+        loaded = load(str(root), size=8)
+        kept = 2 if name != "garbage.tar" else 1                       # junk where sample 2 begins: 1 is being read
+        assert sorted(c[0] for c in loaded.all_captions) == [f"picture {i}" for i in range(kept)], name
+        assert loaded.skipped == {"corrupt or truncated shard": 1}, name
+        lost = [r for r in read_webdataset(root, 8) if r.problem]
+        assert [r.key for r in lost] == [f"{name}/s/{kept}"], name     # the lost sample, named
+    (tmp_path / "not-a-tar").mkdir()
+    (tmp_path / "not-a-tar" / "x.tar").write_bytes(b"not a tar at all" * 40)  # broken before any sample
+    assert [(r.key, r.problem) for r in read_webdataset(tmp_path / "not-a-tar", 8)] == [
+        ("x.tar", "corrupt or truncated shard")]
+
+
+def test_metadata_cannot_name_files_outside_the_data_folder(tmp_path, monkeypatch):
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (tmp_path / "secret.png").write_bytes(solid((1, 1, 1)))
+    (outside / "real.png").write_bytes(solid((2, 2, 2)))
+    (outside / "linked.png").write_bytes(solid((3, 3, 3)))
+    read = []
+    read_bytes = type(tmp_path).read_bytes
+    monkeypatch.setattr(type(tmp_path), "read_bytes", lambda path: read.append(path.name) or read_bytes(path))
+
+    root = tmp_path / "folder"
+    (root / "sub").mkdir(parents=True)
+    (root / "good.png").write_bytes(solid((255, 0, 0)))
+    (root / "linked").symlink_to(outside)                              # a folder the user linked in still reads
+    rows = [{"file_name": "good.png", "text": "a good one"}, {"file_name": "sub/../good.png", "text": "good again"},
+            {"file_name": "linked/linked.png", "text": "through a link"},
+            {"file_name": "../secret.png", "text": "climbs out"},
+            {"file_name": str(outside / "real.png"), "text": "absolute, outside"},
+            {"file_name": "sub/../../secret.png", "text": "climbs out too"}, {"file_name": "a\0b.png", "text": "nul"}]
+    (root / "metadata.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    data = load(str(root), size=8)
+    assert sorted(c[0] for c in data.all_captions) == ["a good one", "good again", "through a link"]
+    assert data.skipped == {"path outside the data folder": 3, "bad metadata line": 1}
+
+    coco = tmp_path / "coco"
+    (coco / "annotations").mkdir(parents=True)
+    (coco / "train").mkdir()
+    (coco / "train" / "1.png").write_bytes(solid((0, 255, 0)))
+    images = [{"id": 1, "file_name": "1.png"}, {"id": 2, "file_name": "../secret.png"},
+              {"id": 3, "file_name": str(outside / "real.png")}]
+    annotations = [{"image_id": i, "caption": f"picture {i}"} for i in (1, 2, 3)]
+    annotation_file = coco / "annotations" / "captions_train.json"
+    annotation_file.write_text(json.dumps({"images": images, "annotations": annotations}))
+    data = load(str(coco), size=8)
+    assert data.all_captions == [["picture 1"]] and data.skipped == {"path outside the data folder": 2}
+    assert "secret.png" not in read and "real.png" not in read          # never read, by either reader
+
+
+def test_a_file_that_cannot_be_read_is_counted_by_what_happened(tmp_path, monkeypatch):
+    root = tmp_path / "folder"
+    root.mkdir()
+    for name in ("ok", "locked", "gone"):
+        (root / f"{name}.png").write_bytes(solid((9, 9, 9) if name == "ok" else (200, 0, 0)))
+        (root / f"{name}.txt").write_text(f"the {name} picture")
+    errors = {"locked.png": PermissionError(13, "Permission denied"), "gone.png": FileNotFoundError(2, "gone")}
+    read_bytes = type(root).read_bytes
+
+    def failing(path):
+        if path.name in errors:
+            raise errors[path.name]
+        return read_bytes(path)
+    monkeypatch.setattr(type(root), "read_bytes", failing)
+    data = load(str(root), size=8)
+    assert data.all_captions == [["the ok picture"]]
+    assert data.skipped == {"missing file": 1, "unreadable (permission denied)": 1}
+
+
+def test_decoding_lets_running_out_of_memory_through(monkeypatch):
+    from dreamlet.data.decode import Skip, decode_image
+    for error, reason in ((OSError("image file is truncated"), "corrupt or truncated image"),
+                          (SyntaxError("not a TIFF file"), "corrupt or truncated image"), (MemoryError(), None)):
+        def fail(*args, **kwargs):
+            raise error
+        monkeypatch.setattr(Image, "open", fail)
+        with pytest.raises(Skip if reason else MemoryError) as caught:
+            decode_image(b"some bytes", 8)
+        assert reason is None or str(caught.value) == reason
+
+
+def test_json_nested_too_deep_is_a_bad_line_not_a_crash(tmp_path):
+    root = tmp_path / "folder"
+    root.mkdir()
+    (root / "a.png").write_bytes(solid((255, 0, 0)))
+    deep = "[" * 100_000                                                 # json's parser gives up: RecursionError
+    (root / "metadata.jsonl").write_text(json.dumps({"file_name": "a.png", "text": "fine"}) + "\n" + deep + "\n")
+    data = load(str(root), size=8)
+    assert data.all_captions == [["fine"]] and data.skipped == {"bad metadata line": 1}
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    with tarfile.open(shards / "deep.tar", "w") as tar:
+        add(tar, "0.png", solid((0, 255, 0)))
+        add(tar, "0.json", b"[" * 100_000)
+        add(tar, "1.png", solid((0, 0, 255)))
+        add(tar, "1.json", b'{"caption": "still read"}')
+    data = load(str(shards), size=8)
+    assert data.all_captions == [["still read"]] and data.skipped == {"no caption": 1}
+
+
 def test_hugging_face_saved_dataset_and_parquet(tmp_path):
     pa = pytest.importorskip("pyarrow")
     import pyarrow.parquet as pq

@@ -373,3 +373,62 @@ def test_wandb_asked_for_but_not_installed_is_one_line(tmp_path, monkeypatch, ca
                      "--out", str(tmp_path / "run"), "--wandb", "shapes-runs"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and 'pip install "dreamlet[wandb]"' in err and len(err.splitlines()) == 1
+
+
+def test_a_save_in_progress_in_another_process_is_left_alone(tmp_path):
+    from dreamlet.checkpoint import write_dir_atomically
+    target = tmp_path / "cache"
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        theirs = tmp_path / f".cache.tmp-{sleeper.pid}-abc"  # another process, writing now
+        crashed = tmp_path / f".cache.tmp-{dead.pid}-def"   # a process that died while writing
+        old_style = tmp_path / ".cache.tmpxyz"              # from before the pid was in the name
+        for folder in (theirs, crashed, old_style):
+            folder.mkdir()
+            (folder / "part").write_text("half")
+        write_dir_atomically(target, lambda tmp: (tmp / "meta.json").write_text("{}"))
+        assert theirs.is_dir() and not crashed.exists() and not old_style.exists()
+        assert (target / "meta.json").is_file()
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+def test_two_runs_that_build_the_same_cache_at_once_both_train(tmp_path):
+    import numpy as np
+    from PIL import Image
+    folder = tmp_path / "pictures"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(300):  # enough that the two builds overlap
+        Image.fromarray(rng.integers(0, 255, (48, 48, 3), dtype=np.uint8)).save(folder / f"{i:03d}.png")
+        (folder / f"{i:03d}.txt").write_text(f"a picture of noise number {i}")
+    env = dict(__import__("os").environ, DREAMLET_CACHE=str(tmp_path / "cache"))
+    runs = [subprocess.Popen([sys.executable, "-m", "dreamlet", "train", "--data", str(folder), *CLI_TINY,
+                              "--steps", "2", "--checkpoint-every", "0", "--out", str(tmp_path / f"run{i}")],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    for run in runs:
+        out, err = run.communicate(timeout=300)
+        assert run.returncode == 0, err
+    [cache] = [p for p in (tmp_path / "cache").iterdir() if not p.name.startswith(".")]
+    assert json.loads((cache / "meta.json").read_text())["count"] == 300
+    assert not list((tmp_path / "cache").glob(".*.tmp*"))
+
+
+@pytest.mark.parametrize("change, words", [
+    ({"--seed": "2"}, "--seed 1 (this command: 2)"), ({"--batch-size": "8"}, "--batch-size 4 (this command: 8)"),
+    ({"--preset": "small"}, "--preset 'tiny'"), ({"--set": "dit.depth=3"}, "--set"),
+])
+def test_resume_refuses_a_changed_seed_batch_or_model_in_one_line(tmp_path, capsys, change, words):
+    def command(**flags):
+        options = {"--preset": "tiny", "--batch-size": "4", "--seed": "1"} | flags
+        return ["train", *[a for pair in options.items() for a in pair], "--size", "16", "--sample-every", "0",
+                "--out", str(tmp_path / "run")]
+    assert main([*command(), "--steps", "2"]) == 0
+    capsys.readouterr()
+    assert main([*command(**change), "--steps", "3", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and words in err and "was trained with" in err, err
+    assert main([*command(), "--steps", "3", "--resume"]) == 0  # the same command continues it

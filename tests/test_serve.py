@@ -467,3 +467,59 @@ def test_the_page_shows_progress_cancels_inpaints_and_keeps_its_history(server, 
     past = ("return [...document.querySelectorAll('#gallery section.past')].map(s => [s.querySelector('h3').textContent,"
             " [...s.querySelectorAll('img.result')].filter(i => i.complete && i.naturalWidth > 0).length])")
     WebDriverWait(browser, 30).until(lambda b: b.execute_script(past) == [["a small green triangle at the bottom right", 2]])
+
+
+def rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        return int(next(line for line in f if line.startswith("VmRSS")).split()[1])
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the server's memory from /proc")
+def test_under_load_every_request_is_answered_and_memory_stays_flat(tiny_run, tmp_path):
+    """200 requests, 50 at a time, a quarter of them malformed or oversized, against `dreamlet serve` as a user
+    starts it: every one gets 200, 4xx, 429 or 503, and the server's memory after a second round is what it
+    was after the first (the bodies are refused before they are read whole)."""
+    import json
+    from concurrent.futures import ThreadPoolExecutor
+    import urllib.error
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "dreamlet", "serve", "--model", str(tiny_run / "model"),
+                                "--port", str(port), "--out", str(tmp_path / "out"), "--queue", "20",
+                                "--timeout", "20", "--max-body-bytes", "100000"], stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}/api/generate"
+    good = json.dumps({"prompt": PROMPT, "steps": 1}).encode()
+    bodies = [(good, "application/json"), (b'{"prompt": ', "application/json"), (good, "text/plain"),
+              (b'{"prompt": "' + b"x" * 200_000 + b'"}', "application/json"), (good, "application/json"),
+              (json.dumps({"prompt": PROMPT, "steps": -3}).encode(), "application/json"),
+              (good, "application/json"), (good, "application/json")]  # 3 of 8 refused, 5 drawn or turned away
+
+    def send(i: int) -> int:
+        body, kind = bodies[i % len(bodies)]
+        request = urllib.request.Request(url, body, {"Content-Type": kind})
+        try:
+            with urllib.request.urlopen(request, timeout=120) as response:
+                return response.status
+        except urllib.error.HTTPError as error:
+            assert "error" in json.loads(error.read()), i
+            return error.code
+    try:
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/api/models", timeout=1)
+                break
+            except OSError:
+                time.sleep(0.1)
+        rounds = []
+        for _ in range(2):
+            with ThreadPoolExecutor(50) as pool:
+                statuses = list(pool.map(send, range(100)))
+            rounds.append((statuses, rss_kib(process.pid)))
+        for statuses, _ in rounds:
+            assert set(statuses) <= {200, 400, 413, 415, 429, 503}, sorted(set(statuses))
+            assert statuses.count(200) >= 10 and {400, 413, 415} <= set(statuses)
+        assert rounds[1][1] < rounds[0][1] * 1.15 + 20_000, [r[1] for r in rounds]  # flat: within 15 % + 20 MiB
+        with urllib.request.urlopen(urllib.request.Request(url, good, {"Content-Type": "application/json"})) as r:
+            assert r.status == 200  # and it still draws
+    finally:
+        process.terminate()
+        process.wait(10)

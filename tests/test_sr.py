@@ -356,3 +356,26 @@ def test_a_missing_transformers_is_one_line(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "transformers", None)  # import transformers now fails
     with pytest.raises(UserError, match=r'needs the transformers package: pip install "dreamlet\[pretrained\]"'):
         PretrainedTokenizer.from_pretrained(str(tmp_path), 8)
+
+
+def test_a_text_encoder_is_read_from_safetensors_only_and_a_damaged_one_is_one_line(tmp_path, capsys):
+    from dreamlet.checkpoint import UserError
+    from dreamlet.text.pretrained import frozen_encoder
+    pickled = tiny_pretrained(tmp_path / "bin", "bert")
+    from safetensors.torch import load_file
+    torch.save(load_file(pickled / "model.safetensors"), pickled / "pytorch_model.bin")  # as older tools save
+    (pickled / "model.safetensors").unlink()
+    with pytest.raises(UserError, match="pytorch_model.bin is a pickle, which dreamlet never unpickles"):
+        frozen_encoder(str(pickled), "cpu")
+    damaged = tiny_pretrained(tmp_path / "damaged", "bert")
+    weights = damaged / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(UserError, match="cannot load the text encoder"):
+        frozen_encoder(str(damaged), "cpu")
+    args = ["train", "--text-encoder", str(pickled), "--steps", "1", "--size", "16", "--preset", "tiny",
+            "--out", str(tmp_path / "run")]
+    from dreamlet.cli import main
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "never unpickles" in err

@@ -10,6 +10,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,6 +32,26 @@ class Interrupted(Exception):
                          f"continue with --resume --out {out}")
 
 
+@contextmanager
+def exclusive(target: Path, purpose: str = "write"):
+    """Hold an exclusive lock named after `target` (the file .TARGET.PURPOSE.lock beside it) while the
+    block runs: another process that asks for the same lock waits. The kernel drops the lock when its
+    process ends, so a crash never leaves it held. Where there is no fcntl (Windows), no lock."""
+    try:
+        import fcntl
+    except ImportError:
+        yield
+        return
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.{purpose}.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def write_dir_atomically(target: Path, write) -> None:
     """Call write(tmp_dir), then swap tmp_dir into place, so a crash never leaves half a directory.
 
@@ -41,9 +62,10 @@ def write_dir_atomically(target: Path, write) -> None:
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     restore_interrupted(target)
-    for stale in target.parent.glob(f".{target.name}.tmp*"):  # left by a crash while writing: never swapped in
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp", dir=target.parent))
+    for stale in target.parent.glob(f".{target.name}.tmp*"):  # left by a crash, never by a process still writing
+        if not writer_alive(stale):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))  # whose it is
     try:
         write(tmp)
         for path in tmp.rglob("*"):
@@ -62,6 +84,24 @@ def write_dir_atomically(target: Path, write) -> None:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def writer_alive(tmp: Path) -> bool:
+    """Whether the process that made this temporary directory (.NAME.tmp-PID-...) is still running: another
+    process's save in progress is left alone."""
+    try:
+        pid = int(tmp.name.split(".tmp-", 1)[1].split("-", 1)[0])
+    except (IndexError, ValueError):  # an older name, without its writer's pid
+        return False
+    if pid == os.getpid():
+        return False  # this process writes one at a time: one of its own is a leftover
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # running, as another user
+        return True
+    return True
 
 
 def old_copy(target: Path) -> Path:

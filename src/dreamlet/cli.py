@@ -208,9 +208,25 @@ TRAIN_NUMBERS = {"seed": (0, 2 ** 32 - 1, True), "steps": (1, None, True), "batc
                  "size": (1, None, True), "accumulate": (1, None, True), "minutes": (0, None, False),
                  "workers": (0, None, True), "max_memory": (0, None, False), "lr": (0, None, False),
                  "warmup": (0, None, True), "min_lr_ratio": (0, 1, True), "weight_decay": (0, None, True),
-                 "grad_clip": (0, None, True),
-                 "ema_decay": (0, 1, True), "log_every": (1, None, True), "tokenizer_captions": (1, None, True),
-                 "max_bad_steps": (1, None, True), "sample_every": (0, None, True), "checkpoint_every": (0, None, True)}
+                 "grad_clip": (0, None, True), "ema_decay": (0, 1, True), "log_every": (1, None, True),
+                 "tokenizer_captions": (1, None, True), "max_bad_steps": (1, None, True),
+                 "sample_every": (0, None, True), "checkpoint_every": (0, None, True)}
+
+# Far beyond any real run, in every command: a typed extra digit is refused before it asks for a batch, a
+# picture, a vocabulary or a drawing that fills memory or never ends.
+SANE_MAXIMUM = {"steps": 10 ** 9, "batch_size": 65536, "size": 4096, "accumulate": 65536, "minutes": 10 ** 6,
+                "workers": 256, "lr": 10, "warmup": 10 ** 9, "tokenizer_captions": 10 ** 8, "num": 10000,
+                "rerank": 1000, "prompts": 100000, "seeds": 1000, "distractors": 100000, "heldout": 100000,
+                "count": 100000, "guidance": 100}
+
+
+def check_sane(args) -> None:
+    """One line for a number larger than any run needs, in any command's options (NaN and the lower
+    bounds are each command's own checks)."""
+    for name, highest in SANE_MAXIMUM.items():
+        value = getattr(args, name, None)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > highest:
+            raise UserError(f"--{name.replace('_', '-')} must be at most {highest}, not {value}")
 
 
 def check_train_numbers(args) -> None:
@@ -412,6 +428,7 @@ COMMANDS = {"train": run_train, "sample": run_sample, "eval": run_eval, "data": 
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        check_sane(args)
         COMMANDS[args.command](args)
     except UserError as error:
         print(f"dreamlet: error: {error}", file=sys.stderr)

@@ -110,12 +110,14 @@ def heldout_set(data: str, size: int, count: int, format: str | None = None, fit
                 caption_column: str = "") -> tuple[np.ndarray, list[str], list[str]]:
     """Real held-out pictures (read as the model was trained: `data_options`), their captions, and a
     pool of captions to draw distractors from. Shapes: canonical benchmark prompts of every kind and
-    freshly drawn pictures of them."""
+    freshly drawn pictures of them; a third are single objects of the held-out colour-shape pairings
+    (never in a training picture alone), a third seen singles, a third pairs."""
     from .data import load
-    from .data.shapes import Scene, canonical_caption, random_pair, random_single, render
+    from .data.shapes import HELD_OUT, Scene, canonical_caption, random_pair, random_single, render
     if data == "shapes":
-        rng = np.random.default_rng(4321)
-        scenes: list[Scene] = [random_pair(rng) if i % 3 == 2 else random_single(rng) for i in range(count)]
+        rng, held_out = np.random.default_rng(4321), tuple(sorted(HELD_OUT))
+        scenes: list[Scene] = [random_pair(rng) if i % 3 == 2 else random_single(rng, held_out) if i % 3 == 1
+                               else random_single(rng) for i in range(count)]
         pool = [p.text for p in benchmark_prompts(432, 48, 400, seed=99)]
         return np.stack([render(s, size) for s in scenes]), [canonical_caption(s) for s in scenes], pool
     dataset = load(data, size, format=format, quiet=True, fit=fit, caption_column=caption_column)

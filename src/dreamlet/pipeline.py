@@ -37,6 +37,9 @@ def autocast(device: torch.device, precision: str = "auto"):
     return torch.autocast(device.type, torch.bfloat16, enabled=bf16)
 
 
+MAX_SEED = 2 ** 63 - 1
+
+
 def seed_jobs(prompts: list[str], seed: int, num: int, steps: int | None = None,
               rerank: int = 1) -> list[tuple[str, int]]:
     """The (prompt, seed) of every picture, in seed order: picture k of prompt i gets seed
@@ -44,6 +47,8 @@ def seed_jobs(prompts: list[str], seed: int, num: int, steps: int | None = None,
     for name, value in (("num", num), ("rerank", rerank), ("steps", 1 if steps is None else steps)):
         if value < 1:
             raise UserError(f"--{name} must be at least 1")
+    if not 0 <= seed <= MAX_SEED - len(prompts) * num:  # every picture's seed must fit torch's 64 bits
+        raise UserError(f"--seed must be between 0 and {MAX_SEED - len(prompts) * num}, not {seed}")
     return sorted(((p, seed + len(prompts) * k + i) for k in range(num) for i, p in enumerate(prompts)),
                   key=lambda job: job[1])
 

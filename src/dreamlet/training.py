@@ -349,6 +349,21 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
     return run
 
 
+# What a resumed run must be given again as it was: each changes what the run computes (the random draws,
+# the batches, the model), so a resume with another value would silently be another run.
+SAME_ON_RESUME = {"seed": "--seed", "batch_size": "--batch-size", "preset": "--preset",
+                  "settings": "--set (or a family flag such as --text-encoder)"}
+
+
+def check_same_run(saved: dict, config: TrainConfig, out: Path) -> None:
+    """One line naming every setting this resume command changes from the saved run's."""
+    changed = [f"{flag} {saved[name]!r} (this command: {getattr(config, name)!r})"
+               for name, flag in SAME_ON_RESUME.items() if name in saved and saved[name] != getattr(config, name)]
+    if changed:
+        raise UserError(f"{out} was trained with " + "; ".join(changed) + ": resume with the same, or train into "
+                        "a new --out (--init-from starts from its model)")
+
+
 def read_state(checkpoint_dir: Path, config: TrainConfig, family: Family) -> tuple[dict, object, int, float]:
     """A resumed run's state.json, checked against this command: the state, the model config, the step
     and the elapsed training time."""
@@ -366,6 +381,7 @@ def read_state(checkpoint_dir: Path, config: TrainConfig, family: Family) -> tup
             raise UserError(f"{out} was trained on {saved['data']} at {saved['size']} px with --fit {fit}"
                             + (f" and --caption-column {column}" if column else "")
                             + "; resume with the same --data, --size, --fit and --caption-column")
+        check_same_run(saved, config, out)
         version = int(state.get("config_version") or 1)
         if version != family.version:  # its weights and optimizer state are laid out as that version's
             raise UserError(f"{out} was saved by another dreamlet (config version {version}, this one writes "

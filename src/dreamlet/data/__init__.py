@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..checkpoint import UserError
+from ..checkpoint import UserError, exclusive
 from .builtin import emoji_fingerprint, read_digits, read_emoji
 from .cache import CaptionedImages, build_cache, cache_key, cache_root
 from .decode import FITS
@@ -65,7 +65,9 @@ def load(name_or_path: str, size: int = 32, seed: int = 0, format: str | None = 
     tag, extra = ("", ()) if fit == "crop" else (f"-{fit}", (fit,))
     directory = cache_root() / f"{label}-{size}px{tag}-{cache_key(source, identity, size, *extra)}"
     if not (directory / "meta.json").is_file():
-        build_cache(records(), directory, size, source, quiet=quiet, fit=fit)
+        with exclusive(directory, "build"):  # a second run that starts now waits, then finds the cache built
+            if not (directory / "meta.json").is_file():
+                build_cache(records(), directory, size, source, quiet=quiet, fit=fit)
     dataset = CaptionedImages(directory, seed=seed, name=name_or_path)
     if dataset.meta["count"] == 0:
         reasons = ", ".join(f"{n} {why}" for why, n in dataset.skipped.items()) or "nothing found"

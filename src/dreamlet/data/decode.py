@@ -40,8 +40,10 @@ def decode_image(data: bytes, size: int, max_pixels: int | None = None,
         raise Skip("decompression bomb") from None
     except Image.UnidentifiedImageError:
         raise Skip("not an image") from None
-    except Exception:  # Pillow raises OSError, SyntaxError, ValueError ... for truncated or corrupt data
-        raise Skip("corrupt or truncated image") from None
+    except MemoryError:  # the machine is out of memory, not the picture at fault: the run must hear of it
+        raise
+    except Exception:  # the bytes are in memory, so this is the data: Pillow's decoders raise OSError,
+        raise Skip("corrupt or truncated image") from None  # SyntaxError, ValueError, struct.error ... for damage
     finally:
         Image.MAX_IMAGE_PIXELS = limit
     return fit_square(image, size, fit), image.size

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import pickle
 import tarfile
 from pathlib import Path
@@ -22,7 +23,7 @@ import numpy as np
 
 from ..checkpoint import UserError
 from .cache import Record
-from .decode import resize_square
+from .decode import Skip, resize_square
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 TEXT_FIELDS = ("text", "caption", "captions", "txt", "prompt", "sentence")
@@ -38,14 +39,37 @@ def _image_files(root: Path) -> list[Path]:
     return [p for p in _files(root) if p.suffix.lower() in IMAGE_EXTENSIONS]
 
 
+def _read_error(error: OSError) -> str:
+    """The reason a file that cannot be read is skipped under."""
+    if isinstance(error, FileNotFoundError):  # listed, then gone before it was read
+        return "missing file"
+    if isinstance(error, PermissionError):
+        return "unreadable (permission denied)"
+    return "unreadable file"
+
+
 def _loader(path: Path):
-    return lambda: path.read_bytes()
+    def load() -> bytes:
+        try:
+            return path.read_bytes()
+        except OSError as error:
+            raise Skip(_read_error(error)) from None
+    return load
+
+
+def _inside(root: Path, path: Path) -> Path | None:
+    """PATH, normalised, when it is inside ROOT; None when a name from the data set's own metadata (`../x`, an
+    absolute path) leads out of it. Checked on the names as written, not resolved: a folder of pictures the
+    user linked in with a symlink still reads, and a metadata row cannot climb out with `..`."""
+    base, path = (Path(os.path.normpath(p.absolute())) for p in (root, path))
+    return path if path.is_relative_to(base) else None
 
 
 # ----------------------------------------------------------------------------- folders
 
 SPLITS = {"train": False, "test": True, "validation": True, "valid": True, "val": True}  # name: held out?
 METADATA = ("metadata.jsonl", "metadata.csv", "metadata.parquet")
+OUTSIDE = "path outside the data folder"  # a file_name that leads out of the data set's folder is not read
 
 
 def _metadata_rows(folder: Path) -> Iterator[tuple[int, dict | None]]:
@@ -57,7 +81,7 @@ def _metadata_rows(folder: Path) -> Iterator[tuple[int, dict | None]]:
                     continue
                 try:
                     yield number, json.loads(line.decode("utf-8", "surrogateescape"))
-                except ValueError:  # not JSON, or not UTF-8
+                except (ValueError, RecursionError):  # not JSON, not UTF-8, or nested too deep to parse
                     yield number, None
     elif (folder / "metadata.csv").is_file():
         with open(folder / "metadata.csv", newline="", encoding="utf-8", errors="surrogateescape") as f:
@@ -95,10 +119,13 @@ def read_imagefolder(root: Path, size: int, caption_column: str = "") -> Iterato
         listed = set()
         for number, row in _metadata_rows(folder):
             key = f"{prefix}metadata line {number}"
-            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str):
+            if not isinstance(row, dict) or not isinstance(row.get("file_name"), str) or "\0" in row["file_name"]:
                 yield Record(key, None, None, problem="bad metadata line")
                 continue
-            path = folder / row["file_name"]
+            path = _inside(root, folder / row["file_name"])
+            if path is None:
+                yield Record(prefix + row["file_name"], None, None, problem=OUTSIDE, heldout=held)
+                continue
             listed.add(path.resolve())
             caption = _caption(row, caption_column)
             if isinstance(caption, str) and any(0xDC80 <= ord(c) <= 0xDCFF for c in caption):
@@ -139,7 +166,11 @@ def read_coco(root: Path, size: int) -> Iterator[Record]:
         folders = [root / split, root / "images" / split, root / "images", root]
         for image in sorted(images, key=lambda i: str(i.get("file_name", ""))):
             name = str(image.get("file_name", ""))
-            path = next((f / name for f in folders if name and (f / name).is_file()), None)
+            paths = [_inside(root, f / name) for f in folders]
+            if None in paths:
+                yield Record(f"{split}/{name}", None, None, problem=OUTSIDE)
+                continue
+            path = next((p for p in paths if name and p.is_file()), None)
             if path is None:
                 yield Record(f"{split}/{name}", None, captions.get(image.get("id")), problem="missing file")
             else:
@@ -226,47 +257,83 @@ def _caption_from_member(ext: str, data: bytes):
         return data
     try:
         value = json.loads(data)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     if isinstance(value, dict):
         return next((value[k] for k in TEXT_FIELDS if k in value), None)
     return value if isinstance(value, str) else None
 
 
+MAX_MEMBER_BYTES = 64 << 20  # a tar member larger than this is skipped unread: one member must not fill memory
+SHARD_BROKEN = "corrupt or truncated shard"
+IMAGE_MEMBERS, CAPTION_MEMBERS = ("jpg", "jpeg", "png", "webp", "bmp"), ("txt", "json")
+
+
+class _StrictTarInfo(tarfile.TarInfo):
+    """Raises ReadError for a header that breaks off, or is garbage, after the first member, where tarfile
+    quietly takes it for the end of the archive: a shard cut off between members would otherwise lose
+    its last samples uncounted (and its last sample, missing its caption, be counted under the wrong reason)."""
+
+    @classmethod
+    def fromtarfile(cls, tar):
+        try:
+            return super().fromtarfile(tar)
+        except (tarfile.EmptyHeaderError, tarfile.TruncatedHeaderError, tarfile.InvalidHeaderError) as error:
+            raise tarfile.ReadError(f"broken header: {error}") from None
+
+
+def _sample(key: str, sample: dict, problem: str | None) -> Record:
+    image = next((sample[e] for e in IMAGE_MEMBERS if e in sample), None)
+    caption = next((sample[e] for e in CAPTION_MEMBERS if e in sample), None)
+    if problem or image is None:
+        return Record(key, None, None, problem=problem or "no image")
+    return Record(key, image, None if caption is None else [caption])
+
+
+def _shard_records(shard: Path) -> Iterator[Record]:
+    """The samples of one shard, read as a stream, one member at a time, none larger than MAX_MEMBER_BYTES
+    (its header says how large it is: a larger one is passed over unread, and its sample skipped).
+    Where the shard breaks off or is corrupt, the samples before are kept; the one being read is counted
+    as lost under SHARD_BROKEN, the shard's name standing in when the break comes before any sample.
+    What follows a break cannot be read, so cannot be counted."""
+    cap = MAX_MEMBER_BYTES
+    key, sample, problem = None, {}, None  # the sample being read; `problem`: why it cannot be used
+    try:
+        with tarfile.open(shard, mode="r|*", tarinfo=_StrictTarInfo) as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                directory, _, base = member.name.rpartition("/")
+                stem, _, ext = base.partition(".")
+                member_key = f"{shard.name}/{directory}/{stem}"
+                if member_key != key and key is not None:
+                    yield _sample(key, sample, problem)
+                    sample, problem = {}, None
+                key = member_key
+                if problem:  # its sample is skipped already: nothing more of it is read
+                    continue
+                # the header's size decides, so a huge member is never read (tarfile skips it); the read is
+                # bounded as well, so no header can make it take more than the cap
+                data = tar.extractfile(member).read(cap + 1) if member.size <= cap else b""
+                if member.size > cap or len(data) > cap:
+                    problem = f"member over {cap / (1 << 20):g} MiB"
+                    continue
+                ext = ext.lower()
+                sample[ext] = _caption_from_member(ext, data) if ext in CAPTION_MEMBERS else data
+    except (tarfile.TarError, EOFError):  # tarfile's errors for data that breaks off or does not decompress
+        yield Record(key or shard.name, None, None, problem=SHARD_BROKEN)
+    except OSError as error:  # the shard itself cannot be read
+        yield Record(key or shard.name, None, None, problem=_read_error(error))
+    else:
+        if key is not None:
+            yield _sample(key, sample, problem)
+
+
 def read_webdataset(path: Path, size: int) -> Iterator[Record]:
     """WebDataset shards: members sharing a key (the name before the first dot) form one sample.
-    Each shard is read as a stream, one member at a time."""
-    shards = [path] if path.is_file() else sorted(path.glob("*.tar"))
-
-    def finish(key, sample):
-        image = next((sample[e] for e in ("jpg", "jpeg", "png", "webp", "bmp") if e in sample), None)
-        caption = next((sample[e] for e in ("txt", "json") if e in sample), None)
-        if image is None:
-            return Record(key, None, None, problem="no image")
-        return Record(key, image, None if caption is None else [caption])
-
-    for shard in shards:
-        key, sample = None, {}
-        try:
-            with tarfile.open(shard, mode="r|*") as tar:
-                for member in tar:
-                    if not member.isfile():
-                        continue
-                    directory, _, base = member.name.rpartition("/")
-                    stem, _, ext = base.partition(".")
-                    member_key = f"{shard.name}/{directory}/{stem}"
-                    if member_key != key and key is not None:
-                        yield finish(key, sample)
-                        sample = {}
-                    key = member_key
-                    data = tar.extractfile(member).read()
-                    ext = ext.lower()
-                    sample[ext] = _caption_from_member(ext, data) if ext in ("txt", "json") else data
-        except (tarfile.TarError, OSError, EOFError):  # keep what came before; the sample being read is lost
-            yield Record(f"{shard.name}", None, None, problem="corrupt or truncated shard")
-            key = None
-        if key is not None:
-            yield finish(key, sample)
+    Each shard is read as a stream, one member at a time (see _shard_records)."""
+    for shard in [path] if path.is_file() else sorted(path.glob("*.tar")):
+        yield from _shard_records(shard)
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets / parquet

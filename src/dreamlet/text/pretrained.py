@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from safetensors import SafetensorError
 from tokenizers import Tokenizer
 
 from ..checkpoint import UserError
@@ -43,16 +44,25 @@ def import_transformers():
     return transformers
 
 
-def check_directory(path: str) -> None:
-    if not (Path(path) / "config.json").is_file():
+def check_directory(path: str, weights: bool = False) -> None:
+    """One line for a folder that is not an encoder dreamlet reads: no config.json, or (`weights`) its
+    weights only as pickles (.bin, .pt: unpickling runs whatever code they hold, so they are never read)."""
+    folder = Path(path)
+    if not (folder / "config.json").is_file():
         raise UserError(f"text encoder not found: {path} has no config.json (a frozen encoder is not saved with "
                         f"the model, so the directory it was trained with must stay)")
+    if weights and not any(folder.glob("*.safetensors")):
+        pickles = sorted(p.name for p in folder.iterdir() if p.suffix in (".bin", ".pt", ".pth", ".ckpt"))
+        raise UserError(f"--text-encoder {path}: no .safetensors weights" + (
+            f" ({', '.join(pickles)} is a pickle, which dreamlet never unpickles; convert it with "
+            "transformers: AutoModel.from_pretrained(DIR).save_pretrained(DIR, safe_serialization=True))"
+            if pickles else ""))
 
 
 @functools.lru_cache(maxsize=4)
 def frozen_encoder(path: str, device: str) -> nn.Module:
     """The encoder in `path` on `device`, loaded once, in eval mode and fp32 with gradients off."""
-    check_directory(path)
+    check_directory(path, weights=True)
     transformers = import_transformers()
     try:
         config = transformers.AutoConfig.from_pretrained(path)
@@ -65,8 +75,8 @@ def frozen_encoder(path: str, device: str) -> nn.Module:
         # Loading must not move the global random state: a second, cached load would not, and the
         # projection built next would then start differently.
         with torch.random.fork_rng(devices=[]):
-            model = kind.from_pretrained(path)
-    except (OSError, ValueError, KeyError) as error:
+            model = kind.from_pretrained(path, use_safetensors=True)
+    except (OSError, ValueError, KeyError, RuntimeError, SafetensorError) as error:  # a damaged file among them
         raise UserError(f"cannot load the text encoder in {path}: {str(error).strip().splitlines()[0]}") from None
     return model.float().to(device).eval().requires_grad_(False)
 
