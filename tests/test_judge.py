@@ -58,3 +58,28 @@ def test_find_objects_reads_size_and_centre():
     f = found[0]
     assert (f.color, f.shape, f.size, f.position) == ("cyan", "triangle", "large", "bottom")
     assert abs(f.cx - obj.cx) < 0.02 and abs(f.cy - obj.cy) < 0.02
+
+
+def test_the_validation_prompts_are_another_draw_of_the_same_spec():
+    from collections import Counter
+    from dreamlet.data.shapes import benchmark_jobs
+    evaluation, validation = benchmark_jobs(64, 2), benchmark_jobs(64, 2, "validation")
+    assert evaluation == benchmark_jobs(64, 2, "evaluation")  # what `dreamlet eval` has always judged
+    kinds = lambda jobs: Counter(p.kind for p, _ in jobs)  # noqa: E731
+    assert kinds(evaluation) == kinds(validation) == {"seen": 128, "heldout": 128, "pair": 128}
+    assert not {s for _, s in evaluation} & {s for _, s in validation}  # other pictures
+    shared = {p.text for p, _ in evaluation if p.kind == "pair"} & {p.text for p, _ in validation if p.kind == "pair"}
+    assert len(shared) < 8  # pairs come from thousands: nearly all other prompts
+
+
+def test_eval_judges_the_validation_set_when_asked(tiny_run, tmp_path):
+    import json
+    from dreamlet.cli import main
+    for prompt_set in ("validation", "evaluation"):
+        out = tmp_path / prompt_set
+        assert main(["eval", "--model", str(tiny_run / "model"), "--prompts", "2", "--seeds", "1", "--steps", "1",
+                     "--prompt-set", prompt_set, "--out", str(out)]) == 0
+        report = json.loads(out.with_suffix(".json").read_text())
+        assert report["prompt_set"] == prompt_set and f"of the {prompt_set} set" in out.with_suffix(".md").read_text()
+    first = lambda name: json.loads((tmp_path / name).with_suffix(".json").read_text())["failures"][0]  # noqa: E731
+    assert first("validation") != first("evaluation")

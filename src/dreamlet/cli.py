@@ -112,6 +112,8 @@ def add_eval(commands) -> None:
                           help="shapes judge: prompts of each kind (seen, held-out, pair); with a CLIP: 3 x this "
                                "many captions; a tokenizer: 3 x this many pictures")
     evaluate.add_argument("--seeds", type=int, default=2, help="pictures per prompt")
+    evaluate.add_argument("--prompt-set", choices=["evaluation", "validation"], default="evaluation",
+                          help="shapes judge: the prompts figures are reported on, or those designs are chosen on")
     evaluate.add_argument("--steps", type=int)
     evaluate.add_argument("--guidance", type=float)
     evaluate.add_argument("--sampler", choices=["dpmpp_2m", "ddim"])
@@ -343,7 +345,7 @@ def run_eval(args) -> None:
     else:
         report = evaluate_shapes(args.model, prompts=args.prompts, seeds=args.seeds, steps=args.steps,
                                  guidance=args.guidance, sampler=args.sampler, size=args.size, pipeline=pipeline,
-                                 rerank=args.rerank, clip=args.clip)
+                                 rerank=args.rerank, clip=args.clip, prompt_set=args.prompt_set)
         print_accuracy(report)
     out = args.out or str(Path(args.model).parent / "eval")
     json_path, md_path = write_report(report, out)

@@ -18,10 +18,12 @@ from .pipeline import Pipeline
 
 def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: int = 2, steps: int | None = None,
                     guidance: float | None = None, sampler: str | None = None, size: int | None = None,
-                    pipeline: Pipeline | None = None, rerank: int = 1, clip=None) -> dict:
+                    pipeline: Pipeline | None = None, rerank: int = 1, clip=None,
+                    prompt_set: str = "evaluation") -> dict:
     """The shapes judge's report for a model (a directory or a loaded Pipeline): `prompts` canonical
-    prompts of each kind (seen single, held-out single, pair), `seeds` pictures each; with `rerank` K,
-    each picture is the best of K by the CLIP model `clip` (a directory or ClipScorer)."""
+    prompts of each kind (seen single, held-out single, pair) of the `prompt_set` (evaluation: the
+    figures reported; validation: the one designs are chosen on), `seeds` pictures each; with `rerank`
+    K, each picture is the best of K by the CLIP model `clip` (a directory or ClipScorer)."""
     if isinstance(model_dir, Pipeline):
         model_dir, pipeline = model_dir.path or "(in memory)", model_dir
     if prompts < 1 or seeds < 1:
@@ -31,7 +33,7 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
     if pipeline.meta.get("data") != "shapes":
         raise UserError(f"the shapes judge needs a model trained on shapes, not {pipeline.meta.get('data')}; "
                         f"score it with a CLIP instead: --clip CLIPMODEL")
-    jobs = benchmark_jobs(prompts, seeds)
+    jobs = benchmark_jobs(prompts, seeds, prompt_set)
     started = time.perf_counter()
     if rerank > 1:
         if not clip:
@@ -46,7 +48,7 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
     config = pipeline.model.config
     report |= {
         "model": str(model_dir), "benchmark": "shapes", "size": pipeline.image_size,
-        "prompts_per_kind": prompts, "seeds": seeds,
+        "prompts_per_kind": prompts, "seeds": seeds, "prompt_set": prompt_set,
         # a family that draws in one pass may have no steps, guidance or sampler: None in the report
         "steps": steps or getattr(config, "steps", None),
         "guidance": getattr(config, "guidance", None) if guidance is None else guidance,
@@ -84,8 +86,8 @@ def markdown(report: dict) -> str:
     pct = lambda v: f"{100 * v:.1f} %" if v is not None else "-"  # noqa: E731
     counts = report["counts"]
     lines = [f"# Shapes benchmark: {report['model']}", "",
-             f"{report['size']} px, {drawing(report)}, {report['seeds']} seed(s) per prompt, "
-             f"{report['seconds_per_image']:.3f} s per picture.", "",
+             f"{report['size']} px, {drawing(report)}, {report['seeds']} seed(s) per prompt of the "
+             f"{report.get('prompt_set', 'evaluation')} set, {report['seconds_per_image']:.3f} s per picture.", "",
              "| prompts | pictures | correct |", "|---|---|---|"]
     for kind, label in (("seen", "seen single"), ("heldout", "held-out single"), ("pair", "pair")):
         lines.append(f"| {label} | {counts.get(kind, 0)} | {pct(report.get(kind))} |")

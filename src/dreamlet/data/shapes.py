@@ -293,11 +293,18 @@ def benchmark_prompts(seen: int = 60, heldout: int = 36, pairs: int = 36, seed: 
     return out
 
 
-def benchmark_jobs(per_kind: int, seeds: int) -> list[tuple[Prompt, int]]:
+# The judge's two prompt sets, drawn from the same spec with their own seeds (for prompts, and an offset for
+# the pictures): design choices are made on "validation", figures are reported on "evaluation" (what
+# `dreamlet eval` has always judged), so a default is never tuned on the prompts it is reported on.
+PROMPT_SETS = {"evaluation": (1234, 0), "validation": (5678, 500_000)}
+
+
+def benchmark_jobs(per_kind: int, seeds: int, prompt_set: str = "evaluation") -> list[tuple[Prompt, int]]:
     """The judge's (prompt, seed) pairs: `per_kind` prompts of each kind, each drawn with `seeds` seeds. Every
     script that scores a model the way `dreamlet eval` does draws exactly these."""
-    chosen = benchmark_prompts(per_kind, per_kind, per_kind, seed=1234)
-    return [(p, 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
+    prompt_seed, offset = PROMPT_SETS[prompt_set]
+    chosen = benchmark_prompts(per_kind, per_kind, per_kind, seed=prompt_seed)
+    return [(p, offset + 10_000 * s + i) for s in range(seeds) for i, p in enumerate(chosen)]
 
 
 @cache
