@@ -270,8 +270,19 @@ def set_field(overrides: dict, name: str, value) -> None:
     overrides[leaf] = value
 
 
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def check_picture_name(flag: str, path: str | None) -> None:
+    """A picture the command will write must be named as one (Pillow picks the format from the name), and
+    not be a folder."""
+    if path is not None and (Path(path).suffix.lower() not in PICTURE_SUFFIXES or Path(path).is_dir()):
+        raise UserError(f"{flag} {path}: name a picture file to write ({', '.join(PICTURE_SUFFIXES)})")
+
+
 def run_sample(args) -> None:
     from .sample import read_prompts, sample, sample_again
+    check_picture_name("--grid", args.grid)
     if args.from_png is not None:
         records = sample_again(args.from_png, args.out, args.model)
         print(f"{records[0]['file']} in {args.out}: {records[0]['prompt']!r}, seed {records[0]['seed']}")
@@ -364,6 +375,7 @@ def run_data(args) -> None:
         raise UserError("shapes is drawn on the fly and has nothing to inspect; try emoji, digits or a path")
     if args.count < 1:
         raise UserError("--count must be at least 1")
+    check_picture_name("--sheet", args.sheet)
     dataset = load(args.path, args.size, format=args.format, fit=args.fit, caption_column=args.caption_column)
     report = inspect(dataset, args.sheet or "inspect.png", args.count)
     print(json.dumps(report, indent=2) if args.json else describe(report))
