@@ -1,6 +1,7 @@
 """Time to accuracy on shapes: train the default model for 2, 5 and 10 minutes (one full run per
-budget, since the learning-rate schedule follows the budget), judge each, and record training
-images/s and sampling seconds per picture in docs/benchmarks.md.
+budget, since the learning-rate schedule follows the budget), judge each on the evaluation prompts (and
+on the validation prompts, which designs are chosen on), and record training images/s and sampling
+seconds per picture in docs/benchmarks.md; the raw results go to bench/results/time_to_accuracy.json.
 
     .venv/bin/python bench/time_to_accuracy.py [--budgets 2 5 10] [--prompts 64] [--out runs/bench]
 """
@@ -20,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import machine  # noqa: E402,F401  (re-exported: other bench scripts import it from here)
+from docs_section import commit, machine  # noqa: E402,F401  (machine is re-exported: other scripts import it)
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
 
@@ -47,25 +48,34 @@ def main():
         steps = int(log[-1]["step"])
         images_per_s = steps * config.batch_size / float(log[-1]["elapsed_s"])
         report = evaluate_shapes(model_dir, prompts=args.prompts, seeds=args.seeds)
+        validation = evaluate_shapes(model_dir, prompts=args.prompts, seeds=args.seeds, prompt_set="validation")
         rows.append(dict(minutes=minutes, steps=steps, images_per_s=images_per_s,
                          seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
+                         validation={k: validation[k] for k in ("seen", "heldout", "pair")},
                          attributes=report["attributes"], seconds_per_image=report["seconds_per_image"],
                          sampler=report["sampler"], sample_steps=report["steps"], guidance=report["guidance"]))
         print(json.dumps(rows[-1]))
-    (Path(args.out) / "time_to_accuracy.json").write_text(json.dumps(rows, indent=2))
+    command = " ".join(["python", "bench/time_to_accuracy.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    raw = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), command=command, commit=commit(),
+               prompt_set="evaluation (validation in each row's 'validation')", rows=rows)
+    (ROOT / "bench" / "results" / "time_to_accuracy.json").write_text(json.dumps(raw, indent=2) + "\n")
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
     lines = [START, "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.",
              f"Command: `{' '.join(['.venv/bin/python', 'bench/time_to_accuracy.py'] + [shlex.quote(a) for a in sys.argv[1:]])}`",
              f"Judge: {args.prompts} prompts of each kind x {args.seeds} seeds, "
              f"{rows[0]['sample_steps']} {rows[0]['sampler']} steps, guidance {rows[0]['guidance']}.", "",
-             "| budget | steps | train img/s | seen single | held-out single | pair | colour | shape | size | position | relation | sampling s/picture |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "Raw results: bench/results/time_to_accuracy.json. The last column: the same model on the validation "
+             "prompts.", "",
+             "| budget | steps | train img/s | seen single | held-out single | pair | colour | shape | size | position | "
+             "relation | sampling s/picture | validation seen / held-out / pair |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         a = r["attributes"]
         lines.append(f"| {r['minutes']:g} min | {r['steps']} | {r['images_per_s']:.0f} | {pct(r['seen'])} | "
                      f"{pct(r['heldout'])} | {pct(r['pair'])} | {pct(a['color'])} | {pct(a['shape'])} | "
-                     f"{pct(a['size'])} | {pct(a['position'])} | {pct(a['relation'])} | {r['seconds_per_image']:.3f} |")
+                     f"{pct(a['size'])} | {pct(a['position'])} | {pct(a['relation'])} | {r['seconds_per_image']:.3f} | "
+                     + " / ".join(pct(r["validation"][k]) for k in ("seen", "heldout", "pair")) + " |")
     lines += ["", END]
     doc = Path(args.doc)
     text = doc.read_text() if doc.exists() else "# Benchmarks\n\n"
