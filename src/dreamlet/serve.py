@@ -259,12 +259,14 @@ class Worker:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dreamlet-draw")
         self.jobs: dict[str, Job] = {}
         self.pending = 0  # jobs admitted and not finished: the one drawing and those waiting
+        self.lock = threading.Lock()  # pending goes up on the event loop's thread and down on the worker's
 
     def submit(self, request: dict) -> tuple[Job, asyncio.Future]:
-        if self.pending > self.limits.queue:
-            raise BadRequest(f"busy: {self.pending} requests ahead and the queue holds {self.limits.queue}; "
-                             "try again soon", 429)
-        self.pending += 1
+        with self.lock:
+            if self.pending > self.limits.queue:
+                raise BadRequest(f"busy: {self.pending} requests ahead and the queue holds {self.limits.queue}; "
+                                 "try again soon", 429)
+            self.pending += 1
         job = Job(secrets.token_hex(6), request)
         self.jobs[job.id] = job
         for old in list(self.jobs)[:-KEPT_JOBS]:
@@ -275,7 +277,8 @@ class Worker:
         return job, asyncio.wrap_future(future)
 
     def finished(self) -> None:
-        self.pending -= 1
+        with self.lock:
+            self.pending -= 1
 
     def expire(self, job: Job) -> bool:
         """A job still queued after the timeout fails with 503 (True when that happened now or before)."""
