@@ -33,7 +33,7 @@ class Interrupted(Exception):
 
 
 @contextmanager
-def exclusive(target: Path, purpose: str = "write"):
+def exclusive(target: Path, purpose: str):
     """Hold an exclusive lock named after `target` (the file .TARGET.PURPOSE.lock beside it) while the
     block runs: another process that asks for the same lock waits. The kernel drops the lock when its
     process ends, so a crash never leaves it held. Where there is no fcntl (Windows), no lock."""

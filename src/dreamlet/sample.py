@@ -94,7 +94,6 @@ def optimise_with_clip(pipeline: Pipeline, prompts: list[str], num: int, seed: i
 def save(out: str | Path, drawn: PipelineOutput) -> list[dict]:
     """PNG files and index.jsonl lines for drawn pictures, each with the settings that drew it (also in
     the PNG's "dreamlet" text chunk)."""
-    from PIL.PngImagePlugin import PngInfo
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     records = []
@@ -103,9 +102,7 @@ def save(out: str | Path, drawn: PipelineOutput) -> list[dict]:
         name = f"{image_seed:06d}-{slug(prompt)}.png"
         settings = ({"prompt": prompt, "seed": image_seed, "negative_prompt": negative} | drawn.settings
                     | ({"clip_score": score} if score is not None else {}) | {"dreamlet": __version__})
-        chunk = PngInfo()
-        chunk.add_text(PNG_KEY, json.dumps(settings))
-        Image.fromarray(image).save(out / name, pnginfo=chunk)
+        Image.fromarray(image).save(out / name, pnginfo=settings_chunk(settings))
         records.append({"file": name} | settings)
     with open(out / "index.jsonl", "a", encoding="utf-8") as f:
         for record in records:
@@ -114,6 +111,15 @@ def save(out: str | Path, drawn: PipelineOutput) -> list[dict]:
 
 
 PNG_KEY = "dreamlet"  # the PNG text chunk that holds a picture's settings
+
+
+def settings_chunk(settings: dict):
+    """The PNG text chunk (PIL's `pnginfo=`) that carries the settings a picture was drawn with, as
+    `sample`, `serve` and `--from-png` read them."""
+    from PIL.PngImagePlugin import PngInfo
+    chunk = PngInfo()
+    chunk.add_text(PNG_KEY, json.dumps(settings))
+    return chunk
 
 
 def read_png_settings(path: str | Path) -> dict:
