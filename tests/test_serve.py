@@ -237,6 +237,9 @@ def test_a_token_keeps_everyone_else_out(tiny_run, tmp_path):
         assert page.status_code == 303 and "HttpOnly" in page.headers["set-cookie"]
         c.cookies.set("dreamlet_token", "s3cret")
         assert c.get("/").status_code == 200 and c.post("/api/generate", json={"prompt": PROMPT, "steps": 1}).is_success
+    with TestClient(create_app([tiny_run / "model"], out=tmp_path, hosts=None, token="a+b/c="),
+                    base_url="http://192.168.1.5") as c:  # a token as `secrets.token_urlsafe` or base64 spells it
+        assert c.get("/?token=a%2Bb%2Fc%3D", follow_redirects=False).status_code == 303
 
 
 def test_the_openapi_page_comes_from_the_typed_request_and_from_this_machine(client):

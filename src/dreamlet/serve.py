@@ -142,13 +142,9 @@ def check_request(request: GenerateRequest, limits: Limits, models: list[dict]) 
 
 def png_bytes(image, settings: dict | None = None) -> bytes:
     """A picture as PNG, with the settings that drew it in its "dreamlet" text chunk (as `sample` writes)."""
-    from PIL.PngImagePlugin import PngInfo
-    from .sample import PNG_KEY
-    info = PngInfo()
-    if settings is not None:
-        info.add_text(PNG_KEY, json.dumps(settings))
+    from .sample import settings_chunk
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG", pnginfo=info)
+    image.save(buffer, format="PNG", pnginfo=None if settings is None else settings_chunk(settings))
     return buffer.getvalue()
 
 
@@ -375,7 +371,7 @@ class Guard:
                 receive = replay(body)
         if refusal is not None:
             return await error(*refusal)(scope, receive, send)
-        if self.token and scope["path"] == "/" and "token=" in scope.get("query_string", b"").decode("latin-1"):
+        if self.token and scope["path"] == "/" and query_token(scope):
             return await self.set_cookie(scope, receive, send)
         await self.app(scope, receive, send)
 
@@ -392,9 +388,8 @@ class Guard:
 
     def authorised(self, scope, headers: dict) -> bool:
         from http.cookies import SimpleCookie
-        query = dict(p.split("=", 1) for p in scope.get("query_string", b"").decode("latin-1").split("&") if "=" in p)
         cookie = SimpleCookie(headers.get("cookie", "")).get(TOKEN_COOKIE)
-        given = [headers.get("authorization", "").removeprefix("Bearer "), query.get("token", ""),
+        given = [headers.get("authorization", "").removeprefix("Bearer "), query_token(scope),
                  cookie.value if cookie else ""]
         return any(secrets.compare_digest(g.encode(), self.token.encode()) for g in given if g)
 
@@ -417,6 +412,12 @@ class Guard:
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(TOKEN_COOKIE, self.token, httponly=True, samesite="strict")
         await response(scope, receive, send)
+
+
+def query_token(scope) -> str:
+    """The `token` of a request's query string (percent-decoded), or ""."""
+    from urllib.parse import parse_qs
+    return parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [""])[0]
 
 
 def replay(body: bytes):
