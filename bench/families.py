@@ -23,8 +23,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import write_section  # noqa: E402
-from time_to_accuracy import machine  # noqa: E402
+from docs_section import commit, machine, write_section  # noqa: E402
 
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
@@ -32,7 +31,8 @@ from dreamlet.training import TrainConfig, train  # noqa: E402
 # name -> (family, model settings, what it is)
 VARIANTS = {
     "diffusion": ("diffusion", {}, "text-conditional diffusion (DiT, CFG)"),
-    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware)"),
+    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware loss and gradient penalty)"),
+    "gan-no-magp": ("gan", {"magp": 0.0}, "the GAN before 2026-12-02: no matching-aware gradient penalty"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
     "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),
@@ -54,7 +54,9 @@ def run_family(name: str, minutes: float, out: Path, prompts: int, seeds: int, r
     row = dict(name=name, measured=time.strftime("%Y-%m-%d"), machine=machine(), budget_minutes=minutes, steps=steps,
                batch=batch, images_per_s=steps * batch / seconds, seen=report["seen"], heldout=report["heldout"],
                pair=report["pair"], attributes=report["attributes"], seconds_per_image=report["seconds_per_image"],
-               sampler=report["sampler"], sample_steps=report["steps"])
+               sampler=report["sampler"], sample_steps=report["steps"], commit=commit())
+    validation = evaluate_shapes(run / "model", prompts=prompts, seeds=seeds, prompt_set="validation")
+    row["validation"] = dict(seen=validation["seen"], heldout=validation["heldout"], pair=validation["pair"])
     if clip:
         reranked = evaluate_shapes(run / "model", prompts=prompts, seeds=seeds, rerank=rerank, clip=clip)
         row["reranked"] = dict(k=rerank, seen=reranked["seen"], heldout=reranked["heldout"], pair=reranked["pair"])

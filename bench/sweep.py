@@ -8,7 +8,8 @@ Training and sampling are fp32 everywhere.
 
     .venv/bin/python bench/sweep.py experiments.json --out runs/sweep [--parallel 2]
 
-experiments.json is a list of {"name", "steps", "model": {...}, "train": {...},
+experiments.json is a list of {"name", "steps", "model": {...}, "train": {...}, "clip": DIR (a GAN's CLIP),
+"prompt_set": "validation" (the default: designs are chosen there) or "evaluation",
 "data": {"pair_fraction": ..., "canonical_prob": ..., "pair_cells": "aligned" | "far"}, "guidance": [3, 5], "prompts": 32}.
 Results: one JSON line per (experiment, guidance) in OUT/results.jsonl; docs/benchmarks.md
 records what each experiment showed.
@@ -56,8 +57,14 @@ def run_one(spec: dict, out: Path) -> None:
     if data:  # the dataset's mix (share of pair scenes, of canonical captions) for this experiment
         shapes_with(data)
     run = out / spec["name"]
+    settings = dict(spec.get("model", {}))
+    if spec.get("clip"):  # a GAN's CLIP matching loss with a CLIP trained before (its config from its folder)
+        from dreamlet.checkpoint import read_json
+        clip = Path(spec["clip"]).resolve()
+        settings |= dict(clip=str(clip), critic=read_json(clip / "config.json")["model"])
+        settings["critic"].pop("config_version", None)
     config = TrainConfig(out=str(run), steps=spec["steps"], sample_every=0, checkpoint_every=0, precision="fp32",
-                         settings=spec.get("model", {}), **spec.get("train", {}))
+                         settings=settings, **spec.get("train", {}))
     started = time.perf_counter()
     model_dir = train(config, quiet=True)
     seconds = time.perf_counter() - started
@@ -66,10 +73,11 @@ def run_one(spec: dict, out: Path) -> None:
     for guidance in spec.get("guidance", [None]):
         for steps in spec.get("sample_steps", [None]):
             report = evaluate_shapes(model_dir, prompts=spec.get("prompts", 64), seeds=2, guidance=guidance,
-                                     steps=steps, pipeline=pipeline)
+                                     steps=steps, pipeline=pipeline,
+                                     prompt_set=spec.get("prompt_set", "validation"))
             row = dict(name=spec["name"], steps=spec["steps"], model=spec.get("model", {}),
                        train=spec.get("train", {}), data=spec.get("data", {}), guidance=report["guidance"],
-                       sample_steps=report["steps"], seen=report["seen"], heldout=report["heldout"],
+                       sample_steps=report["steps"], prompt_set=report["prompt_set"], seen=report["seen"], heldout=report["heldout"],
                        pair=report["pair"], attributes=report["attributes"], train_seconds=seconds)
             with open(out / "results.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")

@@ -139,3 +139,47 @@ def test_a_gan_does_not_edit_pictures(tmp_path):
     assert main(["train", "--model", "gan", "--size", "16", "--steps", "1", "--out", str(run), *TINY]) == 0
     with pytest.raises(UserError, match="a gan model does not edit pictures; a diffusion or latent-diffusion"):
         Pipeline.load(run / "model")("a red circle", image=np.zeros((16, 16, 3), np.uint8))
+
+
+def test_clip_matching_loss_trains_the_generator_only_and_prefers_matching_pictures():
+    from dreamlet.models.clip import CLIP, ClipConfig
+    from dreamlet.models.clip import PRESETS as CLIP_PRESETS
+    critic = updated(ClipConfig(), CLIP_PRESETS["tiny"] | {"image_size": 32})
+    model = tiny(clip_weight=1.0, critic=critic, magp=2.0).train()
+    assert not model.critic.training and not any(p.requires_grad for p in model.critic.parameters())
+    assert all(not name.startswith("critic.") for group in model.param_groups(0.0) for p in group["params"]
+               for name, q in model.named_parameters() if q is p)
+    images, ids = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (4, 10))
+    d_loss, g_loss = model.losses(images, ids)
+    g_loss.backward()
+    assert all(p.grad is None for p in model.critic.parameters())
+    assert all(p.grad is None for p in model.discriminator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    # the loss is lower when each picture is the one its caption's CLIP embedding points to
+    with torch.no_grad():
+        pictures = torch.rand(4, 3, 32, 32) * 2 - 1
+        order = model.critic.similarity(pictures, ids).argmax(0)
+    if len(set(order.tolist())) == 4:
+        assert model.clip_loss(pictures[order], ids) < model.clip_loss(pictures[order.roll(1)], ids)
+
+
+def test_cli_gan_with_clip_trains_its_clip_first_and_reuses_one(tmp_path, capsys):
+    run = tmp_path / "g"
+    assert main(["train", "--model", "gan", "--size", "16", "--steps", "2", "--out", str(run), *TINY,
+                 "--set", "clip_weight=1", "--set", "magp=2"]) == 0
+    assert "stage 1 of 2: the CLIP" in capsys.readouterr().out
+    config = json.loads((run / "model" / "config.json").read_text())["model"]
+    assert config["clip"] == str((run / "clip" / "model").resolve()) and config["critic"]["image_size"] == 16
+    assert (run / "clip" / "model" / "model.safetensors").is_file()
+    assert Pipeline.load(run / "model").draw(["a red circle"], [0]).shape == (1, 16, 16, 3)
+    again = tmp_path / "again"
+    assert main(["train", "--model", "gan", "--size", "16", "--steps", "1", "--out", str(again), *TINY,
+                 "--set", "clip_weight=1", "--set", f"clip={run / 'clip' / 'model'}"]) == 0
+    assert not (again / "clip").exists()
+    digits = tmp_path / "digits"
+    assert main(["train", "--model", "clip", "--data", "digits", "--size", "16", "--steps", "1", "--out", str(digits),
+                 *TINY]) == 0
+    capsys.readouterr()
+    assert main(["train", "--model", "gan", "--size", "16", "--steps", "1", "--out", str(tmp_path / "x"), *TINY,
+                 "--set", "clip_weight=1", "--set", f"clip={digits / 'model'}"]) == 2
+    assert "was trained on other captions" in capsys.readouterr().err
