@@ -31,8 +31,7 @@ from dreamlet.training import TrainConfig, train  # noqa: E402
 # name -> (family, model settings, what it is)
 VARIANTS = {
     "diffusion": ("diffusion", {}, "text-conditional diffusion (DiT, CFG)"),
-    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware loss and gradient penalty)"),
-    "gan-no-magp": ("gan", {"magp": 0.0}, "the GAN before 2026-12-02: no matching-aware gradient penalty"),
+    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware)"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
     "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),
@@ -88,9 +87,12 @@ def main():
         print(json.dumps(rows[name]), flush=True)
         store.parent.mkdir(parents=True, exist_ok=True)
         store.write_text(json.dumps(list(rows.values()), indent=2))
-    if args.store:
-        return
+    if not args.store:
+        write_table(rows)
 
+
+def write_table(rows: dict) -> None:
+    """The families section of docs/benchmarks.md from the stored rows (name -> row)."""
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
     lines = ["Each family trained for the same time on the same machine with its own defaults (a DALL-E run's "
              "budget includes its image tokenizer), then the same canonical prompts and seeds, judged by the exact "
@@ -111,8 +113,13 @@ def main():
                      f"| {pct(a['color'])} | {pct(a['shape'])} | {pct(a['size'])} | {pct(a['position'])} "
                      f"| {pct(a['relation'])} | {drawing} | {r['seconds_per_image']:.4f} |")
     lines += ["", "Where each row comes from (date, machine, command, prompts x seeds):", ""]
-    lines += [f"- {r['name']}: {r['measured']}, {r['machine']}; `{r['command']}`; {r['prompts']} prompts of each kind "
-              f"x {r['seeds']} seeds" for r in [rows[n] for n in VARIANTS if n in rows]]
+    lines += [f"- {r['name']}: {r['measured']}, {r['machine']}; `{r['command']}`"
+              + (f" at commit {r['commit']}" if r.get("commit") else "")
+              + f"; {r['prompts']} prompts of each kind x {r['seeds']} seeds"
+              + (f"; on the validation prompts: {pct(r['validation']['seen'])} / {pct(r['validation']['heldout'])} / "
+                 f"{pct(r['validation']['pair'])}" if r.get("validation") else "")
+              + (f". {r['note']}" if r.get("note") else "")
+              for r in [rows[n] for n in VARIANTS if n in rows]]
     write_section("families", "The families side by side (shapes, 32 px, same budget, same judge)", "\n".join(lines))
 
 

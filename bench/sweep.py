@@ -8,7 +8,7 @@ Training and sampling are fp32 everywhere.
 
     .venv/bin/python bench/sweep.py experiments.json --out runs/sweep [--parallel 2]
 
-experiments.json is a list of {"name", "steps", "model": {...}, "train": {...}, "clip": DIR (a GAN's CLIP),
+experiments.json is a list of {"name", "steps", "model": {...}, "train": {...},
 "prompt_set": "validation" (the default: designs are chosen there) or "evaluation",
 "data": {"pair_fraction": ..., "canonical_prob": ..., "pair_cells": "aligned" | "far"}, "guidance": [3, 5], "prompts": 32}.
 Results: one JSON line per (experiment, guidance) in OUT/results.jsonl; docs/benchmarks.md
@@ -57,14 +57,8 @@ def run_one(spec: dict, out: Path) -> None:
     if data:  # the dataset's mix (share of pair scenes, of canonical captions) for this experiment
         shapes_with(data)
     run = out / spec["name"]
-    settings = dict(spec.get("model", {}))
-    if spec.get("clip"):  # a GAN's CLIP matching loss with a CLIP trained before (its config from its folder)
-        from dreamlet.checkpoint import read_json
-        clip = Path(spec["clip"]).resolve()
-        settings |= dict(clip=str(clip), critic=read_json(clip / "config.json")["model"])
-        settings["critic"].pop("config_version", None)
     config = TrainConfig(out=str(run), steps=spec["steps"], sample_every=0, checkpoint_every=0, precision="fp32",
-                         settings=settings, **spec.get("train", {}))
+                         settings=spec.get("model", {}), **spec.get("train", {}))
     started = time.perf_counter()
     model_dir = train(config, quiet=True)
     seconds = time.perf_counter() - started

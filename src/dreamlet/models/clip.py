@@ -68,14 +68,6 @@ class ImageEncoder(nn.Module):
     def forward(self, images):  # (B, 3, S, S) in [-1, 1] -> (B, E)
         return self.out(F.silu(self.norm(self.stages(self.stem(images)))).flatten(1))
 
-    def features(self, images) -> list[torch.Tensor]:
-        """Each stage's output, finest first (a GAN's discriminator reads them: models/gan.py)."""
-        x, out = self.stem(images), []
-        for stage in self.stages:
-            x = stage(x)
-            out.append(x)
-        return out
-
 
 class CLIP(nn.Module):
 

@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -32,10 +31,8 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from . import Family, removed
-from ..config import updated
 from ..text.encoder import TextEncoder, TextEncoderConfig
 from .adversarial import discriminator_hinge, generator_hinge
-from .clip import CLIP, ClipConfig
 
 
 @dataclass
@@ -47,20 +44,12 @@ class GanConfig:
     g_width: int = 256             # generator channels at 4 x 4; halved by each up-block
     d_width: int = 32              # discriminator channels after the first conv; doubled by each down-block
     max_width: int = 256
-    g_depth: int = 1               # conditional residual blocks at each of the generator's resolutions
-    g_full: int = 0                # channels of a last full-resolution stage after the pixel shuffle (0: none)
     unshuffle: int = 2             # both networks work at S / unshuffle with 3 * unshuffle^2 channels (pixel
                                    # (un)shuffle at the ends): the full-resolution convs were most of the CPU time
     d_lr_scale: float = 2.0        # the discriminator learns faster than the generator (TTUR, Heusel et al. 2017)
     mismatch_weight: float = 0.5   # weight of "real picture, wrong caption" among the fakes
     r1: float = 0.0                # R1 penalty weight on real pictures (0: off)
     diffaugment: str = ""          # comma list of color, translation, cutout (Zhao et al. 2020); for small sets
-    magp: float = 2.0              # matching-aware gradient penalty weight (DF-GAN's 2; 0: off): docs/gan.md
-    clip_weight: float = 0.0       # weight of the CLIP matching loss in the generator's (0: off)
-    d_features: bool = False       # the discriminator scores the frozen CLIP's image features (Projected GAN)
-    clip: str = ""                 # the CLIP's model directory it was trained with (a record)
-    clip_share: float = 0.2        # with clip_weight and no clip given: the share of the budget that trains one first
-    critic: ClipConfig = field(default_factory=ClipConfig)  # that CLIP's config (its weights are in this model's)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -94,12 +83,10 @@ def blocks_for(c: GanConfig) -> int:
 
 class UpBlock(nn.Module):
     """A 3x3 conv at the input resolution, upsample x2, a 3x3 conv at the output resolution (the
-    wide conv runs small: the CPU budget goes further); group norms scaled and shifted by the condition.
-    With up=False, the same block without the upsampling (a deeper generator at one resolution)."""
+    wide conv runs small: the CPU budget goes further); group norms scaled and shifted by the condition."""
 
-    def __init__(self, channels: int, out: int, cond: int, up: bool = True):
+    def __init__(self, channels: int, out: int, cond: int):
         super().__init__()
-        self.scale = 2 if up else 1
         self.norm1, self.norm2 = nn.GroupNorm(8, channels, affine=False), nn.GroupNorm(8, out, affine=False)
         self.film1, self.film2 = nn.Linear(cond, 2 * channels), nn.Linear(cond, 2 * out)
         self.conv1, self.conv2 = nn.Conv2d(channels, out, 3, padding=1), nn.Conv2d(out, out, 3, padding=1)
@@ -111,10 +98,9 @@ class UpBlock(nn.Module):
         return F.relu(norm(h) * (1 + scale) + shift)
 
     def forward(self, x, c):
-        h = F.interpolate(self.conv1(self.modulate(x, self.norm1, self.film1, c)), scale_factor=self.scale,
-                          mode="nearest")
+        h = F.interpolate(self.conv1(self.modulate(x, self.norm1, self.film1, c)), scale_factor=2, mode="nearest")
         h = self.conv2(self.modulate(h, self.norm2, self.film2, c))
-        return F.interpolate(self.skip(x), scale_factor=self.scale, mode="nearest") + h
+        return F.interpolate(self.skip(x), scale_factor=2, mode="nearest") + h
 
 
 class Generator(nn.Module):
@@ -125,14 +111,10 @@ class Generator(nn.Module):
         self.unshuffle = c.unshuffle
         cond = c.noise_dim + (c.cond_dim if c.conditioning == "text" else 0)
         self.stem = nn.Linear(cond, widths[0] * 16)
-        self.blocks = nn.ModuleList(UpBlock(widths[i + (j > 0)], widths[i + 1], cond, up=j == 0)
-                                    for i in range(n) for j in range(c.g_depth))
-        channels = c.g_full or 3
-        head = [nn.GroupNorm(8, widths[-1]), nn.ReLU(), nn.Conv2d(widths[-1], channels * c.unshuffle ** 2, 3, padding=1),
-                nn.PixelShuffle(c.unshuffle)]
-        if c.g_full:  # a full-resolution conv smooths the shuffle's 2 x 2 sub-pixel seams
-            head += [nn.ReLU(), nn.Conv2d(channels, 3, 3, padding=1)]
-        self.out = nn.Sequential(*head, nn.Tanh())
+        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond) for i in range(n))
+        self.out = nn.Sequential(nn.GroupNorm(8, widths[-1]), nn.ReLU(),
+                                 nn.Conv2d(widths[-1], 3 * c.unshuffle ** 2, 3, padding=1),
+                                 nn.PixelShuffle(c.unshuffle), nn.Tanh())
 
     def forward(self, z, text=None):
         c = z if text is None else torch.cat([z, text], dim=1)
@@ -175,28 +157,6 @@ class Discriminator(nn.Module):
         if self.project is not None:
             score = score + (self.project(text) * h).sum(1)
         return score
-
-
-class FeatureDiscriminator(nn.Module):
-    """Projected GAN's discriminator (Sauer et al. 2021), as StyleGAN-T uses it on frozen pretrained
-    features: the run's own CLIP image encoder (frozen, not part of this module) gives features at each
-    scale, and a small trainable head per scale scores them (spectral norm, then average-pooled to 4 x 4,
-    flattened) with a projection of the caption. The CLIP already tells shapes apart, so the heads need
-    not learn to see from scratch."""
-
-    def __init__(self, encoder: nn.Module, text_dim: int):
-        super().__init__()
-        widths = [stage.down.out_channels for stage in encoder.stages]
-        self.heads = nn.ModuleList(spectral_norm(nn.Conv2d(w, w, 3, padding=1)) for w in widths)
-        self.scores = nn.ModuleList(spectral_norm(nn.Linear(w * 16, 1)) for w in widths)
-        self.projects = nn.ModuleList(spectral_norm(nn.Linear(text_dim, w * 16)) for w in widths)
-
-    def forward(self, features: list, text: torch.Tensor) -> torch.Tensor:
-        total = 0
-        for x, head, score, project in zip(features, self.heads, self.scores, self.projects):
-            h = F.adaptive_avg_pool2d(F.leaky_relu(head(x), 0.2), 4).flatten(1)
-            total = total + score(h).squeeze(1) + (project(text) * h).sum(1)
-        return total
 
 
 def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -251,43 +211,16 @@ class TextToImageGAN(nn.Module):
             self.text_encoder = TextEncoder(config.text)
             self.text_to_cond = nn.Linear(2 * config.text.width, config.cond_dim)
         self.generator = Generator(config)
-        self.uses_clip = self.conditional and (config.clip_weight > 0 or config.d_features)
-        if self.uses_clip:  # a frozen CLIP: its matching loss (GigaGAN) and/or its features for the discriminator
-            self.critic = CLIP(config.critic).requires_grad_(False)
-        if config.d_features:
-            self.discriminator = FeatureDiscriminator(self.critic.image_encoder, config.cond_dim)
-        else:
-            self.discriminator = Discriminator(config, config.cond_dim if self.conditional else 0)
+        self.discriminator = Discriminator(config, config.cond_dim if self.conditional else 0)
         self.history: list[dict] = []   # recent training statistics, for collapse detection
         self.steps_seen = 0              # this process's training steps (a fresh generator starts out alike)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Generator and discriminator (with the text encoder) as separate Adam groups, beta1 = 0."""
-        critic = [p for name, p in self.named_parameters() if not name.startswith("generator.") and p.requires_grad]
+        critic = [p for name, p in self.named_parameters() if not name.startswith("generator.")]
         return [{"params": list(self.generator.parameters()), "betas": (0.0, 0.99), "weight_decay": weight_decay},
                 {"params": critic, "betas": (0.0, 0.99), "weight_decay": weight_decay,
                  "lr_scale": self.config.d_lr_scale}]
-
-    def train(self, mode: bool = True):
-        super().train(mode)
-        if self.uses_clip:
-            self.critic.eval()
-        return self
-
-    def load_first_stage(self) -> None:
-        """A fresh run copies the trained CLIP's weights in (later loads read them from this model's file)."""
-        if self.uses_clip:
-            from ..checkpoint import load_tensors
-            self.critic.load_state_dict(load_tensors(Path(self.config.clip) / "model.safetensors"))
-
-    def clip_loss(self, fake: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """InfoNCE of the generated pictures against the batch's captions by the frozen CLIP: each picture must
-        match its own caption better than the others (GigaGAN's matching-aware CLIP loss)."""
-        with torch.no_grad():
-            text = self.critic.encode_text(ids)
-        logits = self.critic.scale() * self.critic.encode_images(fake) @ text.T
-        same = (ids[:, None, :] == ids[None, :, :]).all(-1).float()
-        return F.cross_entropy(logits, same / same.sum(1, keepdim=True))
 
     def caption(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, cond_dim): the first token (which reads the whole caption, in order) and the mean."""
@@ -299,10 +232,6 @@ class TextToImageGAN(nn.Module):
         if self.conditional:
             return noise.flatten(1)[:, :self.config.noise_dim]
         return hash_noise(ids, self.config.noise_dim)
-
-    def d_input(self, pictures: torch.Tensor):
-        """What the discriminator reads: the pictures, or (d_features) the frozen CLIP's features of them."""
-        return self.critic.image_encoder.features(pictures) if self.config.d_features else pictures
 
     def augment(self, x, generator):
         return diff_augment(x, self.config.diffaugment, generator) if self.config.diffaugment else x
@@ -321,13 +250,13 @@ class TextToImageGAN(nn.Module):
         g_text = text.detach() if self.conditional else None
         fake = self.generator(z, g_text)
 
-        real = images.requires_grad_(c.r1 > 0 or c.magp > 0)
+        real = images.requires_grad_(c.r1 > 0)
         # one discriminator call: real pictures, generated ones, and (matching-aware) real pictures
         # with another picture's caption, which count as fake unless that caption is the same
         pictures, captions = [real, fake.detach()], [text, text]
         if self.conditional and c.mismatch_weight:
             pictures, captions = pictures + [images.detach()], captions + [text.roll(1, 0)]
-        scores = self.discriminator(self.d_input(self.augment(torch.cat(pictures), generator)),
+        scores = self.discriminator(self.augment(torch.cat(pictures), generator),
                                     torch.cat(captions) if self.conditional else None).split(B)
         d_real, d_fake = scores[0], scores[1]
         d_loss = discriminator_hinge(d_real, d_fake)
@@ -337,14 +266,8 @@ class TextToImageGAN(nn.Module):
         if c.r1 > 0:
             grad, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
             d_loss = d_loss + c.r1 / 2 * grad.pow(2).sum([1, 2, 3]).mean()
-        if c.magp > 0 and self.conditional:  # DF-GAN: D flat around real pictures with their own captions, in picture and text
-            grads = torch.autograd.grad(d_real.sum(), (real, text), create_graph=True)
-            norm = torch.cat([g.flatten(1) for g in grads], 1).pow(2).sum(1).sqrt()
-            d_loss = d_loss + c.magp * norm.pow(6).mean()
 
-        g_loss = generator_hinge(self.discriminator, self.d_input(self.augment(fake, generator)), g_text)
-        if c.clip_weight:
-            g_loss = g_loss + c.clip_weight * self.clip_loss(fake, ids)
+        g_loss = generator_hinge(self.discriminator, self.augment(fake, generator), g_text)
 
         with torch.no_grad():
             spread = lambda x: x.float().std(0).mean().item()  # noqa: E731
@@ -382,62 +305,5 @@ class TextToImageGAN(nn.Module):
         return self.generator(z, self.caption(ids) if self.conditional else None).float()
 
 
-# version 3 (2026-12-02) trains with the matching-aware gradient penalty by default; a run saved before had none
-MIGRATIONS = {1: lambda config: removed(config, "text.token_std"), 2: lambda config: {"magp": 0.0} | config}
-
-
-def prepare(train_config, overrides: dict, device, quiet: bool, saved: GanConfig | None = None):
-    """With a CLIP matching loss (clip_weight > 0), `dreamlet train --model gan` is two stages in one
-    command: the project's CLIP first (OUT/clip, `clip_share` of a time budget, or the same step count),
-    then the GAN against its frozen copy. `--set clip=DIR` uses a CLIP trained before instead. On resume
-    (`saved`), the GAN takes the budget share it had."""
-    from ..checkpoint import UserError
-    from ..training import FirstStage, after_first_stage, first_stage_config
-    if saved is not None:  # the CLIP it was trained with stays; a CLIP trained here took its share of the budget
-        trained = (saved.clip_weight or saved.d_features) and Path(saved.clip).resolve() == (Path(train_config.out) / "clip/model").resolve()
-        return (after_first_stage(train_config, saved.clip_share) if trained else train_config), {}
-    config = updated(GanConfig(), {k: v for k, v in overrides.items() if k in ("clip_weight", "clip_share",
-                                                                                "d_features", "conditioning")})
-    if not (config.clip_weight or config.d_features) or config.conditioning != "text":
-        return train_config, overrides
-    if overrides.get("clip"):
-        return train_config, with_clip(overrides, overrides["clip"], train_config)
-    if not 0 < config.clip_share < 1:
-        raise UserError(f"--set clip_share={config.clip_share}: expected a number between 0 and 1")
-    stage = first_stage_config(train_config, "clip", Path(train_config.out) / "clip", config.clip_share,
-                               batch_size=64, preset=train_config.preset, tokenizer_captions=train_config.tokenizer_captions)
-
-    def then(model_dir):  # the GAN takes what the CLIP left of a time budget
-        gan = after_first_stage(train_config, config.clip_share)
-        return gan, with_clip(overrides, model_dir, gan)
-
-    return FirstStage(stage, then, "the CLIP that scores how well pictures match captions", "the GAN")
-
-
-def with_clip(overrides: dict, model_dir, train_config) -> dict:
-    """The overrides with the CLIP in `model_dir`, once checked: a CLIP at the run's size whose
-    tokenizer gives this run's captions the same ids (it was trained on the same captions)."""
-    from ..checkpoint import UserError, read_json
-    from ..data import get_dataset
-    from ..text.tokenizer import CaptionTokenizer
-    from . import get_family
-    meta_file = Path(model_dir) / "config.json"
-    if not meta_file.is_file():
-        raise UserError(f"--set clip={model_dir}: not a model directory (no config.json)")
-    meta = read_json(meta_file)
-    if meta.get("family") != "clip":
-        raise UserError(f"--set clip={model_dir}: a {meta.get('family')} model, not a clip")
-    critic = get_family("clip").load_config(meta["model"], meta.get("config_version"))
-    if critic.image_size != train_config.size:
-        raise UserError(f"the CLIP in {model_dir} works at {critic.image_size} px, not --size {train_config.size}")
-    dataset = get_dataset(train_config.data, train_config.size, train_config.seed, train_config.format or None, True,
-                          fit=train_config.fit, caption_column=train_config.caption_column)
-    ours = CaptionTokenizer.train(dataset.captions(train_config.tokenizer_captions)).tokenizer.get_vocab()
-    if CaptionTokenizer.load(Path(model_dir) / "tokenizer.json").tokenizer.get_vocab() != ours:
-        raise UserError(f"the CLIP in {model_dir} was trained on other captions (its tokenizer differs from this "
-                        f"run's); train one on this data, or leave out --set clip to train one first")
-    return overrides | {"clip": str(Path(model_dir).resolve()), "critic": critic}
-
-
-FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=3, guided=False,
-                prepare=prepare, migrations=MIGRATIONS)
+FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2, guided=False,
+                migrations={1: lambda config: removed(config, "text.token_std")})

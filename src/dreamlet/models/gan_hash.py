@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from . import Family
-from .gan import MIGRATIONS, PRESETS, TRAIN_DEFAULTS, GanConfig, TextToImageGAN
+from . import Family, removed
+from .gan import PRESETS, TRAIN_DEFAULTS, GanConfig, TextToImageGAN
 
 
 @dataclass
 class HashGanConfig(GanConfig):
     conditioning: str = "hash"
-    magp: float = 0.0   # it has no caption to be matching-aware about
 
 
-FAMILY = Family("gan-hash", HashGanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=3,
-                guided=False, migrations=MIGRATIONS)
+FAMILY = Family("gan-hash", HashGanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2,
+                guided=False,
+                migrations={1: lambda config: removed(config, "text.token_std")})
