@@ -37,8 +37,9 @@ def save_figure(figure, path: Path, title: str) -> None:
     plt.close(figure)
 
 
-def machine() -> str:
-    """The machine a figure came from: processor, cores, torch and its threads, GPU (every bench/ script's)."""
+def machine(threads: str | None = None) -> str:
+    """The machine a figure came from: processor, cores, torch and its threads, GPU (every bench/ script's).
+    `threads` says how the runs used the cores when they were not this process (e.g. "1 thread per run")."""
     import os
     import platform
 
@@ -52,7 +53,8 @@ def machine() -> str:
     except OSError:
         pass
     gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({torch.get_num_threads()} threads), {gpu}"
+    threads = threads or f"{torch.get_num_threads()} threads"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} ({threads}), {gpu}"
 
 
 def commit() -> str:

@@ -13,7 +13,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from docs_section import command_line, commit, machine, write_section  # noqa: E402
+from sweep import side_by_side  # noqa: E402
 
 # row name -> (--set values, minutes of training on one thread)
 KINDS = {
@@ -54,27 +54,17 @@ def main():
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = os.environ | {"OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     runs = {name: (out / f"run{i}", minutes * args.scale) for i, (name, (_, minutes)) in enumerate(KINDS.items())}
-    waiting, running = list(KINDS), []
-    while waiting or running:  # two one-thread runs at a time, on two cores
-        while waiting and len(running) < 2:
-            name = waiting.pop(0)
-            run, minutes = runs[name]
-            shutil.rmtree(run, ignore_errors=True)  # a fresh run each time
-            log = open(out / f"{run.name}.log", "w")
-            running.append(subprocess.Popen(train_command(KINDS[name][0], minutes, run), stdout=log, stderr=log,
-                                            env=env))
-        for proc in list(running):
-            if proc.poll() is not None:
-                running.remove(proc)
-                if proc.returncode:
-                    raise SystemExit(f"a training run failed: {' '.join(proc.args)}")
-        time.sleep(1)
+    for run, _ in runs.values():
+        shutil.rmtree(run, ignore_errors=True)  # a fresh run each time
+    jobs = [(name, train_command(KINDS[name][0], minutes, run), out / f"{run.name}.log")
+            for name, (run, minutes) in runs.items()]
+    for name, returncode in side_by_side(jobs, 2, env=os.environ | {"PYTHONPATH": str(ROOT / "src")}):
+        if returncode:
+            raise SystemExit(f"the {name} run failed: see {runs[name][0]}.log")
     rows = [judge(name, *runs[name]) for name in KINDS]
-    measured = dict(date=time.strftime("%Y-%m-%d"), machine=machine().replace(
-        f"({__import__('torch').get_num_threads()} threads)", "(1 thread per run, two runs side by side)"),
-        command=command_line("image_tokenizers.py", sys.argv[1:]), commit=commit(), rows=rows)
+    measured = dict(date=time.strftime("%Y-%m-%d"), machine=machine("1 thread per run, two runs side by side"),
+                    command=command_line("image_tokenizers.py", sys.argv[1:]), commit=commit(), rows=rows)
     (ROOT / "bench" / "results" / "image_tokenizers.json").write_text(json.dumps(measured, indent=2) + "\n")
     lines = [f"Measured {measured['date']} on {measured['machine']}, commit {measured['commit']}. Command: "
              f"`{measured['command']}`; raw results in bench/results/image_tokenizers.json.", "",

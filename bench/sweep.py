@@ -71,8 +71,8 @@ def run_one(spec: dict, out: Path) -> None:
                                      prompt_set=spec.get("prompt_set", "validation"))
             row = dict(name=spec["name"], steps=spec["steps"], model=spec.get("model", {}),
                        train=spec.get("train", {}), data=spec.get("data", {}), guidance=report["guidance"],
-                       sample_steps=report["steps"], prompt_set=report["prompt_set"], seen=report["seen"], heldout=report["heldout"],
-                       pair=report["pair"], attributes=report["attributes"], train_seconds=seconds)
+                       sample_steps=report["steps"], prompt_set=report["prompt_set"], seen=report["seen"],
+                       heldout=report["heldout"], pair=report["pair"], attributes=report["attributes"], train_seconds=seconds)
             with open(out / "results.jsonl", "a") as f:
                 f.write(json.dumps(row) + "\n")
 
@@ -89,19 +89,27 @@ def main():
     if args.one:
         return run_one(json.loads(args.one), out)
     specs = json.loads(Path(args.experiments).read_text())
-    waiting, running = list(specs), []
     started = time.time()
+    jobs = [(spec["name"], [sys.executable, __file__, args.experiments, "--out", str(out), "--one", json.dumps(spec)],
+             out / f"{spec['name']}.log") for spec in specs]
+    for name, returncode in side_by_side(jobs, args.parallel):
+        print(f"{time.time() - started:6.0f}s {name} exit {returncode}", flush=True)
+
+
+def side_by_side(jobs: list[tuple[str, list[str], Path]], parallel: int, env: dict | None = None):
+    """Run each job's command (name, argv, log file) with one thread, `parallel` at a time, in order;
+    yields (name, exit code) as each ends."""
+    waiting, running = list(jobs), []
+    env = (env or os.environ) | {"OMP_NUM_THREADS": "1"}
     while waiting or running:
-        while waiting and len(running) < args.parallel:
-            spec = waiting.pop(0)
-            log = open(out / f"{spec['name']}.log", "w")
-            running.append((spec, subprocess.Popen([sys.executable, __file__, args.experiments, "--out", str(out),
-                                                    "--one", json.dumps(spec)], stdout=log, stderr=log,
-                                                   env=os.environ | {"OMP_NUM_THREADS": "1"})))
-        for spec, proc in list(running):
+        while waiting and len(running) < parallel:
+            name, argv, log = waiting.pop(0)
+            with open(log, "w") as f:
+                running.append((name, subprocess.Popen(argv, stdout=f, stderr=f, env=env)))
+        for name, proc in list(running):
             if proc.poll() is not None:
-                running.remove((spec, proc))
-                print(f"{time.time() - started:6.0f}s {spec['name']} exit {proc.returncode}", flush=True)
+                running.remove((name, proc))
+                yield name, proc.returncode
         time.sleep(1)
 
 

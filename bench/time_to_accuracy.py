@@ -11,7 +11,6 @@ import argparse
 import csv
 import json
 import re
-import shlex
 import sys
 import time
 from pathlib import Path
@@ -21,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import commit, machine  # noqa: E402,F401  (machine is re-exported: other scripts import it)
+from docs_section import command_line, commit, machine  # noqa: E402,F401  (machine is re-exported: other scripts import it)
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
 
@@ -55,14 +54,14 @@ def main():
                          attributes=report["attributes"], seconds_per_image=report["seconds_per_image"],
                          sampler=report["sampler"], sample_steps=report["steps"], guidance=report["guidance"]))
         print(json.dumps(rows[-1]))
-    command = " ".join(["python", "bench/time_to_accuracy.py"] + [shlex.quote(a) for a in sys.argv[1:]])
+    command = command_line("time_to_accuracy.py", sys.argv[1:])
     raw = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), command=command, commit=commit(),
                prompt_set="evaluation (validation in each row's 'validation')", rows=rows)
     (ROOT / "bench" / "results" / "time_to_accuracy.json").write_text(json.dumps(raw, indent=2) + "\n")
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
     lines = [START, "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.",
-             f"Command: `{' '.join(['.venv/bin/python', 'bench/time_to_accuracy.py'] + [shlex.quote(a) for a in sys.argv[1:]])}`",
+             f"Command: `{command}`",
              f"Judge: {args.prompts} prompts of each kind x {args.seeds} seeds, "
              f"{rows[0]['sample_steps']} {rows[0]['sampler']} steps, guidance {rows[0]['guidance']}.", "",
              "Raw results: bench/results/time_to_accuracy.json. The last column: the same model on the validation "
