@@ -5,6 +5,9 @@ the same canonical prompts and seeds by the same judge. Writes a table and a plo
 
     .venv/bin/python bench/curves.py [--families diffusion gan dalle] [--budgets 2 5 10 20]
 
+A run of some families replaces their rows in --results and keeps the others' rows, each family with the
+date, machine, command and commit of the run that measured it (rerun a family whose default changed).
+
 A snapshot is the run's EMA model at that point of *one* run whose learning-rate schedule spans the
 longest budget, so an early snapshot is a little below what a run budgeted for that time reaches
 (bench/time_to_accuracy.py measures separate runs for the default diffusion model). A dalle run
@@ -25,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, save_figure, write_section  # noqa: E402
+from docs_section import command_line, commit, save_figure, write_section  # noqa: E402
 from families import VARIANTS  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
@@ -118,22 +121,41 @@ def main(argv=None):
         row.update(seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
                    seconds_per_image=report["seconds_per_image"])
         print(json.dumps(row), flush=True)
-    measured = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), command=command, prompts=args.prompts,
-                    seeds=args.seeds, budgets=args.budgets, rows=rows)
+    run = dict(families=args.families, date=time.strftime("%Y-%m-%d"), machine=machine(), command=command,
+               commit=commit())
+    measured = merge(Path(args.results), run, rows, dict(prompts=args.prompts, seeds=args.seeds, budgets=args.budgets))
     Path(args.results).parent.mkdir(parents=True, exist_ok=True)
     Path(args.results).write_text(json.dumps(measured, indent=2))
     write_docs(measured, args.plot)
 
 
+def merge(results: Path, run: dict, rows: list[dict], judge: dict) -> dict:
+    """The stored figures with `run`'s families replaced by `rows`; the other families' rows stay, with the run
+    that measured them, when they were judged and budgeted alike (else they are dropped)."""
+    stored = json.loads(results.read_text()) if results.is_file() else {}
+    alike = all(stored.get(k) == v for k, v in judge.items())
+    kept_runs = []
+    for old in stored.get("runs", []) if alike else []:
+        families = [f for f in old["families"] if f not in run["families"]]
+        if families:
+            kept_runs.append(old | dict(families=families))
+    kept = {f for old in kept_runs for f in old["families"]}
+    kept_rows = [r for r in stored.get("rows", []) if r["name"] in kept]
+    return dict(judge, runs=kept_runs + [run], rows=kept_rows + rows)
+
+
 def write_docs(measured: dict, plot_path: str) -> None:
-    rows, command, budgets = measured["rows"], measured["command"], measured["budgets"]
+    rows, budgets = measured["rows"], measured["budgets"]
     families = list(dict.fromkeys(r["name"] for r in rows))
-    plot(rows, Path(plot_path), f"shapes 32 px, {measured['machine']}, {measured['prompts']} prompts x {measured['seeds']} seeds")
+    dates = " and ".join(dict.fromkeys(run["date"] for run in measured["runs"]))
+    plot(rows, Path(plot_path), f"shapes 32 px, measured {dates}, {measured['prompts']} prompts x {measured['seeds']} seeds")
 
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
     longest = max(budgets)
-    lines = [f"Measured {measured['date']} on {measured['machine']}. Command: `{command}`. Judge: {measured['prompts']} "
-             f"canonical prompts of each kind x {measured['seeds']} seeds, each family's default sampler.", "",
+    lines = [f"- {', '.join(run['families'])}: measured {run['date']} on {run['machine']} at commit {run['commit']}. "
+             f"Command: `{run['command']}`." for run in measured["runs"]]
+    lines += ["", f"Judge: {measured['prompts']} canonical prompts of each kind x {measured['seeds']} seeds, each "
+              "family's default sampler. Raw results: bench/results/curves.json.", "",
              f"One run per family for {longest:g} minutes with its defaults; the model was kept after "
              f"{', '.join(f'{b:g}' for b in sorted(budgets)[:-1])} minutes of training time and each snapshot "
              "judged afterwards (the learning rate decays over the whole run, so an early snapshot is a little below a "

@@ -6,13 +6,14 @@ independent of what else the machine is doing, so two 1-thread experiments can s
 (together ~1.3x the images/s of one 2-thread run). On a GPU the same file runs many at once.
 Training and sampling are fp32 everywhere.
 
-    .venv/bin/python bench/sweep.py experiments.json --out runs/sweep [--parallel 2]
+    .venv/bin/python bench/sweep.py experiments.json --out runs/sweep [--parallel 2] [--results bench/results/X.json]
 
 experiments.json is a list of {"name", "steps", "model": {...}, "train": {...},
 "prompt_set": "validation" (the default: designs are chosen there) or "evaluation",
 "data": {"pair_fraction": ..., "canonical_prob": ..., "pair_cells": "aligned" | "far"}, "guidance": [3, 5], "prompts": 32}.
-Results: one JSON line per (experiment, guidance) in OUT/results.jsonl; docs/benchmarks.md
-records what each experiment showed.
+Results: one JSON line per (experiment, guidance) in OUT/results.jsonl; with --results, the rows of these
+experiments also go to that file with the date, machine, commit and command (the raw results a published
+figure needs). docs/benchmarks.md records what each experiment showed.
 """
 from __future__ import annotations
 
@@ -82,6 +83,7 @@ def main():
     parser.add_argument("experiments")
     parser.add_argument("--out", default=str(ROOT / "runs" / "sweep"))
     parser.add_argument("--parallel", type=int, default=2)
+    parser.add_argument("--results", help="also write these experiments' rows, with how they were made, to this JSON")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one experiment (JSON)
     args = parser.parse_args()
     out = Path(args.out)
@@ -94,6 +96,14 @@ def main():
              out / f"{spec['name']}.log") for spec in specs]
     for name, returncode in side_by_side(jobs, args.parallel):
         print(f"{time.time() - started:6.0f}s {name} exit {returncode}", flush=True)
+    if args.results:
+        from docs_section import command_line, commit, machine
+        names = {spec["name"] for spec in specs}
+        rows = [json.loads(line) for line in open(out / "results.jsonl")] if (out / "results.jsonl").is_file() else []
+        kept = dict(date=time.strftime("%Y-%m-%d"), machine=machine(f"1 thread per run, {args.parallel} side by side"),
+                    commit=commit(), command=command_line("sweep.py", sys.argv[1:]), experiments=specs,
+                    rows=[row for row in rows if row["name"] in names])
+        Path(args.results).write_text(json.dumps(kept, indent=2) + "\n")
 
 
 def side_by_side(jobs: list[tuple[str, list[str], Path]], parallel: int, env: dict | None = None):

@@ -22,7 +22,7 @@ import dreamlet  # noqa: E402
 from dreamlet.cli import main  # noqa: E402
 from dreamlet.data.shapes import canonical_caption, place, random_pair, render, Scene  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
-from dreamlet.serve import NO_VERDICT, Limits, create_app, verdict  # noqa: E402
+from dreamlet.serve import NO_VERDICT, Limits, create_app, tail_lines, verdict  # noqa: E402
 
 PROMPT = "a large red circle at the top left"
 
@@ -174,6 +174,17 @@ def test_every_drawing_is_kept_and_listed_newest_first_across_restarts(client, t
         assert json.loads(Image.open(io.BytesIO(picture.content)).text["dreamlet"])["seed"] == 12
         for name in ("../" + first["files"][0], "history.jsonl", "%2e%2e/x.png", "nope.png"):
             assert again.get(f"/api/history/files/{name}").status_code == 404
+
+
+def test_the_history_page_reads_only_the_end_of_a_long_history(tmp_path):
+    path = tmp_path / "history.jsonl"
+    lines = [f'{{"id": {k}, "prompt": "{"x" * (k % 300)}"}}' for k in range(5000)]  # lines longer and shorter than a block
+    path.write_text("\n".join(lines) + "\n")
+    for count in (1, 7, 50, 4999, 5000, 6000):
+        assert tail_lines(path, count, block=256) == lines[-count:]
+    assert tail_lines(path, 0) == []
+    path.write_text("")
+    assert tail_lines(path, 5) == []
 
 
 def test_image_to_image_and_inpainting_over_http_draw_as_the_api_does(client, tiny_run, tmp_path):

@@ -38,7 +38,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictFloat, StrictInt, Stric
 from .checkpoint import UserError
 
 NO_VERDICT = "no verdict (not a canonical shapes prompt)"
-MAX_SEED = 2 ** 31 - 1
+MAX_SEED = 2 ** 31 - 1  # the page's and JSON API's seeds: exact in a JavaScript number (pipeline allows 2^63 - 1)
 MAX_LOG_POINTS = 2000  # the run view's loss curve keeps every k-th row beyond this
 KEPT_JOBS = 200        # finished jobs remembered for polling; older ones are forgotten
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -173,6 +173,22 @@ def write_file(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
+def tail_lines(path: Path, count: int, block: int = 1 << 16) -> list[str]:
+    """The last `count` lines of a text file, read from its end: a page load costs the same on a history of
+    ten drawings or of a million."""
+    with open(path, "rb") as f:
+        end = f.seek(0, 2)
+        data, start = b"", end
+        while start > 0 and data.count(b"\n") <= count:
+            start = max(0, start - block)
+            f.seek(start)
+            data = f.read(end - start)
+    lines = data.decode("utf-8", errors="replace").splitlines()
+    if start > 0:  # the first line read may be the end of a longer one
+        lines = lines[1:]
+    return lines[-count:] if count > 0 else []
+
+
 class History:
     """Every picture the server drew, as PNG files with their settings under `folder`, and one line per
     drawing in history.jsonl (newest last): what the page shows again after a reload. The pictures a
@@ -209,7 +225,7 @@ class History:
         if not path.is_file():
             return []
         with self.lock:
-            lines = path.read_text(encoding="utf-8", errors="replace").splitlines()[-count:]
+            lines = tail_lines(path, count)
         entries = []
         for line in reversed(lines):
             try:
