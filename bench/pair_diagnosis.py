@@ -1,14 +1,15 @@
 """Where a model's pair pictures fail: the right two objects, their relation, extra objects.
 
-    .venv/bin/python bench/pair_diagnosis.py runs/demo/model [--prompts 64] [--guidance 3]
+    .venv/bin/python bench/pair_diagnosis.py runs/demo/model [--prompts 64] [--guidance 3] [--prompt-set evaluation]
 
-Draws the judge's prompts (`prompts` of each kind x 2 seeds, as `dreamlet eval`) and prints one JSON
+Draws the judge's prompts (`prompts` of each kind x 2 seeds, as `dreamlet eval`; the validation set unless
+told, as designs are chosen there) for any family that draws shapes, and prints one JSON
 line: the accuracies, then for pair pictures the share whose two largest objects are the two asked for
 (`both`), the share of those whose relation is right (`relation_given_both`; 0.5 is chance), and how many
 pictures hold two, or three and more, objects at least 30 % as large as the largest. Then `early`: how
 often the model's clean estimate from pure noise (t = 0.95, no guidance) already puts the first
 object's colour on the asked side of the second's (0.5: the caption's relation does not reach the
-layout). docs/benchmarks.md (seventh round) reads these figures.
+layout; diffusion models only). docs/benchmarks.md (seventh round) reads these figures.
 """
 from __future__ import annotations
 
@@ -59,9 +60,10 @@ def main():
     parser.add_argument("model")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--guidance", type=float)
+    parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
     args = parser.parse_args()
     pipeline = Pipeline.load(args.model)
-    jobs = benchmark_jobs(args.prompts, 2)  # as `dreamlet eval`
+    jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)  # as `dreamlet eval --prompt-set ...`
     images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], guidance=args.guidance)
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
     report = summarize(results)
@@ -75,9 +77,10 @@ def main():
         two, three_plus, pictures = two + (comparable == 2), three_plus + (comparable >= 3), pictures + 1
     pair_prompts = list(dict.fromkeys(p for p, _ in jobs if p.kind == "pair"))  # each prompt once
     print(json.dumps(dict(
-        model=args.model, seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
+        model=args.model, prompt_set=args.prompt_set, seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
         both=both / pictures, relation_given_both=correct / max(both, 1), two_objects=two / pictures,
-        three_plus=three_plus / pictures, early=early_relation(pipeline, pair_prompts))))
+        three_plus=three_plus / pictures,
+        early=early_relation(pipeline, pair_prompts) if hasattr(pipeline.model, "denoiser") else None)))
 
 
 if __name__ == "__main__":
