@@ -140,8 +140,9 @@ def merge(results: Path, run: dict, rows: list[dict], judge: dict) -> dict:
         if families:
             kept_runs.append(old | dict(families=families))
     kept = {f for old in kept_runs for f in old["families"]}
-    kept_rows = [r for r in stored.get("rows", []) if r["name"] in kept]
-    return dict(judge, runs=kept_runs + [run], rows=kept_rows + rows)
+    order = list(dict.fromkeys([r["name"] for r in stored.get("rows", [])] + [r["name"] for r in rows]))
+    merged = [r for r in stored.get("rows", []) if r["name"] in kept] + rows
+    return dict(judge, runs=kept_runs + [run], rows=sorted(merged, key=lambda r: order.index(r["name"])))
 
 
 def write_docs(measured: dict, plot_path: str) -> None:
