@@ -29,7 +29,7 @@ from dreamlet.judge import judge  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
 from dreamlet.scoring import ClipScorer, fid_kid  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
-from docs_section import write_section  # noqa: E402
+from docs_section import command_line, keep_results, write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def main():
         correct = np.asarray([judge(im, p)["correct"] for im, p in zip(images, prompts)])
         ranked = scorer.caption_ranked_first(images, [p.text for p in prompts], pool, 32)
         per_picture += list(zip(correct, ranked))
-        rows.append(dict(model=g.parent.name, accuracy=correct.mean(), r_precision=ranked.mean(),
+        rows.append(dict(model=g.parent.name if g.name == "model" else g.name, accuracy=correct.mean(), r_precision=ranked.mean(),
                          clip_score=scorer.clip_score(images, [p.text for p in prompts]),
                          fid=fid_kid(scorer, real[:256], images[:256])["fid"],
                          pair_accuracy=correct[[p.kind == "pair" for p in prompts]].mean(),
@@ -98,9 +98,10 @@ def main():
     agreement = float((judged == clipped).mean())
     phi = float(np.corrcoef(judged, clipped)[0, 1])
 
+    command = command_line("clip_sanity.py", sys.argv[1:])
     lines = [f"Measured {date.today()} on {machine()}.",
-             f"Command: `.venv/bin/python bench/clip_sanity.py --minutes {args.minutes:g}` "
-             f"(CLIP: {args.minutes:g} minutes, {steps} steps of 64, default `small` preset).", "",
+             f"Command: `{command}` (CLIP: {args.minutes:g} minutes, {steps} steps of 64, default `small` preset). "
+             "Raw results: bench/results/clip_sanity.json.", "",
              "| check | value |", "|---|---|",
              f"| R-precision on {real_report['pictures']} real held-out pictures, 32 distractors | **{real_report['r_precision_real']:.3f}** |",
              f"| CLIP score on real pictures | {real_report['clip_score_real']:.1f} |",
@@ -122,6 +123,8 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_docs:
+        keep_results("clip_sanity", command, rows, clip_steps=steps, real=real_report, fid_noise=fid_noise,
+                     pearson=pearson, agreement=agreement, phi=phi, rerank_model=str(demo), rerank=rerank)
         write_section("clip_sanity", "The project's CLIP as a judge (shapes)", table)
 
 

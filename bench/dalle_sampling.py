@@ -18,7 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 import torch  # noqa: E402
-from docs_section import write_section  # noqa: E402
+from docs_section import keep_results, write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
 import dreamlet  # noqa: E402
@@ -65,6 +65,9 @@ def main():
     lines += [f"| {what} | {seconds:.4f} | {seconds / cached:.2f} x |" for what, seconds in rows]
     for what, seconds in rows:
         print(f"{seconds:.4f} s/picture  {what}")
+    keep_results("dalle_sampling", command, [dict(decoding=what, seconds_per_picture=seconds) for what, seconds in rows],
+                 batch=args.batch, repeats=args.repeats)
+    lines[0] += " Raw results: bench/results/dalle_sampling.json."
     write_section("dalle_sampling", "DALL-E sampling time: KV cache and MaskGIT", "\n".join(lines))
 
 

@@ -118,8 +118,11 @@ def main():
     table = "\n".join(lines)
     print(table)
     if not args.no_docs:
-        from docs_section import write_section
-        write_section("data_memory", "Training from a set larger than memory", table)
+        from docs_section import keep_results, write_section
+        keep_results("data_memory", lines[1][len("Command: `"):-1], rows, pictures=count, size=args.size,
+                     decoded_gib=decoded_gb, cap_mb=args.cap_mb)
+        write_section("data_memory", "Training from a set larger than memory",
+                      table + "\n\nRaw results: bench/results/data_memory.json.")
 
 
 if __name__ == "__main__":

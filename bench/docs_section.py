@@ -69,3 +69,16 @@ def commit() -> str:
     except (OSError, subprocess.CalledProcessError):
         return "unknown"
     return head + ("+changes" if dirty else "")
+
+
+def keep_results(name: str, command: str, rows: list, threads: str | None = None, **extra) -> Path:
+    """bench/results/NAME.json: a section's figures, with the date, machine, commit and command that made them
+    (every figure the docs publish keeps its raw result)."""
+    import json
+    import time
+    path = Path(__file__).resolve().parent / "results" / f"{name}.json"
+    path.parent.mkdir(exist_ok=True)
+    kept = dict(date=time.strftime("%Y-%m-%d"), machine=machine(threads), commit=commit(), command=command, **extra,
+                rows=rows)
+    path.write_text(json.dumps(kept, indent=2, default=str) + "\n")
+    return path

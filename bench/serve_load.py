@@ -29,7 +29,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import write_section  # noqa: E402
+from docs_section import keep_results, write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
 PROMPT = "a large red circle at the top left"
@@ -117,7 +117,7 @@ def main():
             train(TrainConfig(out=str(run), steps=20, sample_every=0, checkpoint_every=0), quiet=True)
         model = str(run / "model")
     body = {"prompt": PROMPT, "num": args.num, "steps": args.steps, "seed": 0}
-    rows, per_picture = [], []
+    rows, per_picture, measured = [], [], []
     for label, queue, timeout in (("defaults: --queue 8 --timeout 60", 8, 60.0),
                                   ("--queue 64 --timeout 2", 64, 2.0)):
         process, url = start_server(model, queue, timeout)
@@ -135,6 +135,8 @@ def main():
         rows.append(f"| {label} | {counts[200]} / {counts[429]} / {counts[503]} | {pct(ok)} | {pct(every)} "
                     f"| {counts[200] * args.num / outcome['wall']:.1f} | {outcome['wall']:.1f} |")
         print(rows[-1], flush=True)
+        measured.append(dict(limits=label, answers=counts, seconds_200=ok.tolist(), seconds_all=every.tolist(),
+                             pictures_per_s=counts[200] * args.num / outcome["wall"], wall_s=outcome["wall"]))
 
     size = json.loads((Path(model) / "config.json").read_text())
     what = f"{size['family']}, preset {size['train'].get('preset') or 'default'}, {size['size']} px"
@@ -151,6 +153,8 @@ def main():
              f"{args.note}".strip(), "",
              "| limits | 200 / 429 / 503 | p50 / p90 / p99 of 200s | p50 / p90 / p99 of all | pictures/s | wall s |",
              "|---|---|---|---|---|---|", *rows]
+    keep_results("serve_load", command, measured, note=args.note, model=what)
+    lines[1] += " Raw results: bench/results/serve_load.json."
     write_section("serve_load", "The web API under load (dreamlet serve)", "\n".join(lines))
 
 
