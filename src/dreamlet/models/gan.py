@@ -48,8 +48,6 @@ class GanConfig:
                                    # (un)shuffle at the ends): the full-resolution convs were most of the CPU time
     d_lr_scale: float = 2.0        # the discriminator learns faster than the generator (TTUR, Heusel et al. 2017)
     mismatch_weight: float = 0.5   # weight of "real picture, wrong caption" among the fakes
-    mismatch: str = "next"         # the wrong caption: next (the batch's next one) | nearest (the one sharing the
-                                   # most words: often one word apart, so the discriminator must read each word)
     r1: float = 0.0                # R1 penalty weight on real pictures (0: off)
     diffaugment: str = ""          # comma list of color, translation, cutout (Zhao et al. 2020); for small sets
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -205,8 +203,6 @@ class TextToImageGAN(nn.Module):
 
     def __init__(self, config: GanConfig):
         super().__init__()
-        if config.mismatch not in ("next", "nearest"):
-            raise ValueError(f"unknown mismatch {config.mismatch!r}; expected next or nearest")
         if config.conditioning not in ("text", "hash"):
             raise ValueError(f"unknown conditioning {config.conditioning!r}; expected text or hash")
         self.config = config
@@ -237,17 +233,6 @@ class TextToImageGAN(nn.Module):
             return noise.flatten(1)[:, :self.config.noise_dim]
         return hash_noise(ids, self.config.noise_dim)
 
-    def mismatched(self, ids: torch.Tensor) -> torch.Tensor:
-        """For each caption, the index of the batch's caption paired with its picture as a fake."""
-        B = ids.shape[0]
-        if self.config.mismatch == "next":
-            return torch.arange(B, device=ids.device).roll(1)
-        counts = F.one_hot(ids, self.config.text.vocab_size).sum(1)               # (B, V) words of each caption
-        counts[:, self.config.text.pad_id] = 0
-        shared = torch.minimum(counts[:, None], counts[None]).sum(-1).float()     # (B, B) words in common
-        same = (ids[:, None] == ids[None]).all(-1)
-        return shared.masked_fill(same, -1).argmax(1)
-
     def augment(self, x, generator):
         return diff_augment(x, self.config.diffaugment, generator) if self.config.diffaugment else x
 
@@ -269,15 +254,14 @@ class TextToImageGAN(nn.Module):
         # one discriminator call: real pictures, generated ones, and (matching-aware) real pictures
         # with another picture's caption, which count as fake unless that caption is the same
         pictures, captions = [real, fake.detach()], [text, text]
-        wrong = self.mismatched(ids)
         if self.conditional and c.mismatch_weight:
-            pictures, captions = pictures + [images.detach()], captions + [text[wrong]]
+            pictures, captions = pictures + [images.detach()], captions + [text.roll(1, 0)]
         scores = self.discriminator(self.augment(torch.cat(pictures), generator),
                                     torch.cat(captions) if self.conditional else None).split(B)
         d_real, d_fake = scores[0], scores[1]
         d_loss = discriminator_hinge(d_real, d_fake)
         if len(scores) == 3:
-            other = (ids != ids[wrong]).any(1).float()
+            other = (ids != ids.roll(1, 0)).any(1).float()
             d_loss = d_loss + c.mismatch_weight * (F.relu(1 + scores[2]) * other).sum() / other.sum().clamp(min=1)
         if c.r1 > 0:
             grad, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
