@@ -115,7 +115,7 @@ def main():
     lines += ["", f"Across the {len(rows)} generators, the Pearson correlation between the exact judge's accuracy and "
                   f"CLIP R-precision is **{pearson:.2f}**. Per picture ({len(per_picture)} pictures), the CLIP "
                   f"(own caption first among 33) and the judge agree on {100 * agreement:.1f} % (phi {phi:.2f})."]
-    lines += ["", f"Reranking ({demo.parent.name}, {args.prompts} prompts of each kind, one picture each): the best of "
+    lines += ["", f"Reranking ({demo.parent.name if demo.name == 'model' else demo.name}, {args.prompts} prompts of each kind, one picture each): the best of "
                   f"{K} candidates by CLIP score against the first candidate alone, judged exactly.", "",
               "| prompts | without reranking | best of " + str(K) + " |", "|---|---|---|"]
     for kind, label in (("seen", "seen single"), ("heldout", "held-out single"), ("pair", "pair")):
