@@ -33,6 +33,11 @@ from docs_section import command_line, keep_results, write_section  # noqa: E402
 from time_to_accuracy import machine  # noqa: E402
 
 
+def generator_name(model: Path) -> str:
+    """A generator's name in the table: its run's folder (RUN/model), or a snapshot's own (RUN/snapshots/5min)."""
+    return model.parent.name if model.name == "model" else model.name
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--minutes", type=float, default=5.0, help="CLIP training budget")
@@ -68,7 +73,7 @@ def main():
         correct = np.asarray([judge(im, p)["correct"] for im, p in zip(images, prompts)])
         ranked = scorer.caption_ranked_first(images, [p.text for p in prompts], pool, 32)
         per_picture += list(zip(correct, ranked))
-        rows.append(dict(model=g.parent.name if g.name == "model" else g.name, accuracy=correct.mean(), r_precision=ranked.mean(),
+        rows.append(dict(model=generator_name(g), accuracy=correct.mean(), r_precision=ranked.mean(),
                          clip_score=scorer.clip_score(images, [p.text for p in prompts]),
                          fid=fid_kid(scorer, real[:256], images[:256])["fid"],
                          pair_accuracy=correct[[p.kind == "pair" for p in prompts]].mean(),
@@ -115,7 +120,7 @@ def main():
     lines += ["", f"Across the {len(rows)} generators, the Pearson correlation between the exact judge's accuracy and "
                   f"CLIP R-precision is **{pearson:.2f}**. Per picture ({len(per_picture)} pictures), the CLIP "
                   f"(own caption first among 33) and the judge agree on {100 * agreement:.1f} % (phi {phi:.2f})."]
-    lines += ["", f"Reranking ({demo.parent.name if demo.name == 'model' else demo.name}, {args.prompts} prompts of each kind, one picture each): the best of "
+    lines += ["", f"Reranking ({generator_name(demo)}, {args.prompts} prompts of each kind, one picture each): the best of "
                   f"{K} candidates by CLIP score against the first candidate alone, judged exactly.", "",
               "| prompts | without reranking | best of " + str(K) + " |", "|---|---|---|"]
     for kind, label in (("seen", "seen single"), ("heldout", "held-out single"), ("pair", "pair")):

@@ -103,8 +103,8 @@ def main():
         print(rows[-1], flush=True)
     decoded_gb = count * args.size * args.size * 3 / 2 ** 30
     from time_to_accuracy import machine  # bench/ is on the path when this file runs as a script
-    lines = [f"Measured {date.today()} on {machine()}.",
-             f"Command: `.venv/bin/python bench/data_memory.py --cap-mb {args.cap_mb} --size {args.size} --steps {args.steps}`",
+    command = f".venv/bin/python bench/data_memory.py --cap-mb {args.cap_mb} --size {args.size} --steps {args.steps}"
+    lines = [f"Measured {date.today()} on {machine()}.", f"Command: `{command}`",
              f"Set: {count:,} shapes pictures at {args.size} px in WebDataset shards, {decoded_gb:.2f} GiB decoded "
              f"(cap {args.cap_mb} MiB). Each phase runs in a fresh process; peak RSS includes Python, NumPy and torch, "
              f"and the baseline row shows what the model and torch take with no cached data at all.", "",
@@ -119,7 +119,7 @@ def main():
     print(table)
     if not args.no_docs:
         from docs_section import keep_results, write_section
-        keep_results("data_memory", lines[1][len("Command: `"):-1], rows, pictures=count, size=args.size,
+        keep_results("data_memory", command, rows, pictures=count, size=args.size,
                      decoded_gib=decoded_gb, cap_mb=args.cap_mb)
         write_section("data_memory", "Training from a set larger than memory",
                       table + "\n\nRaw results: bench/results/data_memory.json.")

@@ -71,14 +71,15 @@ def commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
-def keep_results(name: str, command: str, rows: list, threads: str | None = None, **extra) -> Path:
-    """bench/results/NAME.json: a section's figures, with the date, machine, commit and command that made them
-    (every figure the docs publish keeps its raw result)."""
+def keep_results(where: str | Path, command: str, rows: list, threads: str | None = None, **extra) -> dict:
+    """A section's figures, with the date, machine, commit and command that made them (every figure the docs
+    publish keeps its raw result), written to bench/results/WHERE.json for a name, or to WHERE for a path;
+    returns what was written."""
     import json
     import time
-    path = Path(__file__).resolve().parent / "results" / f"{name}.json"
-    path.parent.mkdir(exist_ok=True)
+    path = where if isinstance(where, Path) else Path(__file__).resolve().parent / "results" / f"{where}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     kept = dict(date=time.strftime("%Y-%m-%d"), machine=machine(threads), commit=commit(), command=command, **extra,
                 rows=rows)
     path.write_text(json.dumps(kept, indent=2, default=str) + "\n")
-    return path
+    return kept

@@ -14,13 +14,12 @@ import json
 import os
 import shutil
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, commit, machine, write_section  # noqa: E402
+from docs_section import command_line, keep_results, write_section  # noqa: E402
 from sweep import side_by_side  # noqa: E402
 
 # row name -> (--set values, minutes of training on one thread)
@@ -63,9 +62,8 @@ def main():
         if returncode:
             raise SystemExit(f"the {name} run failed: see {runs[name][0]}.log")
     rows = [judge(name, *runs[name]) for name in KINDS]
-    measured = dict(date=time.strftime("%Y-%m-%d"), machine=machine("1 thread per run, two runs side by side"),
-                    command=command_line("image_tokenizers.py", sys.argv[1:]), commit=commit(), rows=rows)
-    (ROOT / "bench" / "results" / "image_tokenizers.json").write_text(json.dumps(measured, indent=2) + "\n")
+    measured = keep_results("image_tokenizers", command_line("image_tokenizers.py", sys.argv[1:]), rows,
+                            threads="1 thread per run, two runs side by side")
     lines = [f"Measured {measured['date']} on {measured['machine']}, commit {measured['commit']}. Command: "
              f"`{measured['command']}`; raw results in bench/results/image_tokenizers.json.", "",
              "| kind | training (1 thread) | steps | steps/s | held-out PSNR | codes in use | perplexity |",

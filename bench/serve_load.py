@@ -131,12 +131,13 @@ def main():
         every = np.array([t for _, t, _ in results])
         ok = np.array([t for s, t, _ in results if s == 200])
         per_picture.append(outcome["wall"] / max(counts[200] * args.num, 1))
+        pictures_per_s = counts[200] * args.num / outcome["wall"]
         pct = lambda a: " / ".join(f"{np.percentile(a, q):.2f}" for q in (50, 90, 99)) if len(a) else "-"  # noqa: E731
         rows.append(f"| {label} | {counts[200]} / {counts[429]} / {counts[503]} | {pct(ok)} | {pct(every)} "
-                    f"| {counts[200] * args.num / outcome['wall']:.1f} | {outcome['wall']:.1f} |")
+                    f"| {pictures_per_s:.1f} | {outcome['wall']:.1f} |")
         print(rows[-1], flush=True)
         measured.append(dict(limits=label, answers=counts, seconds_200=ok.tolist(), seconds_all=every.tolist(),
-                             pictures_per_s=counts[200] * args.num / outcome["wall"], wall_s=outcome["wall"]))
+                             pictures_per_s=pictures_per_s, wall_s=outcome["wall"]))
 
     size = json.loads((Path(model) / "config.json").read_text())
     what = f"{size['family']}, preset {size['train'].get('preset') or 'default'}, {size['size']} px"

@@ -97,13 +97,11 @@ def main():
     for name, returncode in side_by_side(jobs, args.parallel):
         print(f"{time.time() - started:6.0f}s {name} exit {returncode}", flush=True)
     if args.results:
-        from docs_section import command_line, commit, machine
+        from docs_section import command_line, keep_results
         names = {spec["name"] for spec in specs}
         rows = [json.loads(line) for line in open(out / "results.jsonl")] if (out / "results.jsonl").is_file() else []
-        kept = dict(date=time.strftime("%Y-%m-%d"), machine=machine(f"1 thread per run, {args.parallel} side by side"),
-                    commit=commit(), command=command_line("sweep.py", sys.argv[1:]), experiments=specs,
-                    rows=[row for row in rows if row["name"] in names])
-        Path(args.results).write_text(json.dumps(kept, indent=2) + "\n")
+        keep_results(Path(args.results), command_line("sweep.py", sys.argv[1:]), [r for r in rows if r["name"] in names],
+                     threads=f"1 thread per run, {args.parallel} side by side", experiments=specs)
 
 
 def side_by_side(jobs: list[tuple[str, list[str], Path]], parallel: int, env: dict | None = None):

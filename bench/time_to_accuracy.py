@@ -20,7 +20,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, commit, machine  # noqa: E402,F401  (machine is re-exported: other scripts import it)
+from docs_section import command_line, keep_results, machine  # noqa: E402,F401  (machine is re-exported: other scripts import it)
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
 
@@ -55,9 +55,7 @@ def main():
                          sampler=report["sampler"], sample_steps=report["steps"], guidance=report["guidance"]))
         print(json.dumps(rows[-1]))
     command = command_line("time_to_accuracy.py", sys.argv[1:])
-    raw = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), command=command, commit=commit(),
-               prompt_set="evaluation (validation in each row's 'validation')", rows=rows)
-    (ROOT / "bench" / "results" / "time_to_accuracy.json").write_text(json.dumps(raw, indent=2) + "\n")
+    keep_results("time_to_accuracy", command, rows, prompt_set="evaluation (validation in each row's 'validation')")
     pct = lambda v: f"{100 * v:.0f} %"  # noqa: E731
     lines = [START, "",
              f"Measured {time.strftime('%Y-%m-%d')} on {machine()}.",
