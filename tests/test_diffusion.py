@@ -158,33 +158,6 @@ def test_preview_loss_trains_the_layout_towards_the_picture():
     assert error() < 0.1 * before
 
 
-def test_preview_choices_learn_each_layout_a_caption_allows_and_the_seed_picks_one():
-    """One caption, drawn half the time as a bright left half and half as a bright right half: one
-    preview learns their mean (grey everywhere); two choices learn one layout each, the odds head
-    learns they are even, and a draw below one half picks one layout, above it the other."""
-    torch.manual_seed(0)
-    model = TextToImageDiffusion(updated(tiny(16), {"preview": {"choices": 2}}))
-    left = -torch.ones(3, 16, 16)
-    left[:, :, :8] = 1
-    images = torch.stack([left, left.flip(-1)] * 2)
-    ids = torch.randint(4, 64, (1, 24)).repeat(4, 1)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    for _ in range(150):
-        loss = model.loss(images, ids, torch.zeros(1, 24, dtype=torch.long), torch.Generator().manual_seed(0))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    text, keep, pooled = model.text_encoder(ids[:2])
-    odds = model.preview.odds(pooled).softmax(1)
-    assert ((odds - 0.5).abs() < 0.25).all(), odds
-    _, previews, _ = model.preview(text, keep, pooled, draw=torch.tensor([0.1, 0.9]))
-    errors = [[torch.nn.functional.mse_loss(p, image).item() for image in (left, left.flip(-1))] for p in previews]
-    assert max(min(e) for e in errors) < 0.1, errors              # each is one layout, not the grey mean
-    assert errors[0].index(min(errors[0])) != errors[1].index(min(errors[1]))   # and the two draws differ
-    same = model.condition(ids[:1], noise=torch.full((1, 3, 16, 16), 1.0)).preview
-    assert torch.equal(same, model.condition(ids[:1], noise=torch.full((1, 3, 16, 16), 1.0)).preview)
-
-
 def test_layout_reads_the_words_and_ignores_padding():
     model = randomized(TextToImageDiffusion(tiny(16)))
     ids = torch.tensor([[1, 5, 6, 7, 2] + [0] * 19, [1, 5, 9, 7, 2] + [0] * 19])

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from ...text.encoder import TextEncoderConfig, build_text_encoder
 from .denoiser import Condition, Denoiser
@@ -66,22 +67,11 @@ class TextToImageDiffusion(nn.Module):
                         if c.preview.rank else None)
         self.denoiser = Denoiser(self.net, c.preview.power if self.preview else 0.0)
 
-    def condition(self, ids: torch.Tensor, noise: torch.Tensor | None = None) -> Condition:
-        """Token ids (B, L) -> what the denoiser reads: the caption's features, layout and preview. Where
-        the preview has several choices, the sampler's starting `noise` (B, ...) picks one (its first
-        value, so the same seed gives the same layout); without it, the first choice."""
-        draw = None if noise is None else torch.special.ndtr(noise.flatten(1)[:, 0].float())  # uniform in (0, 1)
-        return self.conditioned(ids, draw=draw)[0]
-
-    def conditioned(self, ids: torch.Tensor, images: torch.Tensor | None = None, draw: torch.Tensor | None = None):
-        """-> (the condition, the preview's loss given the `images` (B, C, S, S) to train on, else None)."""
+    def condition(self, ids: torch.Tensor) -> Condition:
+        """Token ids (B, L) -> what the denoiser reads: the caption's features, layout and preview."""
         text, keep, pooled = self.text_encoder(ids)
-        if self.preview is None:
-            return Condition(text, keep, pooled), None
-        if images is None and draw is None:
-            draw = torch.zeros(len(ids), device=ids.device)
-        bias, preview, loss = self.preview(text, keep, pooled, images, draw)
-        return Condition(text, keep, pooled, bias=bias, preview=preview), loss
+        bias, preview = self.preview(text, keep, pooled) if self.preview else (None, None)
+        return Condition(text, keep, pooled, bias=bias, preview=preview)
 
     def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
              generator: torch.Generator | None = None) -> torch.Tensor:
@@ -92,11 +82,11 @@ class TextToImageDiffusion(nn.Module):
         ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
         t = sample_timesteps(B, self.config.timesteps, generator, device, self.config.timestep_mean)
         noise = torch.randn(images.shape, generator=generator).to(device)
-        cond, preview_loss = self.conditioned(ids, images)
+        cond = self.condition(ids)
         loss = self.denoiser.loss(images, t, noise, cond)
-        if preview_loss is None:
+        if cond.preview is None:
             return loss
-        return loss + self.config.preview.weight * preview_loss
+        return loss + self.config.preview.weight * F.mse_loss(cond.preview.float(), images)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,
@@ -109,10 +99,9 @@ class TextToImageDiffusion(nn.Module):
         1 where to draw, inpainting: the rest is kept from `init`. `progress(i, n)` after step i of n."""
         c = self.config
         guidance = c.guidance if guidance is None else guidance
-        halves = 1 if guidance == 1 else 2
-        ids = torch.cat([ids, empty_ids.expand(len(ids), -1)]) if halves == 2 else ids
-        cond = self.condition(ids, noise.repeat(halves, *[1] * (noise.ndim - 1)))
-        denoise = self.denoiser.guided(cond, guidance, c.dynamic_threshold, self.bounded)
+        if guidance != 1:
+            ids = torch.cat([ids, empty_ids.expand(len(ids), -1)])
+        denoise = self.denoiser.guided(self.condition(ids), guidance, c.dynamic_threshold, self.bounded)
         times = sampling_times(steps or c.steps) if init is None else edit_times(steps or c.steps, strength)
         x, keep = edit_start(noise.float(), times, init, mask)
         x = SAMPLERS[sampler or c.sampler](denoise, x, times, with_progress(keep, progress, len(times) - 1))

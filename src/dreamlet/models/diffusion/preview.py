@@ -29,76 +29,42 @@ class PreviewConfig:
     weight: float = 1.0    # the preview's loss beside the denoising loss, relative to it
     power: float = 8.0     # the preview's share of the clean estimate at noise level sigma is sigma ** power:
                            # all of it at pure noise, 6 % at t = 0.5 (with 2, shapes failed in one seed)
-    choices: int = 1       # > 1: that many previews per caption, each a layout it may have (multiple choice)
-    spread: float = 0.05   # the share of the previews' loss the losing choices get (relaxed winner-takes-all)
 
 
 class CaptionPreview(nn.Module):
     """Caption (text (B, L, T), keep (B, L), pooled (B, T)) -> patch token bias (B, N, D) and the
-    preview picture (B, C, S, S), for a grid x grid of patch x patch patches.
-
-    With `choices` K > 1, K previews per caption (multiple-choice learning, Guzman-Rivera et al. 2012;
-    Rupprecht et al. 2017): a caption such as "a circle to the left of a square" allows many layouts,
-    and one preview is their mean, a faint copy of each object in every cell allowed, which the
-    denoiser then draws twice. In training, the preview nearest the picture wins: it gets the loss
-    (the others a small `spread` of it) and it is what the denoiser reads, and a head learns how often
-    each wins for the caption. In sampling, the seed picks one from those odds, so the picture commits
-    to one layout from its first step."""
+    preview picture (B, C, S, S), for a grid x grid of patch x patch patches."""
 
     def __init__(self, config: PreviewConfig, text_width: int, grid: int, patch: int, width: int, channels: int):
         super().__init__()
         if text_width % config.heads:
             raise ValueError(f"the text width {text_width} does not split into preview.heads={config.heads} heads")
         self.config, self.grid, self.patch = config, grid, patch
-        r, N, K = config.rank, grid * grid, config.choices
+        r, N = config.rank, grid * grid
         self.pooled = nn.Linear(text_width, N * r)
-        self.queries = nn.Parameter(torch.randn(K * N, text_width) * 0.5)  # each patch's question to the words,
-                                                                           # one per choice
+        self.queries = nn.Parameter(torch.randn(N, text_width) * 0.5)      # each patch's question to the words
         self.kv = nn.Linear(text_width, 2 * text_width)
         self.null = nn.Parameter(torch.zeros(2, text_width))               # a key and value for "nothing here"
         self.read = nn.Linear(text_width, r)
         self.to_tokens = nn.Linear(r, width)
         self.to_picture = nn.Linear(r, channels * patch ** 2)
         nn.init.zeros_(self.to_tokens.weight), nn.init.zeros_(self.to_tokens.bias)  # starts without effect
-        self.odds = nn.Linear(text_width, K) if K > 1 else None                      # how often each choice wins
 
     def layout(self, text, keep, pooled) -> torch.Tensor:
-        """Each patch's layout code (B, K N, r), the K choices one after the other."""
-        B, K, heads = len(pooled), self.config.choices, self.config.heads
-        N = K * self.grid ** 2
-        code = self.pooled(pooled).repeat(1, K).view(B, N, self.config.rank)          # (B, K N, r)
+        """Each patch's layout code (B, N, r)."""
+        B, N, heads = len(pooled), self.grid ** 2, self.config.heads
+        code = self.pooled(pooled).view(B, N, self.config.rank)                      # (B, N, r)
         k, v = self.kv(text).chunk(2, dim=-1)                                        # (B, L, T)
         k = torch.cat([self.null[0].expand(B, 1, -1), k], 1)                         # (B, 1 + L, T)
         v = torch.cat([self.null[1].expand(B, 1, -1), v], 1)
         split = lambda z: z.view(B, z.shape[1], heads, -1).transpose(1, 2)          # noqa: E731  (B, h, *, T/h)
         mask = F.pad(keep, (1, 0), value=True)[:, None, None, :]                    # the null word is always there
         a = F.scaled_dot_product_attention(split(self.queries.expand(B, -1, -1)), split(k), split(v), attn_mask=mask)
-        return code + self.read(a.transpose(1, 2).reshape(B, N, -1))                # (B, K N, r)
+        return code + self.read(a.transpose(1, 2).reshape(B, N, -1))                # (B, N, r)
 
-    def forward(self, text, keep, pooled, images: torch.Tensor | None = None, draw: torch.Tensor | None = None):
-        """-> token bias (B, N, D), preview (B, C, S, S) and, given the `images` (B, C, S, S) to train on,
-        the preview's loss. Without images, `draw` (B,) in [0, 1) picks each caption's choice (the seed's)."""
-        B, K, g = len(pooled), self.config.choices, self.grid
-        code = self.layout(text, keep, pooled).view(B * K, g * g, -1)               # (B K, N, r)
-        picture = self.to_picture(code)                                              # (B K, N, C p p)
-        picture = F.pixel_shuffle(picture.transpose(1, 2).reshape(B * K, -1, g, g), self.patch)
-        picture = picture.view(B, K, *picture.shape[1:])                             # (B, K, C, S, S)
-        loss, odds = None, None
-        if self.odds is not None:  # a read-out of the caption: it does not move the text encoder
-            odds = self.odds(pooled.detach()).float()                                # (B, K) logits
-        if images is not None:
-            errors = (picture.float() - images[:, None].float()).pow(2).flatten(2).mean(2)  # (B, K)
-            choice = errors.detach().argmin(1)
-            won = F.one_hot(choice, K).float()
-            share = won * (1 - self.config.spread) + (1 - won) * self.config.spread / max(K - 1, 1)
-            loss = (share * errors).sum(1).mean() if K > 1 else errors.mean()
-            if odds is not None:
-                loss = loss + F.cross_entropy(odds, choice)
-        elif odds is not None:
-            cumulative = odds.softmax(1).cumsum(1)
-            choice = (cumulative < draw.to(cumulative)[:, None]).sum(1).clamp(max=K - 1)
-        else:
-            choice = torch.zeros(B, dtype=torch.long, device=pooled.device)
-        rows = torch.arange(B, device=pooled.device)
-        tokens = self.to_tokens(code.view(B, K, g * g, -1)[rows, choice])
-        return tokens, picture[rows, choice], loss
+    def forward(self, text, keep, pooled) -> tuple[torch.Tensor, torch.Tensor]:
+        code = self.layout(text, keep, pooled)                                       # (B, N, r)
+        picture = self.to_picture(code)                                              # (B, N, C p p)
+        g = self.grid
+        picture = F.pixel_shuffle(picture.transpose(1, 2).reshape(len(code), -1, g, g), self.patch)  # (B, C, S, S)
+        return self.to_tokens(code), picture
