@@ -9,6 +9,10 @@ docs/benchmarks.md.
     python bench/real_data.py latent-diffusion:emoji:64:2 --clip-minutes 1 --count 32   # a smoke run
     python bench/real_data.py cascade:emoji:64:30    # the 32 -> 64 cascade: half the minutes for each stage
     python bench/real_data.py diffusion,preview.rank=0:emoji:32:30   # with a setting changed (--set's form)
+    python bench/real_data.py diffusion:emoji:32:10 --judge-only --rerank 1   # as drawn without reranking
+
+Pictures are drawn as the model draws by default (a diffusion model: the best of 4 by its own judgement);
+`--rerank K` draws the best of K instead (1: each picture alone), and the row's name says so.
 
 `cascade` is not a family: it trains the default diffusion model at half the size for half the
 minutes, then a diffusion-sr stage on it (`--base`) for the other half, as docs/imagen.md does.
@@ -58,7 +62,8 @@ def clip_for(data: str, size: int, minutes: float, out: Path, retrain: bool) -> 
     return run / "model"
 
 
-def seen_scores(pipeline: Pipeline, scorer: ClipScorer, data: str, count: int, distractors: int):
+def seen_scores(pipeline: Pipeline, scorer: ClipScorer, data: str, count: int, distractors: int,
+                rerank: int | None = None):
     """The same figures on captions the model trained on, with their own pictures as the real ones; and the
     first eight pictures drawn with their captions, for the grid."""
     from dreamlet.data import load
@@ -66,7 +71,7 @@ def seen_scores(pipeline: Pipeline, scorer: ClipScorer, data: str, count: int, d
     dataset = load(data, pipeline.image_size, quiet=True, **data_options(pipeline))
     records = dataset.train_index[np.linspace(0, len(dataset.train_index) - 1, count).astype(int)]
     real, captions = dataset.rows(records), [dataset.all_captions[r][0] for r in records]
-    fake = pipeline.draw(captions, list(range(len(captions))))
+    fake = pipeline.pictures(captions, list(range(len(captions))), rerank=rerank)
     pool = sorted({c for r in dataset.train_index[:5000] for c in dataset.all_captions[r]})
     scores = {"seen_clip_score": scorer.clip_score(fake, captions),
               "seen_clip_score_real": scorer.clip_score(real, captions),
@@ -75,15 +80,15 @@ def seen_scores(pipeline: Pipeline, scorer: ClipScorer, data: str, count: int, d
     return scores, fake[:8], captions[:8]
 
 
-def judge(run: dict, model_dir: Path, clip_dir: Path, count: int, distractors: int) -> dict:
+def judge(run: dict, model_dir: Path, clip_dir: Path, count: int, distractors: int, rerank: int | None = None) -> dict:
     pipeline = Pipeline.load(model_dir)
     scorer = ClipScorer(clip_dir)
     report = evaluate_with_clip(model_dir, clip_dir, run["data"], count=count, distractors=distractors,
-                                pipeline=pipeline)
-    seen, seen_pictures, seen_captions = seen_scores(pipeline, scorer, run["data"], count, distractors)
+                                pipeline=pipeline, rerank=rerank)
+    seen, seen_pictures, seen_captions = seen_scores(pipeline, scorer, run["data"], count, distractors, rerank)
     from dreamlet.evaluation import heldout_set
     _, heldout_captions, _ = heldout_set(run["data"], pipeline.image_size, 16)
-    heldout_pictures = pipeline.draw(heldout_captions, list(range(len(heldout_captions))))
+    heldout_pictures = pipeline.pictures(heldout_captions, list(range(len(heldout_captions))), rerank=rerank)
     grid = ROOT / "docs" / "images" / f"real_{run['name']}.png"
     captioned_grid(np.concatenate([heldout_pictures, seen_pictures]),
                    [f"{c} (held-out)" for c in heldout_captions] + [f"{c} (seen)" for c in seen_captions],
@@ -118,6 +123,7 @@ def main(argv=None):
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "real"))
     parser.add_argument("--results", default=str(ROOT / "bench" / "results" / "real_data.json"))
     parser.add_argument("--judge-only", action="store_true", help="judge the runs already under --out")
+    parser.add_argument("--rerank", type=int, help="draw the best of K candidates (default: as the model draws)")
     args = parser.parse_args(argv)
     command = command_line("real_data.py", sys.argv[1:] if argv is None else argv)
     provenance = dict(date=time.strftime("%Y-%m-%d"), machine=machine(), command=command, commit=commit(),
@@ -130,7 +136,9 @@ def main(argv=None):
         run_dir = out / run["name"]
         if not args.judge_only:
             train_run(run, run_dir)
-        rows.append(judge(run, run_dir / "model", clip_dir, args.count, args.distractors) | provenance)
+        if args.rerank is not None:  # a row (and grid) of its own beside the run drawn as by default
+            run = run | {"name": f"{run['name']}-rerank{args.rerank}"}
+        rows.append(judge(run, run_dir / "model", clip_dir, args.count, args.distractors, args.rerank) | provenance)
         print(json.dumps(rows[-1]), flush=True)
     measured = merged(Path(args.results), rows, count=args.count, distractors=args.distractors)
     Path(args.results).write_text(json.dumps(measured, indent=2, default=str))

@@ -46,8 +46,8 @@ def test_pipeline_options(tiny_run):
         pipe("a red circle", steps=2, output="svg")
     with pytest.raises(UserError, match="empty prompt"):
         pipe("   ")
-    with pytest.raises(UserError, match="needs a CLIP"):
-        pipe("a red circle", rerank=4)
+    with pytest.raises(UserError, match="--rerank must be at least 1"):
+        pipe("a red circle", rerank=0)
 
 
 def test_public_names_and_version():

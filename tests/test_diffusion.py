@@ -102,7 +102,7 @@ def test_save_load_gives_identical_samples(tiny_run, tmp_path):
     prompts = ["a large green diamond at the center"]
     assert (pipe.draw(prompts, [7], steps=4) == again.draw(prompts, [7], steps=4)).all()
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tiny_run / "model").iterdir())
-    assert json.loads((tmp_path / "copy" / "config.json").read_text())["config_version"] == 2
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["config_version"] == 3
 
 
 @pytest.mark.parametrize("power", [2.0, 8.0])

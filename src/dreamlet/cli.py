@@ -96,8 +96,9 @@ def add_sample(commands) -> None:
     sample.add_argument("--size", type=int, help="a size the model draws at (a cascade's base size: that stage alone)")
     sample.add_argument("--out", required=True, help="output directory for PNGs and index.jsonl")
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
-    sample.add_argument("--rerank", type=int, default=1, metavar="K",
-                        help="draw K candidates per picture, keep the best by --clip")
+    sample.add_argument("--rerank", type=int, metavar="K",
+                        help="draw K candidates per picture and keep the best, by --clip or else by the model's own "
+                             "judgement (default: the model's, 4 for diffusion; 1 draws each picture alone)")
     sample.add_argument("--clip", help="a CLIP model directory (for --rerank and --method vqgan-clip)")
     sample.add_argument("--method", default="model", choices=["model", "vqgan-clip"],
                         help="model: the model draws; vqgan-clip: optimise a vqvae/dalle model's image codes "
@@ -127,8 +128,9 @@ def add_eval(commands) -> None:
     evaluate.add_argument("--inception", help="with --clip: also FID in Inception-v3 space from these local weights "
                                               "(pytorch-fid's pt_inception-2015-12-05-6726825d.pth, or .safetensors "
                                               "with its keys)")
-    evaluate.add_argument("--rerank", type=int, default=1, metavar="K",
-                          help="shapes: judge the best of K candidates by the --clip model (DALL-E's reranking)")
+    evaluate.add_argument("--rerank", type=int, metavar="K",
+                          help="judge the best of K candidates, by the --clip model (shapes; DALL-E's reranking) or "
+                               "by the model's own judgement (default: as the model draws, 4 for diffusion)")
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
 
 
@@ -344,10 +346,11 @@ def run_eval(args) -> None:
     if family.evaluate:  # its own evaluation (a CLIP on real pictures, an image tokenizer's reconstructions)
         report, line = family.evaluate(args, pipeline)
         print(line)
-    elif args.clip and args.rerank == 1:
+    elif args.clip and args.rerank in (None, 1):
         report = evaluate_with_clip(args.model, args.clip, args.data, count=3 * args.prompts,
                                     distractors=args.distractors, steps=args.steps, guidance=args.guidance,
-                                    sampler=args.sampler, pipeline=pipeline, inception=args.inception)
+                                    sampler=args.sampler, pipeline=pipeline, inception=args.inception,
+                                    rerank=args.rerank)
         print(f"CLIP score {report['clip_score']:.1f} (real {report['clip_score_real']:.1f}), R-precision "
               f"{report['r_precision']:.3f} (real {report['r_precision_real']:.3f}), FID {report['fid']:.1f}, "
               f"KID {report['kid']:.3f}")

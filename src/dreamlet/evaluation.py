@@ -18,12 +18,13 @@ from .pipeline import Pipeline
 
 def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: int = 2, steps: int | None = None,
                     guidance: float | None = None, sampler: str | None = None, size: int | None = None,
-                    pipeline: Pipeline | None = None, rerank: int = 1, clip=None,
+                    pipeline: Pipeline | None = None, rerank: int | None = None, clip=None,
                     prompt_set: str = "evaluation") -> dict:
     """The shapes judge's report for a model (a directory or a loaded Pipeline): `prompts` canonical
     prompts of each kind (seen single, held-out single, pair) of the `prompt_set` (evaluation: the
-    figures reported; validation: the one designs are chosen on), `seeds` pictures each; with `rerank`
-    K, each picture is the best of K by the CLIP model `clip` (a directory or ClipScorer)."""
+    figures reported; validation: the one designs are chosen on), `seeds` pictures each, drawn as the
+    model draws by default; with `rerank` K, each picture is the best of K, by the CLIP model `clip` (a
+    directory or ClipScorer) or by the model's own judgement."""
     if isinstance(model_dir, Pipeline):
         model_dir, pipeline = model_dir.path or "(in memory)", model_dir
     if prompts < 1 or seeds < 1:
@@ -35,13 +36,9 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
                         f"score it with a CLIP instead: --clip CLIPMODEL")
     jobs = benchmark_jobs(prompts, seeds, prompt_set)
     started = time.perf_counter()
-    if rerank > 1:
-        if not clip:
-            raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL")
-        images = pipeline.best_of([(p.text, seed) for p, seed in jobs], rerank, clip, steps, guidance, sampler).images
-    else:
-        images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], steps=steps, guidance=guidance,
-                               sampler=sampler)
+    rerank = pipeline.default_rerank() if rerank is None else rerank
+    images = pipeline.pictures([p.text for p, _ in jobs], [seed for _, seed in jobs], steps, guidance, sampler, rerank,
+                               clip)
     seconds = time.perf_counter() - started
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
     report = summarize(results)
@@ -151,10 +148,11 @@ def evaluate_clip_model(clip_dir: str | Path, data: str | None = None, count: in
 def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | None = None, count: int = 128,
                        distractors: int = 32, steps: int | None = None, guidance: float | None = None,
                        sampler: str | None = None, pipeline: Pipeline | None = None,
-                       inception: str | None = None) -> dict:
+                       inception: str | None = None, rerank: int | None = None) -> dict:
     """Generate a picture for each held-out caption and score it with the CLIP: CLIP score,
     R-precision, FID and KID against the real held-out pictures (and FID in Inception space with
-    local `inception` weights). On shapes the exact judge runs too."""
+    local `inception` weights). The pictures are drawn as the model draws by default (`rerank`: its own
+    best of K, None: the model's default). On shapes the exact judge runs too."""
     from .scoring import ClipScorer, fid_kid, inception_fid_metric, metric_value
     inception_metric = inception_fid_metric(inception) if inception else None  # fail early
     pipeline = pipeline or Pipeline.load(model_dir)
@@ -164,13 +162,14 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     data = data or pipeline.meta.get("data", "shapes")
     real, captions, pool = heldout_set(data, pipeline.image_size, count, **data_options(pipeline))
     started = time.perf_counter()
-    fake = pipeline.draw(captions, list(range(len(captions))), steps=steps, guidance=guidance, sampler=sampler)
+    rerank = pipeline.default_rerank() if rerank is None else rerank
+    fake = pipeline.pictures(captions, list(range(len(captions))), steps, guidance, sampler, rerank)
     seconds = time.perf_counter() - started
     config = pipeline.model.config
     report = {"model": str(model_dir), "clip": str(clip_dir), "data": data, "pictures": len(fake),
               "distractors": distractors, "steps": steps or getattr(config, "steps", None),  # a GAN has neither
               "guidance": getattr(config, "guidance", None) if guidance is None else guidance,
-              "seconds_per_image": seconds / len(fake),
+              "rerank": rerank, "seconds_per_image": seconds / len(fake),
               "clip_score": scorer.clip_score(fake, captions), "clip_score_real": scorer.clip_score(real, captions),
               "r_precision": scorer.r_precision(fake, captions, pool, distractors),
               "r_precision_real": scorer.r_precision(real, captions, pool, distractors)}
@@ -179,7 +178,7 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
         report["fid_inception"] = metric_value(inception_metric, real, fake)
     if data == "shapes":
         report["judge"] = evaluate_shapes(model_dir, prompts=min(64, count), seeds=1, steps=steps, guidance=guidance,
-                                          sampler=sampler, pipeline=pipeline)
+                                          sampler=sampler, pipeline=pipeline, rerank=rerank)
     return report
 
 

@@ -239,7 +239,8 @@ class Pipeline:
         return self
 
     def __call__(self, prompt: str | list[str], seed: int = 0, steps: int | None = None,
-                 guidance: float | None = None, num: int = 1, sampler: str | None = None, rerank: int = 1, clip=None,
+                 guidance: float | None = None, num: int = 1, sampler: str | None = None, rerank: int | None = None,
+                 clip=None,
                  generator: torch.Generator | list[torch.Generator] | None = None, output: str = "pil",
                  negative: str | list[str] | None = None, image=None, mask_image=None, strength: float | None = None,
                  progress=None, **diffusers_names) -> PipelineOutput:
@@ -249,8 +250,9 @@ class Pipeline:
         a `generator` draws `seed`, and a list of them (one per picture) draws each picture's seed.
         `negative` (a prompt, or one per prompt) takes the empty caption's place in classifier-free
         guidance: the pictures move away from it. `rerank` K > 1 keeps the best of K candidates by the
-        CLIP model `clip` (a directory or ClipScorer). `image` (a path, PIL image or array) draws
-        image-to-image from it, `strength` (0.8) down the noise schedule; with `mask_image` (light where
+        CLIP model `clip` (a directory or ClipScorer), or without one by the model's own judgement
+        (None: the model's default, 4 for a diffusion model; 1 draws each picture alone). `image` (a
+        path, PIL image or array) draws image-to-image from it, `strength` (0.8) down the noise schedule; with `mask_image` (light where
         to draw) it inpaints (strength 1 by default). `progress(fraction)` is called as drawing goes
         (after every sampler step, 0 to 1 over the whole call); an exception raised there stops the drawing
         and comes out of the call (a cancel button's way). diffusers' names work too: num_inference_steps,
@@ -316,15 +318,14 @@ class Pipeline:
             name: value if value is not None else getattr(config, name, None) for name, value in given.items()}
 
     def run(self, prompts: list[str], seed: int = 0, num: int = 1, steps: int | None = None,
-            guidance: float | None = None, sampler: str | None = None, rerank: int = 1, clip=None,
+            guidance: float | None = None, sampler: str | None = None, rerank: int | None = None, clip=None,
             negative: str | list[str] | None = None, seeds: list[int] | None = None,
             edit: Edit | None = None, progress=None) -> PipelineOutput:
         """What `__call__` and `dreamlet sample` both do: the (prompt, seed) of every picture (`seeds`: given
-        ones, one per picture in drawing order), the pictures as a uint8 array, and with reranking each
-        winner's CLIP score (DALL-E's best-of-K)."""
-        if rerank > 1 and not clip:
-            raise UserError("--rerank needs a CLIP model to choose with: --clip CLIPMODEL "
-                            f"(train one with --model {listed(families_that(lambda family: family.scores))})")
+        ones, one per picture in drawing order), the pictures as a uint8 array, and with reranking (`rerank`
+        K > 1; None: the model's default) the best of K candidates, by the CLIP `clip` (with each winner's
+        CLIP score, DALL-E's best-of-K) or by the model's own judgement."""
+        rerank = self.default_rerank() if rerank is None else rerank
         prompts = self.check_prompts(prompts)
         negatives = per_prompt(negative, prompts, "negative prompt")
         self.check_negative(negatives)
@@ -347,28 +348,70 @@ class Pipeline:
             raise UserError(f"a {self.family} model draws without classifier-free guidance, so it has no use for "
                             f"a negative prompt ({listed(guided)} models have)")
 
-    def best_of(self, jobs: list[tuple[str, int]], rerank: int, clip, steps: int | None = None,
+    def pictures(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,
+                 sampler: str | None = None, rerank: int | None = None, clip=None) -> np.ndarray:
+        """One picture per (prompt, seed), (N, S, S, 3) uint8, as this model draws by default: the best of its
+        `rerank` candidates (None: default_rerank()), by the CLIP `clip` or by its own judgement."""
+        rerank = self.default_rerank() if rerank is None else rerank
+        if rerank < 1:
+            raise UserError("--rerank must be at least 1")
+        if rerank == 1:
+            return self.draw(prompts, seeds, steps=steps, guidance=guidance, sampler=sampler)
+        return self.best_of(list(zip(prompts, seeds)), rerank, clip, steps, guidance, sampler).images
+
+    def default_rerank(self) -> int:
+        """How many candidates this model draws per picture unless told (its config's `rerank`; 1 for a
+        model that cannot judge its own pictures)."""
+        return getattr(self.model.config, "rerank", 1) if hasattr(self.model, "match") else 1
+
+    def best_of(self, jobs: list[tuple[str, int]], rerank: int, clip=None, steps: int | None = None,
                 guidance: float | None = None, sampler: str | None = None, negative: list[str] | None = None,
                 settings: dict | None = None, edit: Edit | None = None, progress=None) -> PipelineOutput:
         """For each (prompt, seed) job, draw `rerank` candidates (seeds rerank * seed + c) and keep the
-        one the CLIP model `clip` (a directory or ClipScorer) matches best to its prompt."""
-        from .scoring import ClipScorer
-        scorer = clip if isinstance(clip, ClipScorer) else ClipScorer(clip)
+        one that matches its prompt best: by the CLIP model `clip` (a directory or ClipScorer), or without
+        one by the model's own `match` (a diffusion model's denoising error under the caption). A CLIP's
+        pick carries its own seed (which draws it alone, with its CLIP score); the model's own pick carries
+        the job's seed, which draws it again with the same `rerank`, as a seed does without reranking."""
+        choose = self.clip_chooser(clip) if clip else self.own_chooser()
         negative = negative or [""] * len(jobs)
-        candidates = [(p, rerank * s + c) for p, s in jobs for c in range(rerank)]
+        candidates = [(p, (rerank * s + c) % 2 ** 64) for p, s in jobs for c in range(rerank)]
         drawn = self.draw([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
                           sampler=sampler, negative=[n for n in negative for _ in range(rerank)], edit=edit,
                           progress=progress)
         images, seeds, scores = [], [], []
-        for j, (prompt, _) in enumerate(jobs):
+        for j, (prompt, seed) in enumerate(jobs):
             group = drawn[j * rerank:(j + 1) * rerank]
-            similarity = scorer.match(group, prompt)
+            similarity, clip_score = choose(group, prompt, seed)
             best = int(similarity.argmax())
             images.append(group[best])
-            seeds.append(candidates[j * rerank + best][1])
-            scores.append(round(100 * float(similarity[best]), 2))
+            seeds.append(candidates[j * rerank + best][1] if clip else seed)
+            scores.append(round(100 * float(similarity[best]), 2) if clip_score else None)
         return PipelineOutput(np.stack(images), [p for p, _ in jobs], seeds, list(negative), scores,
-                              (settings or self.settings(steps, guidance, sampler)) | {"candidates": rerank})
+                              (settings or self.settings(steps, guidance, sampler))
+                              | {"candidates": rerank, "chosen_by": "clip" if clip else "model"})
+
+    def clip_chooser(self, clip):
+        from .scoring import ClipScorer
+        scorer = clip if isinstance(clip, ClipScorer) else ClipScorer(clip)
+        return lambda group, prompt, seed: (scorer.match(group, prompt), True)
+
+    def own_chooser(self):
+        """(candidates (K, S, S, 3) uint8, prompt, job seed) -> (the model's match per candidate, False).
+        The K candidates share one noise, drawn from the job's seed."""
+        if not hasattr(self.model, "match"):
+            raise UserError(f"a {self.family} model cannot judge its own pictures: rerank with a CLIP, --clip "
+                            f"CLIPMODEL (train one with --model {listed(families_that(lambda family: family.scores))})")
+
+        @torch.no_grad()
+        def choose(group: np.ndarray, prompt: str, seed: int):
+            shape = getattr(self.model, "noise_shape", (3, self.image_size, self.image_size))
+            noise = torch.randn(shape, generator=torch.Generator().manual_seed(stage_seed(seed, 1)))
+            ids = self.tokenizer([prompt] * len(group)).to(self.device)
+            with autocast(self.device, self.precision):
+                match = self.model.match(to_tensor(group).to(self.device), ids,
+                                         noise.expand(len(group), *shape).to(self.device))
+            return match.float().cpu().numpy(), False
+        return choose
 
     @torch.no_grad()
     def draw(self, prompts: list[str], seeds: list[int], steps: int | None = None, guidance: float | None = None,

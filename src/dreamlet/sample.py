@@ -35,13 +35,15 @@ def slug(text: str, length: int = 40) -> str:
 
 def sample(model_dir: str | Path, prompts: list[str], out: str | Path, num: int = 1, seed: int = 0,
            steps: int | None = None, guidance: float | None = None, size: int | None = None,
-           sampler: str | None = None, rerank: int = 1, clip: str | Path | None = None,
+           sampler: str | None = None, rerank: int | None = None, clip: str | Path | None = None,
            method: str = "model", negative: str | None = None, init_image: str | Path | None = None,
            mask: str | Path | None = None, strength: float | None = None) -> list[dict]:
     """Draw `num` pictures per prompt (the same `Pipeline.run` as `dreamlet.load(...)(...)`): picture k of
-    prompt i gets seed `seed + len(prompts) * k + i`. With `rerank` K > 1, each picture is the best of K
-    candidates (seeds K * s ... K * s + K - 1) by the CLIP model `clip`, as DALL-E does; its record gives
-    the winning seed. `negative`: the negative prompt (classifier-free guidance moves away from it).
+    prompt i gets seed `seed + len(prompts) * k + i`. With `rerank` K > 1 (None: the model's default), each
+    picture is the best of K candidates (seeds K * s ... K * s + K - 1), by the CLIP model `clip` as DALL-E
+    does (its record gives the winning seed, which draws it alone), or by the model's own judgement (its
+    record gives its seed s and `candidates`: s draws it again with the same K). `negative`: the
+    negative prompt (classifier-free guidance moves away from it).
     `init_image` draws image-to-image from that picture (`strength` 0.8); with `mask` (light where to
     draw) it inpaints (strength 1).
     `method="vqgan-clip"` draws no sample from a prior: it optimises an image tokenizer's codes (a vqvae
@@ -160,6 +162,7 @@ def sample_again(path: str | Path, out: str | Path, model_dir: str | Path | None
     settings |= beside
     return sample(model_dir, [settings["prompt"]], out, seed=settings["seed"], steps=settings.get("steps"),
                   guidance=settings.get("guidance"), size=settings.get("size"), sampler=settings.get("sampler"),
+                  rerank=settings.get("candidates", 1) if settings.get("chosen_by") == "model" else 1,
                   clip=settings.get("clip"), method=settings.get("method", "model"),
                   negative=settings.get("negative_prompt") or None, init_image=settings.get("init_image"),
                   mask=settings.get("mask"), strength=settings.get("strength"))

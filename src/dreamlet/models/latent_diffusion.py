@@ -29,6 +29,7 @@ from .diffusion.model import PRESETS as PIXEL_PRESETS, DiffusionConfig, TextToIm
 class LatentDiffusionConfig(DiffusionConfig):
     image_size: int = 64               # pixels (`--size`); the autoencoder's size
     dit: DiTConfig = field(default_factory=lambda: DiTConfig(patch=2))  # 16 x 16 latents -> 8 x 8 tokens
+    rerank: int = 1   # reranking by match() is measured on pixel-space diffusion only: one picture by default
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     autoencoder_dir: str = ""          # the autoencoder it was trained with (OUT/autoencoder/model, or --autoencoder)
     latent_scale: float = 1.0          # latents times this have unit variance (measured on the training pictures)
@@ -68,6 +69,11 @@ class LatentDiffusion(TextToImageDiffusion):
         """The pixel family's loss on the pictures' scaled latents."""
         latents = self.autoencoder.encode(images) * self.config.latent_scale
         return super().loss(latents.to(images.dtype), ids, empty_ids, generator)
+
+    @torch.no_grad()
+    def match(self, images: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+        """The pixel family's match() on the pictures' scaled latents (`noise` in the latents' shape)."""
+        return super().match(self.autoencoder.encode(images) * self.config.latent_scale, ids, noise)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,

@@ -57,9 +57,14 @@ def diffusion_v2(config: dict) -> dict:
     return config
 
 
+def diffusion_v3(config: dict) -> dict:
+    """Version 3 draws the best of 4 candidates by default (`rerank`); a model saved before draws one, as it did."""
+    return config | {"rerank": 1}
+
+
 FAMILY = Family(
     "diffusion", DiffusionConfig, TextToImageDiffusion, PRESETS, flags=(TEXT_ENCODER_FLAG,), edits=True, steps=True,
-    version=2, migrations={1: diffusion_v2},
+    version=3, migrations={1: diffusion_v2, 2: diffusion_v3},
     renames={1: {f"net.layout_{old}": f"preview.{new}" for old, new in [
         ("in", "pooled"), ("queries", "queries"), ("kv", "kv"), ("null", "null"), ("read", "read"),
         ("out", "to_tokens"), ("preview", "to_picture")]}})
