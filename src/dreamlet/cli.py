@@ -416,7 +416,7 @@ def run_demo(args) -> None:
     trained = time.perf_counter() - started
     pipeline = Pipeline.load(model_dir)
     shown = benchmark_prompts(8, 8, 8, seed=7)
-    images = pipeline.draw([p.text for p in shown], list(range(len(shown))))
+    images = pipeline.pictures([p.text for p in shown], list(range(len(shown))))  # as the model draws by default
     captioned_grid(images, [f"{p.text} ({'held-out' if p.kind == 'heldout' else p.kind})" for p in shown],
                    columns=8).save(out / "samples.png")
     report = evaluate_shapes(model_dir, prompts=args.prompts, seeds=2, pipeline=pipeline)

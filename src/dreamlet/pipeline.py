@@ -252,11 +252,12 @@ class Pipeline:
         guidance: the pictures move away from it. `rerank` K > 1 keeps the best of K candidates by the
         CLIP model `clip` (a directory or ClipScorer), or without one by the model's own judgement
         (None: the model's default, 4 for a diffusion model; 1 draws each picture alone). `image` (a
-        path, PIL image or array) draws image-to-image from it, `strength` (0.8) down the noise schedule; with `mask_image` (light where
-        to draw) it inpaints (strength 1 by default). `progress(fraction)` is called as drawing goes
-        (after every sampler step, 0 to 1 over the whole call); an exception raised there stops the drawing
-        and comes out of the call (a cancel button's way). diffusers' names work too: num_inference_steps,
-        guidance_scale, num_images_per_prompt, negative_prompt, output_type ("pil", "np", "pt").
+        path, PIL image or array) draws image-to-image from it, `strength` (0.8) down the noise
+        schedule; with `mask_image` (light where to draw) it inpaints (strength 1 by default).
+        `progress(fraction)` is called as drawing goes (after every sampler step, 0 to 1 over the whole
+        call); an exception raised there stops the drawing and comes out of the call (a cancel button's
+        way). diffusers' names work too: num_inference_steps, guidance_scale, num_images_per_prompt,
+        negative_prompt, output_type ("pil", "np", "pt").
 
             pipe = dreamlet.load("runs/demo/model")
             images = pipe("a large red circle at the top left", num=4, seed=1).images

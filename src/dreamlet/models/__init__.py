@@ -12,7 +12,9 @@ A model (`Family.model`, an nn.Module built from a `Family.config`) has
 `generate(ids, empty_ids, noise, steps=, guidance=, sampler=) -> pictures in [-1, 1]`. Optional
 model methods: `param_groups(weight_decay)` (its own optimizer groups, each with an `lr_scale`),
 `log_fields` / `log_values()` (extra training-log columns), `health()` (a warning when training
-has gone wrong, such as a collapsed GAN).
+has gone wrong, such as a collapsed GAN), `match(images, ids, noise) -> (B,)` (how well each picture
+fits its caption in its own judgement: the pipeline reranks by it without a CLIP, drawing the config's
+`rerank` candidates by default).
 """
 from __future__ import annotations
 

@@ -1,0 +1,114 @@
+"""Can a model pick its own best picture? Draw K candidates for each of the judge's prompts (the
+validation set unless told, as designs are chosen there), judge every candidate exactly, score each
+with the model's own judgement, and print what keeping the best of k (k = 1, 2, 4 ... K) would give.
+
+    .venv/bin/python bench/self_rerank.py MODEL [--candidates 8] [--scorer match] [--prompt-set validation]
+    .venv/bin/python bench/self_rerank.py MODEL ... --results bench/results/tenth_round.json   # add its row there
+
+Scorers (higher is better):
+- match: a diffusion model's own `match()` (minus its denoising error under the caption at t >= 0.5),
+  what `Pipeline.best_of` uses without a CLIP;
+- classifier: a diffusion model's implicit classifier at the same noise levels (how much better it
+  denoises with the caption than without; the sixth round's "self reranking");
+- discriminator: a GAN's discriminator on (picture, caption);
+- likelihood, pmi: a DALL-E prior's log-likelihood of the picture's codes (re-encoded) under the
+  caption, and that minus their log-likelihood under the empty caption.
+The last three are experiments kept here, not in the families. Each row: the first candidate alone,
+the mean over candidates (what one picture gets on average, the steadier "alone" figure), the
+scorer's pick among the first k, and the oracle (any of the first k right: a perfect judge's ceiling).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from docs_section import command_line, commit, machine  # noqa: E402
+
+from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
+from dreamlet.images import to_tensor  # noqa: E402
+from dreamlet.judge import judge  # noqa: E402
+from dreamlet.pipeline import Pipeline, stage_seed  # noqa: E402
+
+KINDS = ("seen", "heldout", "pair")
+
+
+@torch.no_grad()
+def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str], job_seeds: list[int]) -> np.ndarray:
+    """One score per candidate (its caption in `texts`); candidates of one job share the noise of its seed."""
+    model, out = pipeline.model, []
+    for i in range(0, len(images), 128):
+        x, ids = to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128])
+        if scorer in ("match", "classifier"):
+            noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(stage_seed(s, 1)))
+                                 for s in job_seeds[i:i + 128]])
+            score = model.match(x, ids, noise)
+            if scorer == "classifier":
+                score = score - model.match(x, pipeline.tokenizer([""] * len(x)), noise)
+        elif scorer == "discriminator":
+            score = model.discriminator(x, model.caption(ids))
+        else:  # likelihood, pmi
+            codes = model.vq.encode(x).flatten(1)
+            start = torch.cat([torch.full((len(codes), 1), model.mask_id, dtype=codes.dtype), codes[:, :-1]], 1)
+
+            def log_likelihood(caption_ids):
+                logits = model.logits(caption_ids, start).float()
+                return F.log_softmax(logits, -1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
+            score = log_likelihood(ids)
+            if scorer == "pmi":
+                score = score - log_likelihood(pipeline.tokenizer([""] * len(x)))
+        out.append(score.float().cpu().numpy())
+    return np.concatenate(out)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--scorer", default="match", choices=["match", "classifier", "discriminator", "likelihood",
+                                                               "pmi"])
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
+    parser.add_argument("--name", help="the row's name (default: the model directory)")
+    parser.add_argument("--results", help="a JSON file to add this row to (bench/results/...)")
+    args = parser.parse_args()
+    pipeline, K = Pipeline.load(args.model), args.candidates
+    jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)
+    texts = [p.text for p, _ in jobs for _ in range(K)]
+    started = time.perf_counter()
+    images = pipeline.draw(texts, [(K * s + c) % 2 ** 64 for _, s in jobs for c in range(K)])  # as best_of draws
+    correct = np.array([judge(image, p)["correct"] for image, (p, _) in zip(images, [j for j in jobs for _ in range(K)])])
+    score = scores(pipeline, args.scorer, images, texts, [s for _, s in jobs for _ in range(K)])
+    correct, score = correct.reshape(len(jobs), K), score.reshape(len(jobs), K)
+    kinds = np.array([p.kind for p, _ in jobs])
+
+    def by_kind(values):
+        return {kind: round(float(values[kinds == kind].mean()), 3) for kind in KINDS}
+    best_of = {}
+    for k in [2 ** i for i in range(1, 8) if 2 ** i <= K]:
+        picked = correct[np.arange(len(jobs)), score[:, :k].argmax(1)]
+        best_of[k] = dict(picked=by_kind(picked), oracle=by_kind(correct[:, :k].any(1)))
+    row = dict(name=args.name or args.model, model=args.model, scorer=args.scorer, candidates=K,
+               prompt_set=args.prompt_set, first=by_kind(correct[:, 0]), mean=by_kind(correct.mean(1)),
+               best_of=best_of, seconds=round(time.perf_counter() - started, 1))
+    print(json.dumps(row))
+    if args.results:
+        path = Path(args.results)
+        kept = json.loads(path.read_text()) if path.exists() else {"rows": []}
+        kept["rows"] = [r for r in kept["rows"] if r["name"] != row["name"]] + [
+            row | dict(date=time.strftime("%Y-%m-%d"), machine=machine(), commit=commit(),
+                       command=command_line("self_rerank.py", sys.argv[1:]))]
+        path.write_text(json.dumps(kept, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
