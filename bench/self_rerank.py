@@ -37,7 +37,7 @@ from docs_section import command_line, commit, machine  # noqa: E402
 from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor  # noqa: E402
 from dreamlet.judge import judge  # noqa: E402
-from dreamlet.pipeline import Pipeline, stage_seed  # noqa: E402
+from dreamlet.pipeline import Pipeline, candidate_seeds  # noqa: E402
 
 KINDS = ("seen", "heldout", "pair")
 
@@ -49,8 +49,7 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
     for i in range(0, len(images), 128):
         x, ids = to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128])
         if scorer in ("match", "classifier"):
-            noise = torch.stack([torch.randn(x.shape[1:], generator=torch.Generator().manual_seed(stage_seed(s, 1)))
-                                 for s in job_seeds[i:i + 128]])
+            noise = torch.stack([pipeline.match_noise(s) for s in job_seeds[i:i + 128]])  # as best_of's
             score = model.match(x, ids, noise)
             if scorer == "classifier":
                 score = score - model.match(x, pipeline.tokenizer([""] * len(x)), noise)
@@ -85,8 +84,9 @@ def main():
     jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)
     texts = [p.text for p, _ in jobs for _ in range(K)]
     started = time.perf_counter()
-    images = pipeline.draw(texts, [(K * s + c) % 2 ** 64 for _, s in jobs for c in range(K)])  # as best_of draws
-    correct = np.array([judge(image, p)["correct"] for image, (p, _) in zip(images, [j for j in jobs for _ in range(K)])])
+    images = pipeline.draw(texts, [c for _, s in jobs for c in candidate_seeds(s, K)])  # as best_of
+    candidate_jobs = [job for job in jobs for _ in range(K)]
+    correct = np.array([judge(image, p)["correct"] for image, (p, _) in zip(images, candidate_jobs)])
     score = scores(pipeline, args.scorer, images, texts, [s for _, s in jobs for _ in range(K)])
     correct, score = correct.reshape(len(jobs), K), score.reshape(len(jobs), K)
     kinds = np.array([p.kind for p, _ in jobs])

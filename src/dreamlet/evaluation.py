@@ -36,7 +36,7 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
                         f"score it with a CLIP instead: --clip CLIPMODEL")
     jobs = benchmark_jobs(prompts, seeds, prompt_set)
     started = time.perf_counter()
-    rerank = pipeline.default_rerank() if rerank is None else rerank
+    rerank = pipeline.default_rerank(rerank)
     images = pipeline.pictures([p.text for p, _ in jobs], [seed for _, seed in jobs], steps, guidance, sampler, rerank,
                                clip)
     seconds = time.perf_counter() - started
@@ -162,7 +162,7 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     data = data or pipeline.meta.get("data", "shapes")
     real, captions, pool = heldout_set(data, pipeline.image_size, count, **data_options(pipeline))
     started = time.perf_counter()
-    rerank = pipeline.default_rerank() if rerank is None else rerank
+    rerank = pipeline.default_rerank(rerank)
     fake = pipeline.pictures(captions, list(range(len(captions))), steps, guidance, sampler, rerank)
     seconds = time.perf_counter() - started
     config = pipeline.model.config

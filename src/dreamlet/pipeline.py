@@ -53,6 +53,12 @@ def seed_jobs(prompts: list[str], seed: int, num: int, steps: int | None = None,
                   key=lambda job: job[1])
 
 
+def candidate_seeds(seed: int, rerank: int) -> list[int]:
+    """The seeds of a picture's `rerank` candidates when it is the best of them: rerank * seed + c
+    (modulo 2^64, torch's seed range)."""
+    return [(rerank * seed + c) % 2 ** 64 for c in range(rerank)]
+
+
 def stage_seed(seed: int, size: int) -> int:
     """The seed of a picture's noise in a cascade's later stage, from the picture's seed and the stage's
     size: each stage draws its own noise, not the base stage's again in another shape."""
@@ -326,7 +332,7 @@ class Pipeline:
         ones, one per picture in drawing order), the pictures as a uint8 array, and with reranking (`rerank`
         K > 1; None: the model's default) the best of K candidates, by the CLIP `clip` (with each winner's
         CLIP score, DALL-E's best-of-K) or by the model's own judgement."""
-        rerank = self.default_rerank() if rerank is None else rerank
+        rerank = self.default_rerank(rerank)
         prompts = self.check_prompts(prompts)
         negatives = per_prompt(negative, prompts, "negative prompt")
         self.check_negative(negatives)
@@ -353,17 +359,25 @@ class Pipeline:
                  sampler: str | None = None, rerank: int | None = None, clip=None) -> np.ndarray:
         """One picture per (prompt, seed), (N, S, S, 3) uint8, as this model draws by default: the best of its
         `rerank` candidates (None: default_rerank()), by the CLIP `clip` or by its own judgement."""
-        rerank = self.default_rerank() if rerank is None else rerank
+        rerank = self.default_rerank(rerank)
         if rerank < 1:
             raise UserError("--rerank must be at least 1")
         if rerank == 1:
             return self.draw(prompts, seeds, steps=steps, guidance=guidance, sampler=sampler)
         return self.best_of(list(zip(prompts, seeds)), rerank, clip, steps, guidance, sampler).images
 
-    def default_rerank(self) -> int:
-        """How many candidates this model draws per picture unless told (its config's `rerank`; 1 for a
-        model that cannot judge its own pictures)."""
+    def default_rerank(self, rerank: int | None = None) -> int:
+        """How many candidates this model draws per picture: `rerank` when given, else its config's
+        `rerank` (1 for a model that cannot judge its own pictures)."""
+        if rerank is not None:
+            return rerank
         return getattr(self.model.config, "rerank", 1) if hasattr(self.model, "match") else 1
+
+    def match_noise(self, seed: int) -> torch.Tensor:
+        """The noise the model's own judgement (`match`) uses for every candidate of the picture with
+        this seed, in the shape of one picture's starting noise."""
+        shape = getattr(self.model, "noise_shape", (3, self.image_size, self.image_size))
+        return torch.randn(shape, generator=torch.Generator().manual_seed(stage_seed(seed, 1)))
 
     def best_of(self, jobs: list[tuple[str, int]], rerank: int, clip=None, steps: int | None = None,
                 guidance: float | None = None, sampler: str | None = None, negative: list[str] | None = None,
@@ -375,7 +389,7 @@ class Pipeline:
         the job's seed, which draws it again with the same `rerank`, as a seed does without reranking."""
         choose = self.clip_chooser(clip) if clip else self.own_chooser()
         negative = negative or [""] * len(jobs)
-        candidates = [(p, (rerank * s + c) % 2 ** 64) for p, s in jobs for c in range(rerank)]
+        candidates = [(p, c) for p, s in jobs for c in candidate_seeds(s, rerank)]
         drawn = self.draw([p for p, _ in candidates], [s for _, s in candidates], steps=steps, guidance=guidance,
                           sampler=sampler, negative=[n for n in negative for _ in range(rerank)], edit=edit,
                           progress=progress)
@@ -405,12 +419,10 @@ class Pipeline:
 
         @torch.no_grad()
         def choose(group: np.ndarray, prompt: str, seed: int):
-            shape = getattr(self.model, "noise_shape", (3, self.image_size, self.image_size))
-            noise = torch.randn(shape, generator=torch.Generator().manual_seed(stage_seed(seed, 1)))
+            noise = self.match_noise(seed).expand(len(group), -1, -1, -1).to(self.device)
             ids = self.tokenizer([prompt] * len(group)).to(self.device)
             with autocast(self.device, self.precision):
-                match = self.model.match(to_tensor(group).to(self.device), ids,
-                                         noise.expand(len(group), *shape).to(self.device))
+                match = self.model.match(to_tensor(group).to(self.device), ids, noise)
             return match.float().cpu().numpy(), False
         return choose
 
