@@ -1,0 +1,130 @@
+"""Other ways to guide a diffusion model while it draws, judged on the shapes prompts (the validation set
+unless told, as designs are chosen there): K candidates per prompt, what one picture gets on average
+("alone"), the model's own best of K (`match`, as it draws by default) and the oracle of K.
+
+    .venv/bin/python bench/guidance_variants.py MODEL [--weak WEAK_MODEL] cfg:3 interval:3,0.6,1,2 auto:3,1 ...
+        [--candidates 4] [--results bench/results/X.json]
+
+Variants (x0: the clean estimate; c, u: the model's with the caption and with the empty one):
+- cfg:G            classifier-free guidance, x0 = u + G (c - u) (the default, G = 3);
+- interval:G,LO,HI,OUT   G while LO <= t <= HI, OUT elsewhere (guidance in a limited interval,
+                   Kynkaanniemi et al. 2024: the trade of copies against wrong shapes is made at high noise);
+- auto:G,W         classifier-free guidance G plus W (c - w) away from a weaker model's estimate w with the
+                   same caption (autoguidance, Karras et al. 2024: the weaker model makes the same mistakes,
+                   more often); WEAK_MODEL: a model with the same tokenizer trained for fewer steps.
+The experiments live here, not in the family: none is a default.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from docs_section import command_line, commit, machine  # noqa: E402
+
+from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
+from dreamlet.images import to_tensor, to_uint8  # noqa: E402
+from dreamlet.judge import judge  # noqa: E402
+from dreamlet.models.diffusion.sampling import SAMPLERS  # noqa: E402
+from dreamlet.models.diffusion.schedule import sampling_times  # noqa: E402
+from dreamlet.pipeline import Pipeline, candidate_seeds  # noqa: E402
+
+KINDS = ("seen", "heldout", "pair")
+
+
+def guided(model, weak, ids, empty, variant: str):
+    """A sampler's denoise(x, t) -> x0 for one variant."""
+    kind, values = variant.split(":")
+    values = [float(v) for v in values.split(",")]
+    both = model.denoiser.guided(model.condition(torch.cat([ids, empty.expand(len(ids), -1)])), 1.0, 0.0, False)
+    weaker = weak.denoiser.guided(weak.condition(ids), 1.0, 0.0, False) if kind == "auto" else None
+
+    def denoise(x, t):
+        c, u = both(x.repeat(2, 1, 1, 1), t).chunk(2)
+        if kind == "cfg":
+            x0 = u + values[0] * (c - u)
+        elif kind == "interval":
+            g, low, high, outside = values
+            x0 = u + (g if low <= float(t) <= high else outside) * (c - u)
+        elif kind == "auto":
+            x0 = u + values[0] * (c - u) + values[1] * (c - weaker(x, t))
+        else:
+            raise ValueError(f"unknown variant {variant!r}")
+        return x0.clamp(-1, 1)
+    return denoise
+
+
+@torch.no_grad()
+def draw(pipeline: Pipeline, weak, texts: list[str], seeds: list[int], variant: str, batch: int = 64) -> np.ndarray:
+    model, out = pipeline.model, []
+    empty = pipeline.tokenizer([""])
+    for i in range(0, len(texts), batch):
+        ids = pipeline.tokenizer(texts[i:i + batch])
+        noise = torch.stack([torch.randn((3, pipeline.image_size, pipeline.image_size),
+                                         generator=torch.Generator().manual_seed(s)) for s in seeds[i:i + batch]])
+        x = SAMPLERS[model.config.sampler](guided(model, weak, ids, empty, variant), noise,
+                                           sampling_times(model.config.steps))
+        out.append(to_uint8(x.clamp(-1, 1)))
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def match_scores(pipeline: Pipeline, images: np.ndarray, texts: list[str], job_seeds: list[int]) -> np.ndarray:
+    out = []
+    for i in range(0, len(images), 128):
+        noise = torch.stack([pipeline.match_noise(s) for s in job_seeds[i:i + 128]])
+        out.append(pipeline.model.match(to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128]),
+                                        noise).numpy())
+    return np.concatenate(out)
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("variants", nargs="+")
+    parser.add_argument("--weak", help="the weaker model for auto: variants")
+    parser.add_argument("--candidates", type=int, default=4)
+    parser.add_argument("--prompts", type=int, default=64)
+    parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
+    parser.add_argument("--results", help="a JSON file to add these rows to (bench/results/...)")
+    args = parser.parse_args()
+    pipeline, K = Pipeline.load(args.model), args.candidates
+    weak = Pipeline.load(args.weak).model.eval() if args.weak else None
+    jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)
+    kinds = np.array([p.kind for p, _ in jobs])
+    texts = [p.text for p, _ in jobs for _ in range(K)]
+    seeds = [c for _, s in jobs for c in candidate_seeds(s, K)]
+    score_seeds = [s for _, s in jobs for _ in range(K)]
+
+    def by_kind(values):
+        return {kind: round(float(values[kinds == kind].mean()), 3) for kind in KINDS}
+    for variant in args.variants:
+        started = time.perf_counter()
+        images = draw(pipeline, weak, texts, seeds, variant)
+        correct = np.array([judge(image, p)["correct"] for image, (p, _) in
+                            zip(images, [job for job in jobs for _ in range(K)])]).reshape(len(jobs), K)
+        score = match_scores(pipeline, images, texts, score_seeds).reshape(len(jobs), K)
+        row = dict(name=f"{Path(args.model).name} {variant}", model=args.model, variant=variant,
+                   weak=args.weak if variant.startswith("auto") else None, candidates=K, prompt_set=args.prompt_set,
+                   alone=by_kind(correct.mean(1)), best=by_kind(correct[np.arange(len(jobs)), score.argmax(1)]),
+                   oracle=by_kind(correct.any(1)), seconds=round(time.perf_counter() - started, 1))
+        print(json.dumps(row), flush=True)
+        if args.results:
+            path = Path(args.results)
+            kept = json.loads(path.read_text()) if path.exists() else {"rows": []}
+            kept["rows"] = [r for r in kept["rows"] if r["name"] != row["name"]] + [
+                row | dict(date=time.strftime("%Y-%m-%d"), machine=machine(), commit=commit(),
+                           command=command_line("guidance_variants.py", sys.argv[1:]))]
+            path.write_text(json.dumps(kept, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
