@@ -50,11 +50,6 @@ class GanConfig:
     mismatch_weight: float = 0.5   # weight of "real picture, wrong caption" among the fakes
     r1: float = 0.0                # R1 penalty weight on real pictures (0: off)
     diffaugment: str = ""          # comma list of color, translation, cutout (Zhao et al. 2020); for small sets
-    reconstruction: float = 0.0    # cVAE-GAN (BicycleGAN): L1 weight of redrawing a real picture from its caption and
-                                   # its encoded noise (0: off)
-    kl: float = 0.01               # weight of the encoded noise's KL divergence from the normal prior
-    recon_text: bool = True        # the reconstruction loss also trains the text encoder
-    recon_loss: str = "l1"         # l1 | mse
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -164,22 +159,6 @@ class Discriminator(nn.Module):
         return score
 
 
-class NoiseEncoder(nn.Module):
-    """A real picture -> the mean and log-variance of the noise vector that redraws it (cVAE-GAN's encoder)."""
-
-    def __init__(self, c: GanConfig):
-        super().__init__()
-        n = blocks_for(c)
-        widths = [min(c.d_width * 2 ** i, c.max_width) for i in range(n + 1)]
-        layers = [nn.PixelUnshuffle(c.unshuffle), nn.Conv2d(3 * c.unshuffle ** 2, widths[0], 3, padding=1)]
-        for i in range(n):
-            layers += [nn.LeakyReLU(0.2), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1), nn.AvgPool2d(2)]
-        self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(widths[-1] * 16, 2 * c.noise_dim))
-
-    def forward(self, images):
-        return self.net(images).chunk(2, dim=1)
-
-
 def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None) -> torch.Tensor:
     """Differentiable augmentation, the same kinds for real and fake pictures (Zhao et al. 2020)."""
     B, _, S, _ = x.shape
@@ -233,17 +212,13 @@ class TextToImageGAN(nn.Module):
             self.text_to_cond = nn.Linear(2 * config.text.width, config.cond_dim)
         self.generator = Generator(config)
         self.discriminator = Discriminator(config, config.cond_dim if self.conditional else 0)
-        if config.reconstruction:
-            self.encoder = NoiseEncoder(config)
         self.history: list[dict] = []   # recent training statistics, for collapse detection
         self.steps_seen = 0              # this process's training steps (a fresh generator starts out alike)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Generator and discriminator (with the text encoder) as separate Adam groups, beta1 = 0."""
-        drawing = ("generator.", "encoder.")
-        critic = [p for name, p in self.named_parameters() if not name.startswith(drawing)]
-        generator = [p for name, p in self.named_parameters() if name.startswith(drawing)]
-        return [{"params": generator, "betas": (0.0, 0.99), "weight_decay": weight_decay},
+        critic = [p for name, p in self.named_parameters() if not name.startswith("generator.")]
+        return [{"params": list(self.generator.parameters()), "betas": (0.0, 0.99), "weight_decay": weight_decay},
                 {"params": critic, "betas": (0.0, 0.99), "weight_decay": weight_decay,
                  "lr_scale": self.config.d_lr_scale}]
 
@@ -293,13 +268,6 @@ class TextToImageGAN(nn.Module):
             d_loss = d_loss + c.r1 / 2 * grad.pow(2).sum([1, 2, 3]).mean()
 
         g_loss = generator_hinge(self.discriminator, self.augment(fake, generator), g_text)
-        if c.reconstruction:
-            mean, log_var = self.encoder(images.detach())
-            eps = torch.randn(mean.shape, generator=generator).to(mean.device)
-            redrawn = self.generator(mean + (0.5 * log_var).exp() * eps, text if c.recon_text else g_text)
-            kl = 0.5 * (mean.pow(2) + log_var.exp() - 1 - log_var).sum(1).mean()
-            error = (redrawn - images.detach()).abs() if c.recon_loss == "l1" else (redrawn - images.detach()).pow(2)
-            g_loss = g_loss + c.reconstruction * error.mean() + c.kl * kl
 
         with torch.no_grad():
             spread = lambda x: x.float().std(0).mean().item()  # noqa: E731
