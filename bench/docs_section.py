@@ -83,3 +83,15 @@ def keep_results(where: str | Path, command: str, rows: list, threads: str | Non
                 rows=rows)
     path.write_text(json.dumps(kept, indent=2, default=str) + "\n")
     return kept
+
+
+def add_row(path: str | Path, row: dict, script: str, argv: list[str]) -> None:
+    """Add one row (replacing the row of the same name) to a results file that collects rows measured one
+    at a time, each with its own date, machine, commit and command."""
+    import json
+    import time
+    path = Path(path)
+    kept = json.loads(path.read_text()) if path.exists() else {"rows": []}
+    kept["rows"] = [r for r in kept["rows"] if r["name"] != row["name"]] + [
+        row | dict(date=time.strftime("%Y-%m-%d"), machine=machine(), commit=commit(), command=command_line(script, argv))]
+    path.write_text(json.dumps(kept, indent=2) + "\n")

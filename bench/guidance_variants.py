@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, commit, machine  # noqa: E402
+from docs_section import add_row  # noqa: E402
 
 from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor, to_uint8  # noqa: E402
@@ -118,12 +118,7 @@ def main():
                    oracle=by_kind(correct.any(1)), seconds=round(time.perf_counter() - started, 1))
         print(json.dumps(row), flush=True)
         if args.results:
-            path = Path(args.results)
-            kept = json.loads(path.read_text()) if path.exists() else {"rows": []}
-            kept["rows"] = [r for r in kept["rows"] if r["name"] != row["name"]] + [
-                row | dict(date=time.strftime("%Y-%m-%d"), machine=machine(), commit=commit(),
-                           command=command_line("guidance_variants.py", sys.argv[1:]))]
-            path.write_text(json.dumps(kept, indent=2) + "\n")
+            add_row(args.results, row, "guidance_variants.py", sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from docs_section import command_line, commit, machine  # noqa: E402
+from docs_section import add_row  # noqa: E402
 
 from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor  # noqa: E402
@@ -102,12 +102,7 @@ def main():
                best_of=best_of, seconds=round(time.perf_counter() - started, 1))
     print(json.dumps(row))
     if args.results:
-        path = Path(args.results)
-        kept = json.loads(path.read_text()) if path.exists() else {"rows": []}
-        kept["rows"] = [r for r in kept["rows"] if r["name"] != row["name"]] + [
-            row | dict(date=time.strftime("%Y-%m-%d"), machine=machine(), commit=commit(),
-                       command=command_line("self_rerank.py", sys.argv[1:]))]
-        path.write_text(json.dumps(kept, indent=2) + "\n")
+        add_row(args.results, row, "self_rerank.py", sys.argv[1:])
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ from dreamlet.checkpoint import UserError
 from dreamlet.config import updated
 from dreamlet.models import get_family
 from dreamlet.models.diffusion import PRESETS, DiffusionConfig, TextToImageDiffusion
-from dreamlet.models.diffusion.denoiser import Condition, Denoiser, dynamic_threshold
+from dreamlet.models.diffusion.denoiser import DETAIL_TIME, Condition, Denoiser, dynamic_threshold
 from dreamlet.models.diffusion.sampling import SAMPLERS
 from dreamlet.models.diffusion.schedule import alpha_sigma, sampling_times
 from dreamlet.pipeline import Pipeline
@@ -187,6 +187,26 @@ def test_guidance_mixes_the_two_halves_and_one_draws_the_caption_alone():
     assert torch.allclose(guided, (unconditional + 3 * (conditional - unconditional)).clamp(-1, 1), atol=1e-6)
     alone = denoiser.guided(Condition(text[:1], cond.keep[:1], cond.pooled[:1]), 1.0)(x, t)
     assert torch.allclose(alone, conditional.clamp(-1, 1), atol=1e-6)
+
+
+def test_guidance_keeps_its_detail_share_below_the_detail_time_only():
+    """guidance_detail = 0.5 with guidance 3: scale 3 while the layout is decided (t >= 0.6), 2 below."""
+    denoiser = Denoiser(Scaled())
+    cond = Condition(torch.zeros(2, 1, 4), torch.ones(2, 1, dtype=torch.bool), torch.tensor([[0.5] * 4, [0.0] * 4]))
+    x = torch.randn(1, 3, 4, 4) * 0.1
+    for t, scale in [(0.9, 3.0), (DETAIL_TIME, 3.0), (0.59, 2.0), (0.1, 2.0)]:
+        t = torch.tensor(t, dtype=torch.float64)
+        a, s = alpha_sigma(t)
+        conditional, unconditional = ((a * x - s * (0.1 * x + c)).float() for c in (0.5, 0.0))
+        expected = (unconditional + scale * (conditional - unconditional)).clamp(-1, 1)
+        assert torch.allclose(denoiser.guided(cond, 3.0, detail=0.5)(x, t), expected, atol=1e-6)
+        same = (unconditional + 3.0 * (conditional - unconditional)).clamp(-1, 1)
+        assert torch.allclose(denoiser.guided(cond, 3.0)(x, t), same, atol=1e-6)  # the default: constant
+    model = TextToImageDiffusion(tiny(16))
+    ids, empty, noise = torch.randint(4, 64, (1, 24)), torch.zeros(1, 24, dtype=torch.long), torch.randn(1, 3, 16, 16)
+    constant = model.generate(ids, empty, noise, steps=4)
+    model.config.guidance_detail = 0.5
+    assert not torch.equal(model.generate(ids, empty, noise, steps=4), constant)
 
 
 def test_dynamic_threshold_divides_overshooting_estimates_and_keeps_others():

@@ -17,6 +17,10 @@ import torch.nn.functional as F
 from .schedule import alpha_sigma
 
 
+# Below this noise level a picture's layout is set and guidance shapes its detail (Denoiser.guided's `detail`).
+DETAIL_TIME = 0.6
+
+
 @dataclass
 class Condition:
     """What the network reads besides the noisy picture and the time, computed once for a batch
@@ -58,9 +62,12 @@ class Denoiser:
         target = a * noise - s * images
         return F.mse_loss(self.velocity(a * images + s * noise, t, cond).float(), target)
 
-    def guided(self, cond: Condition, guidance: float, threshold: float = 0.0, bounded: bool = True) -> Callable:
+    def guided(self, cond: Condition, guidance: float, threshold: float = 0.0, bounded: bool = True,
+               detail: float = 1.0) -> Callable:
         """A sampler's `denoise(x, t) -> x0`: with guidance g != 1, `cond` holds the caption's half then the
-        unconditional (empty or negative caption) half, and x0 = uncond + g (cond - uncond). Pictures are
+        unconditional (empty or negative caption) half, and x0 = uncond + g (cond - uncond). Below
+        t = DETAIL_TIME the scale keeps the share `detail` of its excess over 1, 1 + detail (g - 1) (guidance
+        by noise level, Kynkaanniemi et al. 2024: the layout is decided above, the detail below). Pictures are
         `bounded` in [-1, 1]: the estimate is brought back there (`dynamic_threshold` at percentile
         `threshold`, 0: clipping); latents are not."""
         halves = 1 if guidance == 1 else 2
@@ -73,7 +80,8 @@ class Denoiser:
             x0 = (a * x - s * v).float()
             if halves == 2:
                 conditional, unconditional = x0.chunk(2)
-                x0 = unconditional + guidance * (conditional - unconditional)
+                scale = guidance if float(t) >= DETAIL_TIME else 1 + detail * (guidance - 1)
+                x0 = unconditional + scale * (conditional - unconditional)
             return dynamic_threshold(x0, threshold) if bounded else x0
 
         return denoise

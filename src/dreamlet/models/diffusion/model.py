@@ -36,6 +36,8 @@ class DiffusionConfig:
     sampler: str = "dpmpp_2m"         # default sampler: dpmpp_2m | ddim
     steps: int = 20                   # default sampling steps
     guidance: float = 3.0             # default classifier-free guidance scale (1: none)
+    guidance_detail: float = 1.0      # share of the guidance's excess over 1 kept below t = 0.6, once the layout
+                                      # is set (0.5: 3 -> 2 there; eleventh round, a candidate default)
     dynamic_threshold: float = 0.0    # > 0: Imagen's dynamic thresholding of the clean estimate at this percentile
                                       # of |x0| (e.g. 0.995, for high guidance); 0: static clipping to [-1, 1]
     rerank: int = 4                   # default candidates per picture, the one the model itself finds closest to
@@ -125,7 +127,8 @@ class TextToImageDiffusion(nn.Module):
         guidance = c.guidance if guidance is None else guidance
         if guidance != 1:
             ids = torch.cat([ids, empty_ids.expand(len(ids), -1)])
-        denoise = self.denoiser.guided(self.condition(ids), guidance, c.dynamic_threshold, self.bounded)
+        denoise = self.denoiser.guided(self.condition(ids), guidance, c.dynamic_threshold, self.bounded,
+                                       c.guidance_detail)
         times = sampling_times(steps or c.steps) if init is None else edit_times(steps or c.steps, strength)
         x, keep = edit_start(noise.float(), times, init, mask)
         x = SAMPLERS[sampler or c.sampler](denoise, x, times, with_progress(keep, progress, len(times) - 1))
