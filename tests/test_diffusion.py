@@ -102,7 +102,7 @@ def test_save_load_gives_identical_samples(tiny_run, tmp_path):
     prompts = ["a large green diamond at the center"]
     assert (pipe.draw(prompts, [7], steps=4) == again.draw(prompts, [7], steps=4)).all()
     assert not any(p.suffix in (".pt", ".pkl", ".bin") for p in (tiny_run / "model").iterdir())
-    assert json.loads((tmp_path / "copy" / "config.json").read_text())["config_version"] == 3
+    assert json.loads((tmp_path / "copy" / "config.json").read_text())["config_version"] == 4
 
 
 @pytest.mark.parametrize("power", [2.0, 8.0])
@@ -204,9 +204,20 @@ def test_guidance_keeps_its_detail_share_below_the_detail_time_only():
         assert torch.allclose(denoiser.guided(cond, 3.0)(x, t), same, atol=1e-6)  # the default: constant
     model = TextToImageDiffusion(tiny(16))
     ids, empty, noise = torch.randint(4, 64, (1, 24)), torch.zeros(1, 24, dtype=torch.long), torch.randn(1, 3, 16, 16)
+    model.config.guidance_detail = 1.0
     constant = model.generate(ids, empty, noise, steps=4)
     model.config.guidance_detail = 0.5
     assert not torch.equal(model.generate(ids, empty, noise, steps=4), constant)
+
+
+def test_a_version_3_model_keeps_constant_guidance_and_a_new_one_guides_less_below_the_detail_time(tiny_run, tmp_path):
+    shutil.copytree(tiny_run / "model", tmp_path / "old")
+    config = json.loads((tmp_path / "old" / "config.json").read_text())
+    assert config["config_version"] == 4 and config["model"]["guidance_detail"] == 0.5
+    del config["model"]["guidance_detail"]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(config | {"config_version": 3}))
+    assert Pipeline.load(tmp_path / "old").model.config.guidance_detail == 1.0
+    assert DiffusionConfig().guidance_detail == 0.5
 
 
 def test_dynamic_threshold_divides_overshooting_estimates_and_keeps_others():

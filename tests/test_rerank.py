@@ -70,7 +70,7 @@ def test_the_judge_reports_how_it_drew(tiny_run, tmp_path):
 def test_a_model_saved_before_draws_one_picture_and_others_need_a_clip(tmp_path):
     from pathlib import Path
     old = dreamlet.load(Path(__file__).parent / "fixtures" / "diffusion-v1")
-    assert old.model.config.rerank == 1 and old.default_rerank() == 1
+    assert old.model.config.rerank == 1 and old.default_rerank() == 1 and old.model.config.guidance_detail == 1.0
     run = tmp_path / "gan"
     assert main(["train", "--model", "gan", "--size", "16", "--steps", "1", "--out", str(run), "--set", "g_width=32",
                  "--set", "d_width=8", "--batch-size", "4"]) == 0

@@ -78,14 +78,14 @@ def test_a_checkpoint_of_another_config_version_is_refused_in_one_line_and_kept(
     tiny = ["--size", "16", "--preset", "tiny", "--batch-size", "4", "--sample-every", "0", "--checkpoint-every", "0"]
     assert main(["train", *tiny, "--steps", "2", "--out", str(run)]) == 0
     state = json.loads((run / "checkpoint" / "state.json").read_text())
-    assert state["config_version"] == 3
-    state["config_version"] = 2
+    assert state["config_version"] == 4
+    state["config_version"] = 3
     (run / "checkpoint" / "state.json").write_text(json.dumps(state))
     before = (run / "checkpoint" / "state.safetensors").read_bytes()
     capsys.readouterr()
     assert main(["train", *tiny, "--steps", "4", "--out", str(run), "--resume"]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and "config version 2" in err and "its model in" in err
+    assert "\n" not in err and "config version 3" in err and "its model in" in err
     assert (run / "checkpoint" / "state.safetensors").read_bytes() == before
 
 

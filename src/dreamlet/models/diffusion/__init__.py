@@ -62,9 +62,15 @@ def diffusion_v3(config: dict) -> dict:
     return config | {"rerank": 1}
 
 
+def diffusion_v4(config: dict) -> dict:
+    """Version 4 guides less below t = 0.6 by default (`guidance_detail`); a model saved before keeps constant
+    guidance, as it drew."""
+    return config | {"guidance_detail": 1.0}
+
+
 FAMILY = Family(
     "diffusion", DiffusionConfig, TextToImageDiffusion, PRESETS, flags=(TEXT_ENCODER_FLAG,), edits=True, steps=True,
-    version=3, migrations={1: diffusion_v2, 2: diffusion_v3},
+    version=4, migrations={1: diffusion_v2, 2: diffusion_v3, 3: diffusion_v4},
     renames={1: {f"net.layout_{old}": f"preview.{new}" for old, new in [
         ("in", "pooled"), ("queries", "queries"), ("kv", "kv"), ("null", "null"), ("read", "read"),
         ("out", "to_tokens"), ("preview", "to_picture")]}})
