@@ -6,13 +6,16 @@ unless told, as designs are chosen there): K candidates per prompt, what one pic
         [--candidates 4] [--results bench/results/X.json]
 
 Variants (x0: the clean estimate; c, u: the model's with the caption and with the empty one):
-- cfg:G            classifier-free guidance, x0 = u + G (c - u) (the default, G = 3);
+- cfg:G            constant classifier-free guidance, x0 = u + G (c - u) (the default before the eleventh
+                   round, G = 3);
 - interval:G,LO,HI,OUT   G while LO <= t <= HI, OUT elsewhere (guidance in a limited interval,
                    Kynkaanniemi et al. 2024: the trade of copies against wrong shapes is made at high noise);
 - auto:G,W         classifier-free guidance G plus W (c - w) away from a weaker model's estimate w with the
                    same caption (autoguidance, Karras et al. 2024: the weaker model makes the same mistakes,
                    more often); WEAK_MODEL: a model with the same tokenizer trained for fewer steps.
-The experiments live here, not in the family: none is a default.
+The experiments live here, not in the family. Two are what the family draws with guidance G: cfg:G with
+`guidance_detail` 1, and interval:G,0.6,1,H with `guidance_detail` (H - 1) / (G - 1) (the default since the eleventh
+round: interval:3,0.6,1,2); autoguidance and other intervals are not in the family.
 """
 from __future__ import annotations
 

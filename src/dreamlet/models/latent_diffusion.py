@@ -30,7 +30,7 @@ class LatentDiffusionConfig(DiffusionConfig):
     image_size: int = 64               # pixels (`--size`); the autoencoder's size
     dit: DiTConfig = field(default_factory=lambda: DiTConfig(patch=2))  # 16 x 16 latents -> 8 x 8 tokens
     rerank: int = 1   # reranking by match() is measured on pixel-space diffusion only: one picture by default
-    guidance_detail: float = 1.0       # as is guidance by noise level: constant guidance
+    guidance_detail: float = 1.0       # guidance by noise level is measured on pixel-space diffusion only: constant
     autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
     autoencoder_dir: str = ""          # the autoencoder it was trained with (OUT/autoencoder/model, or --autoencoder)
     latent_scale: float = 1.0          # latents times this have unit variance (measured on the training pictures)
