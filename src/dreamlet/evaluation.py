@@ -42,19 +42,21 @@ def evaluate_shapes(model_dir: str | Path | Pipeline, prompts: int = 64, seeds: 
     seconds = time.perf_counter() - started
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
     report = summarize(results)
-    config = pipeline.model.config
     report |= {
         "model": str(model_dir), "benchmark": "shapes", "size": pipeline.image_size,
         "prompts_per_kind": prompts, "seeds": seeds, "prompt_set": prompt_set,
-        # a family that draws in one pass may have no steps, guidance or sampler: None in the report
-        "steps": steps or getattr(config, "steps", None),
-        "guidance": getattr(config, "guidance", None) if guidance is None else guidance,
-        "sampler": sampler or getattr(config, "sampler", None), "rerank": rerank,
+        **drawing_settings(pipeline, steps, guidance, sampler), "rerank": rerank,
         "seconds_per_image": seconds / len(jobs),
         "failures": [{"prompt": p.text, "seed": seed, "found": r["found"]}
                      for (p, seed), (_, r) in zip(jobs, results) if not r["correct"]][:40],
     }
     return report
+
+
+def drawing_settings(pipeline, steps, guidance, sampler) -> dict:
+    """Steps, guidance (and how it changes with noise, where it does) and sampler as the pictures were drawn;
+    None where the family has no such setting (a GAN draws in one pass)."""
+    return {k: v for k, v in pipeline.settings(steps, guidance, sampler).items() if k not in ("model", "family")}
 
 
 def write_report(report: dict, out: str | Path) -> tuple[Path, Path]:
@@ -75,8 +77,11 @@ def drawing(report: dict) -> str:
     """How a report's pictures were drawn, for its markdown: the sampler's steps and guidance."""
     if report["steps"] is None:
         return "one forward pass"
-    sampler = f" {report['sampler']}" if report.get("sampler") else ""  # a CLIP report does not say
-    return f"{report['steps']}{sampler} steps, guidance {report['guidance']}"
+    sampler = f" {report['sampler']}" if report.get("sampler") else ""  # an older CLIP report does not say
+    guidance, detail = report["guidance"], report.get("guidance_detail")
+    if detail is not None and detail != 1 and guidance is not None:   # diffusion guides less once the layout is set
+        return f"{report['steps']}{sampler} steps, guidance {guidance} ({1 + detail * (guidance - 1):g} below t = 0.6)"
+    return f"{report['steps']}{sampler} steps, guidance {guidance}"
 
 
 def markdown(report: dict) -> str:
@@ -165,11 +170,8 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     rerank = pipeline.default_rerank(rerank)
     fake = pipeline.pictures(captions, list(range(len(captions))), steps, guidance, sampler, rerank)
     seconds = time.perf_counter() - started
-    config = pipeline.model.config
     report = {"model": str(model_dir), "clip": str(clip_dir), "data": data, "pictures": len(fake),
-              "distractors": distractors, "steps": steps or getattr(config, "steps", None),  # a GAN has neither
-              "guidance": getattr(config, "guidance", None) if guidance is None else guidance,
-              "rerank": rerank, "seconds_per_image": seconds / len(fake),
+              "distractors": distractors, **drawing_settings(pipeline, steps, guidance, sampler), "rerank": rerank, "seconds_per_image": seconds / len(fake),
               "clip_score": scorer.clip_score(fake, captions), "clip_score_real": scorer.clip_score(real, captions),
               "r_precision": scorer.r_precision(fake, captions, pool, distractors),
               "r_precision_real": scorer.r_precision(real, captions, pool, distractors)}

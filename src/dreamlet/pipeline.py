@@ -318,11 +318,13 @@ class Pipeline:
 
     def settings(self, steps: int | None = None, guidance: float | None = None, sampler: str | None = None) -> dict:
         """The settings a drawing used, with this model's defaults for those not given (None where the
-        family has no such setting, as a GAN has no steps)."""
+        family has no such setting, as a GAN has no steps), and how guidance changes with the noise level
+        where the model's does (diffusion's `guidance_detail`)."""
         config = self.model.config
         given = dict(steps=steps, guidance=guidance, sampler=sampler)
+        detail = {"guidance_detail": config.guidance_detail} if hasattr(config, "guidance_detail") else {}
         return {"model": str(self.path) if self.path else None, "family": self.family} | {
-            name: value if value is not None else getattr(config, name, None) for name, value in given.items()}
+            name: value if value is not None else getattr(config, name, None) for name, value in given.items()} | detail
 
     def run(self, prompts: list[str], seed: int = 0, num: int = 1, steps: int | None = None,
             guidance: float | None = None, sampler: str | None = None, rerank: int | None = None, clip=None,
