@@ -50,6 +50,11 @@ class GanConfig:
     mismatch_weight: float = 0.5   # weight of "real picture, wrong caption" among the fakes
     r1: float = 0.0                # R1 penalty weight on real pictures (0: off)
     diffaugment: str = ""          # comma list of color, translation, cutout (Zhao et al. 2020); for small sets
+    spectral_norm: bool = True     # spectral norm on every discriminator weight (off: rely on r1)
+    regression: float = 0.0        # weight of the mean squared error between a drawing and its caption's real picture
+    adversarial: float = 1.0       # weight of the generator's adversarial loss (experiment)
+    g_moves_text: bool = False     # experiment: the generator's losses also train the text encoder
+    regression_text: bool = False  # experiment: the regression, in a second generator pass, trains the text encoder
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -128,11 +133,11 @@ class DownBlock(nn.Module):
     """A 3x3 conv at the input resolution, 2x average pool, a 3x3 conv to more channels at the
     output resolution; residual, spectral norm on every weight."""
 
-    def __init__(self, channels: int, out: int):
+    def __init__(self, channels: int, out: int, sn=spectral_norm):
         super().__init__()
-        self.conv1 = spectral_norm(nn.Conv2d(channels, channels, 3, padding=1))
-        self.conv2 = spectral_norm(nn.Conv2d(channels, out, 3, padding=1))
-        self.skip = spectral_norm(nn.Conv2d(channels, out, 1))
+        self.conv1 = sn(nn.Conv2d(channels, channels, 3, padding=1))
+        self.conv2 = sn(nn.Conv2d(channels, out, 3, padding=1))
+        self.skip = sn(nn.Conv2d(channels, out, 1))
 
     def forward(self, x):
         h = F.avg_pool2d(self.conv1(F.leaky_relu(x, 0.2)), 2)
@@ -144,12 +149,13 @@ class Discriminator(nn.Module):
         super().__init__()
         n = blocks_for(c)
         widths = [min(c.d_width * 2 ** i, c.max_width) for i in range(n + 1)]
+        sn = spectral_norm if c.spectral_norm else (lambda layer: layer)
         self.stem = nn.Sequential(nn.PixelUnshuffle(c.unshuffle),
-                                  spectral_norm(nn.Conv2d(3 * c.unshuffle ** 2, widths[0], 3, padding=1)))
-        self.blocks = nn.Sequential(*(DownBlock(widths[i], widths[i + 1]) for i in range(n)))
+                                  sn(nn.Conv2d(3 * c.unshuffle ** 2, widths[0], 3, padding=1)))
+        self.blocks = nn.Sequential(*(DownBlock(widths[i], widths[i + 1], sn) for i in range(n)))
         features = widths[-1] * 16
-        self.score = spectral_norm(nn.Linear(features, 1))
-        self.project = spectral_norm(nn.Linear(text_dim, features)) if text_dim else None
+        self.score = sn(nn.Linear(features, 1))
+        self.project = sn(nn.Linear(text_dim, features)) if text_dim else None
 
     def forward(self, images, text=None):
         h = F.leaky_relu(self.blocks(self.stem(images)), 0.2).flatten(1)   # (B, C * 4 * 4)
@@ -247,7 +253,7 @@ class TextToImageGAN(nn.Module):
         B, c = images.shape[0], self.config
         z = self.noise(ids, torch.randn(B, c.noise_dim, generator=generator).to(images.device))
         text = self.caption(ids) if self.conditional else None
-        g_text = text.detach() if self.conditional else None
+        g_text = (text if c.g_moves_text else text.detach()) if self.conditional else None
         fake = self.generator(z, g_text)
 
         real = images.requires_grad_(c.r1 > 0)
@@ -267,7 +273,10 @@ class TextToImageGAN(nn.Module):
             grad, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
             d_loss = d_loss + c.r1 / 2 * grad.pow(2).sum([1, 2, 3]).mean()
 
-        g_loss = generator_hinge(self.discriminator, self.augment(fake, generator), g_text)
+        g_loss = c.adversarial * generator_hinge(self.discriminator, self.augment(fake, generator), g_text)
+        if c.regression:
+            drawn = self.generator(z, text) if c.regression_text else fake
+            g_loss = g_loss + c.regression * F.mse_loss(drawn, images.detach())
 
         with torch.no_grad():
             spread = lambda x: x.float().std(0).mean().item()  # noqa: E731
