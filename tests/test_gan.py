@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from dreamlet.cli import main
-from dreamlet.config import updated
-from dreamlet.models.gan import PRESETS, GanConfig, TextToImageGAN, diff_augment, hash_noise
+from dreamlet.config import to_dict, updated
+from dreamlet.models.gan import FAMILY, PRESETS, GanConfig, TextToImageGAN, diff_augment, hash_noise
 from dreamlet.pipeline import Pipeline
 
 TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--checkpoint-every", "0"]
@@ -55,13 +56,36 @@ def test_one_backward_pass_trains_generator_discriminator_and_text_encoder():
     d_loss, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
     reached = lambda loss, params: [g is not None and g.abs().sum() > 0  # noqa: E731
                                     for g in torch.autograd.grad(loss, list(params), retain_graph=True, allow_unused=True)]
-    critic = [p for name, p in model.named_parameters() if not name.startswith("generator.")]
+    text = list(model.text_encoder.parameters()) + list(model.text_to_cond.parameters())
     assert not any(reached(d_loss, model.generator.parameters()))  # fakes are detached for the discriminator
-    assert not any(reached(g_loss, critic))  # the generator's loss goes through a frozen discriminator and text
+    assert not any(reached(g_loss, model.discriminator.parameters()))  # the generator's loss: a frozen discriminator
     assert all(reached(g_loss, model.generator.parameters()))
+    assert any(reached(g_loss, text))  # the redrawing loss teaches the text encoder what the picture needs
     (d_loss + g_loss).backward()
     assert model.discriminator.project.parametrizations.weight.original.grad.abs().sum() > 0
-    assert model.text_encoder.token.weight.grad.abs().sum() > 0  # learned through the matching-aware term
+    assert model.text_encoder.token.weight.grad.abs().sum() > 0
+
+    # the adversarial loss alone reaches neither the discriminator nor the text encoder: it cannot bend the
+    # caption's meaning to please the discriminator
+    adversarial_only = tiny(regression=0.0).train()
+    d_loss, g_loss = adversarial_only.losses(images, ids, torch.Generator().manual_seed(0))
+    critic = [p for name, p in adversarial_only.named_parameters() if not name.startswith("generator.")]
+    assert not any(reached(g_loss, critic)) and all(reached(g_loss, adversarial_only.generator.parameters()))
+    assert any(reached(d_loss, adversarial_only.text_encoder.parameters()))  # the matching-aware term teaches it
+
+
+def test_the_redrawing_loss_is_the_squared_error_to_the_captions_picture_and_older_models_go_without():
+    model = tiny(adversarial=0.0).train()
+    images, ids = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (4, 10))
+    _, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
+    z = torch.randn(4, model.config.noise_dim, generator=torch.Generator().manual_seed(0))
+    expected = model.config.regression * F.mse_loss(model.generator(z, model.caption(ids)), images)
+    assert torch.allclose(g_loss, expected)
+    saved = to_dict(GanConfig())
+    saved.pop("regression"), saved.pop("adversarial")
+    old = FAMILY.load_config(saved, version=2)
+    assert (old.regression, old.adversarial) == (0.0, 1.0)
+    assert (FAMILY.load_config(to_dict(GanConfig()), 3).regression, GanConfig().adversarial) == (100.0, 0.1)
 
 
 def test_hash_baseline_ignores_the_seed_and_its_discriminator_ignores_the_text():

@@ -50,11 +50,9 @@ class GanConfig:
     mismatch_weight: float = 0.5   # weight of "real picture, wrong caption" among the fakes
     r1: float = 0.0                # R1 penalty weight on real pictures (0: off)
     diffaugment: str = ""          # comma list of color, translation, cutout (Zhao et al. 2020); for small sets
-    spectral_norm: bool = True     # spectral norm on every discriminator weight (off: rely on r1)
-    regression: float = 0.0        # weight of the mean squared error between a drawing and its caption's real picture
-    adversarial: float = 1.0       # weight of the generator's adversarial loss (experiment)
-    g_moves_text: bool = False     # experiment: the generator's losses also train the text encoder
-    regression_text: bool = False  # experiment: the regression, in a second generator pass, trains the text encoder
+    regression: float = 100.0      # weight of the squared error between a drawing and its caption's real picture,
+                                   # from a second generator pass that also trains the text encoder (0: off)
+    adversarial: float = 0.1       # weight of the generator's adversarial loss beside it
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -133,11 +131,11 @@ class DownBlock(nn.Module):
     """A 3x3 conv at the input resolution, 2x average pool, a 3x3 conv to more channels at the
     output resolution; residual, spectral norm on every weight."""
 
-    def __init__(self, channels: int, out: int, sn=spectral_norm):
+    def __init__(self, channels: int, out: int):
         super().__init__()
-        self.conv1 = sn(nn.Conv2d(channels, channels, 3, padding=1))
-        self.conv2 = sn(nn.Conv2d(channels, out, 3, padding=1))
-        self.skip = sn(nn.Conv2d(channels, out, 1))
+        self.conv1 = spectral_norm(nn.Conv2d(channels, channels, 3, padding=1))
+        self.conv2 = spectral_norm(nn.Conv2d(channels, out, 3, padding=1))
+        self.skip = spectral_norm(nn.Conv2d(channels, out, 1))
 
     def forward(self, x):
         h = F.avg_pool2d(self.conv1(F.leaky_relu(x, 0.2)), 2)
@@ -149,13 +147,12 @@ class Discriminator(nn.Module):
         super().__init__()
         n = blocks_for(c)
         widths = [min(c.d_width * 2 ** i, c.max_width) for i in range(n + 1)]
-        sn = spectral_norm if c.spectral_norm else (lambda layer: layer)
         self.stem = nn.Sequential(nn.PixelUnshuffle(c.unshuffle),
-                                  sn(nn.Conv2d(3 * c.unshuffle ** 2, widths[0], 3, padding=1)))
-        self.blocks = nn.Sequential(*(DownBlock(widths[i], widths[i + 1], sn) for i in range(n)))
+                                  spectral_norm(nn.Conv2d(3 * c.unshuffle ** 2, widths[0], 3, padding=1)))
+        self.blocks = nn.Sequential(*(DownBlock(widths[i], widths[i + 1]) for i in range(n)))
         features = widths[-1] * 16
-        self.score = sn(nn.Linear(features, 1))
-        self.project = sn(nn.Linear(text_dim, features)) if text_dim else None
+        self.score = spectral_norm(nn.Linear(features, 1))
+        self.project = spectral_norm(nn.Linear(text_dim, features)) if text_dim else None
 
     def forward(self, images, text=None):
         h = F.leaky_relu(self.blocks(self.stem(images)), 0.2).flatten(1)   # (B, C * 4 * 4)
@@ -253,7 +250,7 @@ class TextToImageGAN(nn.Module):
         B, c = images.shape[0], self.config
         z = self.noise(ids, torch.randn(B, c.noise_dim, generator=generator).to(images.device))
         text = self.caption(ids) if self.conditional else None
-        g_text = (text if c.g_moves_text else text.detach()) if self.conditional else None
+        g_text = text.detach() if self.conditional else None
         fake = self.generator(z, g_text)
 
         real = images.requires_grad_(c.r1 > 0)
@@ -274,9 +271,11 @@ class TextToImageGAN(nn.Module):
             d_loss = d_loss + c.r1 / 2 * grad.pow(2).sum([1, 2, 3]).mean()
 
         g_loss = c.adversarial * generator_hinge(self.discriminator, self.augment(fake, generator), g_text)
-        if c.regression:
-            drawn = self.generator(z, text) if c.regression_text else fake
-            g_loss = g_loss + c.regression * F.mse_loss(drawn, images.detach())
+        if c.regression and self.conditional:
+            # the dense teacher the discriminator is not: redraw the caption's real picture. Its own pass reads
+            # the live caption, so this loss (not the adversarial one) also teaches the text encoder what to keep
+            redrawn = self.generator(z, text)
+            g_loss = g_loss + c.regression * F.mse_loss(redrawn, images.detach())
 
         with torch.no_grad():
             spread = lambda x: x.float().std(0).mean().item()  # noqa: E731
@@ -314,5 +313,10 @@ class TextToImageGAN(nn.Module):
         return self.generator(z, self.caption(ids) if self.conditional else None).float()
 
 
-FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2, guided=False,
-                migrations={1: lambda config: removed(config, "text.token_std")})
+def without_regression(config: dict) -> dict:
+    """Version 3 adds the redrawing loss and weighs the adversarial one 0.1; a model saved before had neither."""
+    return config | {"regression": 0.0, "adversarial": 1.0}
+
+
+FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=3, guided=False,
+                migrations={1: lambda config: removed(config, "text.token_std"), 2: without_regression})

@@ -12,6 +12,8 @@ from .gan import PRESETS, TRAIN_DEFAULTS, GanConfig, TextToImageGAN
 @dataclass
 class HashGanConfig(GanConfig):
     conditioning: str = "hash"
+    regression: float = 0.0      # the baseline as it was: no caption to redraw from, the adversarial loss alone
+    adversarial: float = 1.0
 
 
 FAMILY = Family("gan-hash", HashGanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2,
