@@ -31,7 +31,9 @@ from dreamlet.training import TrainConfig, train  # noqa: E402
 # name -> (family, model settings, what it is)
 VARIANTS = {
     "diffusion": ("diffusion", {}, "text-conditional diffusion (DiT, CFG)"),
-    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware)"),
+    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware, redrawing loss)"),
+    "gan-adversarial-only": ("gan", {"regression": 0.0, "adversarial": 1.0},
+                             "the GAN before the redrawing loss (config version 2)"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
     "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),

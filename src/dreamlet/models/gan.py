@@ -9,11 +9,16 @@ unconditional score plus a projection of the caption onto the flattened 4 x 4 fe
 Koyama 2018; flattened rather than pooled so "top left" can be checked), trained matching-aware:
 a real picture with another picture's caption counts as fake (GAN-CLS, Reed et al. 2016; DF-GAN).
 Hinge loss, EMA generator, optional R1 penalty and DiffAugment for small sets.
+Redrawing loss: the generator also redraws each training picture from its caption, and the squared error
+to the real picture (weight `regression`, beside the adversarial loss at weight `adversarial`, as pix2pix
+pairs an L1 loss with its conditional GAN) teaches shape, which the discriminator barely checks
+(docs/gan.md, "Redrawing from the caption").
 
-The text encoder learns from the discriminator's loss only: the matching-aware term makes it tell
-captions apart; the generator reads its embedding without moving it (else it could bend the
-encoder to please the discriminator). Generator and discriminator update at the same step from one
-backward pass: the generator's loss goes through a detached copy of the discriminator's weights.
+The text encoder learns from the discriminator's matching-aware term (which makes it tell captions
+apart) and from the redrawing loss, whose generator pass reads the live embedding; the adversarial pass
+reads it detached (else the generator could bend the encoder to please the discriminator). Generator and
+discriminator update at the same step from one backward pass: the generator's adversarial loss goes
+through a detached copy of the discriminator's weights.
 
 `conditioning="hash"` is the seed project's baseline (`--model gan-hash`): an unconditional DCGAN
 whose noise vector is drawn from a hash of the prompt's tokens. Nothing ties the picture to the
