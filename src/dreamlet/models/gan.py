@@ -58,7 +58,6 @@ class GanConfig:
     regression: float = 100.0      # weight of the squared error between a drawing and its caption's real picture,
                                    # from a second generator pass that also trains the text encoder (0: off)
     adversarial: float = 0.1       # weight of the generator's adversarial loss beside it
-    redraw_choices: int = 1        # experiment: K redrawings from K noises, only the closest penalised (IMLE)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -280,11 +279,8 @@ class TextToImageGAN(nn.Module):
         if c.regression and self.conditional:
             # the dense teacher the discriminator is not: redraw the caption's real picture. Its own pass reads
             # the live caption, so this loss (not the adversarial one) also teaches the text encoder what to keep
-            K = c.redraw_choices
-            zs = torch.cat([z, torch.randn((K - 1) * B, c.noise_dim, generator=generator).to(z.device)])
-            redrawn = self.generator(zs, text.repeat(K, 1))
-            errors = (redrawn - images.detach().repeat(K, 1, 1, 1)).pow(2).mean([1, 2, 3]).view(K, B)
-            g_loss = g_loss + c.regression * errors.min(0).values.mean()
+            redrawn = self.generator(z, text)
+            g_loss = g_loss + c.regression * F.mse_loss(redrawn, images.detach())
 
         with torch.no_grad():
             spread = lambda x: x.float().std(0).mean().item()  # noqa: E731
