@@ -22,7 +22,8 @@ def test_the_output_object_reads_as_its_images_and_says_what_drew_them(tiny_run)
     assert out.prompts == [PROMPT, "a blue square"] * 2 and out.seeds == [3, 4, 5, 6]
     assert out.negative_prompts == [""] * 4 and out.scores == [None] * 4
     assert out.settings | {"model": None} == {"model": None, "family": "diffusion", "steps": 2, "guidance": 3.0,
-                                              "guidance_detail": 0.5, "sampler": "dpmpp_2m", "candidates": 4, "chosen_by": "model"}
+                                              "guidance_detail": 0.5, "sampler": "dpmpp_2m", "candidates": 4,
+                                              "chosen_by": "model"}
 
 
 def test_diffusers_argument_names_draw_the_same_pictures(tiny_run):

@@ -74,8 +74,8 @@ def test_negative_prompt_and_sampler_draw_as_the_api_does_and_every_png_keeps_it
     images = [decode(b64) for b64 in out["images"]]
     assert all((np.asarray(a) == np.asarray(b)).all() for a, b in zip(images, expected))
     assert out["settings"] == {"model": tiny_run.name, "family": "diffusion", "steps": 3, "guidance": 3.0,
-                               "guidance_detail": 0.5, "sampler": "ddim", "size": 32, "negative_prompt": "blue", "candidates": 4,
-                               "chosen_by": "model"}  # a name, not a path
+                               "guidance_detail": 0.5, "sampler": "ddim", "size": 32, "negative_prompt": "blue",
+                               "candidates": 4, "chosen_by": "model"}  # a name, not a path
     settings = json.loads(images[1].text["dreamlet"])
     assert settings["seed"] == 6 and settings["prompt"] == PROMPT and settings["negative_prompt"] == "blue"
 

@@ -13,6 +13,7 @@ from .checkpoint import UserError
 from .data.shapes import benchmark_jobs, benchmark_prompts
 from .images import to_tensor, to_uint8
 from .judge import judge, summarize
+from .models.diffusion.denoiser import DETAIL_TIME, detail_scale
 from .pipeline import Pipeline
 
 
@@ -80,7 +81,8 @@ def drawing(report: dict) -> str:
     sampler = f" {report['sampler']}" if report.get("sampler") else ""  # an older CLIP report does not say
     guidance, detail = report["guidance"], report.get("guidance_detail")
     if detail is not None and detail != 1 and guidance is not None:   # diffusion guides less once the layout is set
-        return f"{report['steps']}{sampler} steps, guidance {guidance} ({1 + detail * (guidance - 1):g} below t = 0.6)"
+        below = f"{detail_scale(guidance, detail):g} below t = {DETAIL_TIME}"
+        return f"{report['steps']}{sampler} steps, guidance {guidance} ({below})"
     return f"{report['steps']}{sampler} steps, guidance {guidance}"
 
 
@@ -171,7 +173,8 @@ def evaluate_with_clip(model_dir: str | Path, clip_dir: str | Path, data: str | 
     fake = pipeline.pictures(captions, list(range(len(captions))), steps, guidance, sampler, rerank)
     seconds = time.perf_counter() - started
     report = {"model": str(model_dir), "clip": str(clip_dir), "data": data, "pictures": len(fake),
-              "distractors": distractors, **drawing_settings(pipeline, steps, guidance, sampler), "rerank": rerank, "seconds_per_image": seconds / len(fake),
+              "distractors": distractors, **drawing_settings(pipeline, steps, guidance, sampler), "rerank": rerank,
+              "seconds_per_image": seconds / len(fake),
               "clip_score": scorer.clip_score(fake, captions), "clip_score_real": scorer.clip_score(real, captions),
               "r_precision": scorer.r_precision(fake, captions, pool, distractors),
               "r_precision_real": scorer.r_precision(real, captions, pool, distractors)}

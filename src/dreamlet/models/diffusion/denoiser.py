@@ -21,6 +21,11 @@ from .schedule import alpha_sigma
 DETAIL_TIME = 0.6
 
 
+def detail_scale(guidance: float, detail: float) -> float:
+    """The guidance scale below DETAIL_TIME: the share `detail` of the scale's excess over 1."""
+    return 1 + detail * (guidance - 1)
+
+
 @dataclass
 class Condition:
     """What the network reads besides the noisy picture and the time, computed once for a batch
@@ -80,7 +85,7 @@ class Denoiser:
             x0 = (a * x - s * v).float()
             if halves == 2:
                 conditional, unconditional = x0.chunk(2)
-                scale = guidance if float(t) >= DETAIL_TIME else 1 + detail * (guidance - 1)
+                scale = guidance if float(t) >= DETAIL_TIME else detail_scale(guidance, detail)
                 x0 = unconditional + scale * (conditional - unconditional)
             return dynamic_threshold(x0, threshold) if bounded else x0
 
