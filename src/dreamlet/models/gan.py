@@ -58,6 +58,8 @@ class GanConfig:
     regression: float = 100.0      # weight of the squared error between a drawing and its caption's real picture,
                                    # from a second generator pass that also trains the text encoder (0: off)
     adversarial: float = 0.1       # weight of the generator's adversarial loss beside it
+    code_kl: float = 0.0           # experiment (cVAE with a learned prior): >0 redraws from an encoding of the real
+                                   # picture, KL-pulled (this weight) to a prior read from the caption, which drawing uses
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -167,6 +169,35 @@ class Discriminator(nn.Module):
         return score
 
 
+class NoiseEncoder(nn.Module):
+    """A real picture -> the mean and log-variance of the noise vector that redraws it."""
+
+    def __init__(self, c: GanConfig):
+        super().__init__()
+        n = blocks_for(c)
+        widths = [min(c.d_width * 2 ** i, c.max_width) for i in range(n + 1)]
+        layers = [nn.PixelUnshuffle(c.unshuffle), nn.Conv2d(3 * c.unshuffle ** 2, widths[0], 3, padding=1)]
+        for i in range(n):
+            layers += [nn.LeakyReLU(0.2), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1), nn.AvgPool2d(2)]
+        self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten(), nn.Linear(widths[-1] * 16, 2 * c.noise_dim))
+
+    def forward(self, images):
+        return self.net(images).chunk(2, dim=1)
+
+
+class NoisePrior(nn.Module):
+    """A caption's embedding -> the mean and log-variance of its noise (starts as the normal prior)."""
+
+    def __init__(self, c: GanConfig):
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(c.cond_dim, 256), nn.SiLU(), nn.Linear(256, 2 * c.noise_dim))
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, text):
+        return self.net(text).chunk(2, dim=1)
+
+
 def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None) -> torch.Tensor:
     """Differentiable augmentation, the same kinds for real and fake pictures (Zhao et al. 2020)."""
     B, _, S, _ = x.shape
@@ -220,13 +251,18 @@ class TextToImageGAN(nn.Module):
             self.text_to_cond = nn.Linear(2 * config.text.width, config.cond_dim)
         self.generator = Generator(config)
         self.discriminator = Discriminator(config, config.cond_dim if self.conditional else 0)
+        if config.code_kl:
+            self.encoder, self.prior = NoiseEncoder(config), NoisePrior(config)
+            self.log_fields = TextToImageGAN.log_fields + ("kl",)
         self.history: list[dict] = []   # recent training statistics, for collapse detection
         self.steps_seen = 0              # this process's training steps (a fresh generator starts out alike)
 
     def param_groups(self, weight_decay: float) -> list[dict]:
         """Generator and discriminator (with the text encoder) as separate Adam groups, beta1 = 0."""
-        critic = [p for name, p in self.named_parameters() if not name.startswith("generator.")]
-        return [{"params": list(self.generator.parameters()), "betas": (0.0, 0.99), "weight_decay": weight_decay},
+        drawing = ("generator.", "encoder.", "prior.")
+        critic = [p for name, p in self.named_parameters() if not name.startswith(drawing)]
+        generator = [p for name, p in self.named_parameters() if name.startswith(drawing)]
+        return [{"params": generator, "betas": (0.0, 0.99), "weight_decay": weight_decay},
                 {"params": critic, "betas": (0.0, 0.99), "weight_decay": weight_decay,
                  "lr_scale": self.config.d_lr_scale}]
 
@@ -256,6 +292,9 @@ class TextToImageGAN(nn.Module):
         z = self.noise(ids, torch.randn(B, c.noise_dim, generator=generator).to(images.device))
         text = self.caption(ids) if self.conditional else None
         g_text = text.detach() if self.conditional else None
+        if c.code_kl:
+            p_mean, p_log_var = self.prior(g_text)
+            z = p_mean + (0.5 * p_log_var).exp() * z
         fake = self.generator(z, g_text)
 
         real = images.requires_grad_(c.r1 > 0)
@@ -275,10 +314,18 @@ class TextToImageGAN(nn.Module):
             grad, = torch.autograd.grad(d_real.sum(), real, create_graph=True)
             d_loss = d_loss + c.r1 / 2 * grad.pow(2).sum([1, 2, 3]).mean()
 
+        kl = None
         g_loss = c.adversarial * generator_hinge(self.discriminator, self.augment(fake, generator), g_text)
         if c.regression and self.conditional:
             # the dense teacher the discriminator is not: redraw the caption's real picture. Its own pass reads
             # the live caption, so this loss (not the adversarial one) also teaches the text encoder what to keep
+            if c.code_kl:
+                q_mean, q_log_var = self.encoder(images.detach())
+                eps = torch.randn(q_mean.shape, generator=generator).to(q_mean.device)
+                z = q_mean + (0.5 * q_log_var).exp() * eps
+                kl = 0.5 * (p_log_var - q_log_var + (q_log_var.exp() + (q_mean - p_mean).pow(2)) / p_log_var.exp()
+                            - 1).sum(1).mean()
+                g_loss = g_loss + c.code_kl * kl
             redrawn = self.generator(z, text)
             g_loss = g_loss + c.regression * F.mse_loss(redrawn, images.detach())
 
@@ -286,7 +333,8 @@ class TextToImageGAN(nn.Module):
             spread = lambda x: x.float().std(0).mean().item()  # noqa: E731
             self.steps_seen += 1
             self.history = (self.history + [{"d_loss": d_loss.item(), "g_loss": g_loss.item(),
-                                             "diversity": spread(fake) / max(spread(images), 1e-6)}])[-50:]
+                                             "diversity": spread(fake) / max(spread(images), 1e-6)}
+                                            | ({"kl": kl.item()} if kl is not None else {})])[-50:]
         return d_loss, g_loss
 
     def log_values(self) -> dict:
@@ -315,7 +363,11 @@ class TextToImageGAN(nn.Module):
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor, **unused) -> torch.Tensor:
         """Pictures in [-1, 1] (B, 3, S, S) from token ids and the per-picture noise (its first values)."""
         z = self.noise(ids, noise.float())
-        return self.generator(z, self.caption(ids) if self.conditional else None).float()
+        text = self.caption(ids) if self.conditional else None
+        if self.config.code_kl:
+            mean, log_var = self.prior(text)
+            z = mean + (0.5 * log_var).exp() * z
+        return self.generator(z, text).float()
 
 
 def without_regression(config: dict) -> dict:
