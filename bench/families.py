@@ -35,6 +35,7 @@ VARIANTS = {
     "gan-adversarial-only": ("gan", {"regression": 0.0, "adversarial": 1.0},
                              "the GAN before the redrawing loss (config version 2)"),
     "gan-adversarial-1": ("gan", {"adversarial": 1.0}, "the GAN with the redrawing loss, adversarial weight 1"),
+    "gan-cvae": ("gan", {"code_kl": 0.3}, "the GAN with a cVAE noise code (learned conditional prior), KL weight 0.3"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
     "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),
