@@ -31,11 +31,11 @@ from dreamlet.training import TrainConfig, train  # noqa: E402
 # name -> (family, model settings, what it is)
 VARIANTS = {
     "diffusion": ("diffusion", {}, "text-conditional diffusion (DiT, CFG)"),
-    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware, redrawing loss)"),
+    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware, redrawing loss, noise code)"),
     "gan-adversarial-only": ("gan", {"regression": 0.0, "adversarial": 1.0},
                              "the GAN before the redrawing loss (config version 2)"),
     "gan-adversarial-1": ("gan", {"adversarial": 1.0}, "the GAN with the redrawing loss, adversarial weight 1"),
-    "gan-cvae": ("gan", {"code_kl": 0.3}, "the GAN with a cVAE noise code (learned conditional prior), KL weight 0.3"),
+    "gan-no-code": ("gan", {"code_kl": 0.0}, "the GAN of config version 3: redrawing loss, no noise code"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
     "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),

@@ -75,7 +75,7 @@ def test_one_backward_pass_trains_generator_discriminator_and_text_encoder():
 
 
 def test_the_redrawing_loss_is_the_squared_error_to_the_captions_picture_and_older_models_go_without():
-    model = tiny(adversarial=0.0).train()
+    model = tiny(adversarial=0.0, code_kl=0.0).train()
     images, ids = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (4, 10))
     _, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
     z = torch.randn(4, model.config.noise_dim, generator=torch.Generator().manual_seed(0))
@@ -85,7 +85,47 @@ def test_the_redrawing_loss_is_the_squared_error_to_the_captions_picture_and_old
     saved.pop("regression"), saved.pop("adversarial")
     old = FAMILY.load_config(saved, version=2)
     assert (old.regression, old.adversarial) == (0.0, 1.0)
-    assert (FAMILY.load_config(to_dict(GanConfig()), 3).regression, GanConfig().adversarial) == (100.0, 0.1)
+    assert (FAMILY.load_config(to_dict(GanConfig()), 4).regression, GanConfig().adversarial) == (100.0, 0.1)
+
+
+def test_the_noise_code_redraws_from_the_pictures_encoding_and_draws_from_the_captions_prior():
+    model = tiny(adversarial=0.0).train()
+    images, ids = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (4, 10))
+    _, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
+    rng = torch.Generator().manual_seed(0)
+    prior_noise = torch.randn(4, model.config.noise_dim, generator=rng)  # the adversarial pass's, drawn first
+    q_mean, q_log_var = model.encoder(images)
+    z = q_mean + (0.5 * q_log_var).exp() * torch.randn(q_mean.shape, generator=rng)
+    p_mean, p_log_var = model.prior(model.caption(ids))
+    prior = torch.distributions.Normal(p_mean, (0.5 * p_log_var).exp())
+    kl = torch.distributions.kl_divergence(torch.distributions.Normal(q_mean, (0.5 * q_log_var).exp()), prior)
+    expected = (model.config.regression * F.mse_loss(model.generator(z, model.caption(ids)), images)
+                + model.config.code_kl * kl.sum(1).mean())
+    assert torch.allclose(g_loss, expected, rtol=1e-5)
+    assert len(prior_noise) == 4 and model.history[-1]["kl"] == pytest.approx(kl.sum(1).mean().item(), rel=1e-5)
+
+    # drawing reads its noise through the caption's prior, which starts as the normal prior
+    noise = torch.randn(4, 3, 32, 32)
+    assert torch.allclose(model.generate(ids, ids[:1], noise),
+                          model.generator(noise.flatten(1)[:, :model.config.noise_dim], model.caption(ids)))
+    with torch.no_grad():
+        model.prior.net[-1].bias.fill_(0.5)  # a prior moved away from N(0, 1) moves the pictures
+    assert not torch.allclose(model.generate(ids, ids[:1], noise),
+                              model.generator(noise.flatten(1)[:, :model.config.noise_dim], model.caption(ids)))
+
+    # the generator's loss trains the encoder and the prior, the discriminator's does not
+    model = tiny().train()
+    d_loss, g_loss = model.losses(images, ids, torch.Generator().manual_seed(1))
+    coded = list(model.encoder.parameters()) + list(model.prior.net[-1].parameters())  # (its first layer waits for
+    grads = torch.autograd.grad(g_loss, coded, retain_graph=True, allow_unused=True)  # the zero-started last one)
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert all(g is None for g in torch.autograd.grad(d_loss, coded, allow_unused=True))
+    assert not hasattr(tiny(code_kl=0.0), "encoder") and not hasattr(tiny(regression=0.0), "prior")
+
+    saved = to_dict(GanConfig())
+    saved.pop("code_kl")
+    assert FAMILY.load_config(saved, version=3).code_kl == 0.0  # saved before the code: drawn as before
+    assert FAMILY.load_config(to_dict(GanConfig()), 4).code_kl == 0.3
 
 
 def test_hash_baseline_ignores_the_seed_and_its_discriminator_ignores_the_text():
@@ -134,7 +174,7 @@ def test_cli_run_writes_a_loadable_model_and_save_load_gives_identical_samples(t
     assert config["family"] == family and config["model"]["r1"] == 0.1
     assert config["train"]["lr"] == 5e-4  # the GAN's own default, not the diffusion model's
     header = (run / "train_log.csv").read_text().splitlines()[0]
-    assert header.endswith("d_loss,g_loss,diversity")
+    assert header.endswith("d_loss,g_loss,diversity" + (",kl" if family == "gan" else ""))
     prompts = ["a small red circle at the top left", "a blue square above a green triangle"]
     first = Pipeline.load(run / "model").draw(prompts, [0, 1])
     again = Pipeline.load(run / "model").draw(prompts, [0, 1])

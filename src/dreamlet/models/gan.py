@@ -13,6 +13,11 @@ Redrawing loss: the generator also redraws each training picture from its captio
 to the real picture (weight `regression`, beside the adversarial loss at weight `adversarial`, as pix2pix
 pairs an L1 loss with its conditional GAN) teaches shape, which the discriminator barely checks
 (docs/gan.md, "Redrawing from the caption").
+Noise code (a cVAE with a learned prior, Sohn et al. 2015; BicycleGAN's cVAE-GAN, Zhu et al. 2017): redrawn from
+random noise, a caption with many right pictures (a pair's layouts) can only be answered by their blurred mean. So
+the redrawing pass takes its noise from an encoding of the real picture, and a KL term pulls that code towards a
+prior read from the caption; the adversarial pass and drawing take their noise from that prior, so each noise
+commits to one picture (docs/gan.md, "A noise code for each picture").
 
 The text encoder learns from the discriminator's matching-aware term (which makes it tell captions
 apart) and from the redrawing loss, whose generator pass reads the live embedding; the adversarial pass
@@ -58,9 +63,9 @@ class GanConfig:
     regression: float = 100.0      # weight of the squared error between a drawing and its caption's real picture,
                                    # from a second generator pass that also trains the text encoder (0: off)
     adversarial: float = 0.1       # weight of the generator's adversarial loss beside it
-    code_kl: float = 0.0           # experiment (cVAE with a learned prior): >0 redraws from an encoding of the real
-                                   # picture, KL-pulled (this weight) to a prior read from the caption, which drawing uses
-    code_reads_caption: bool = False  # experiment: the encoder reads the caption beside the picture
+    code_kl: float = 0.3           # the noise code (a cVAE with a learned prior): the redrawing pass draws from an
+                                   # encoding of the real picture, pulled by this weight of KL to a prior read from the
+                                   # caption, from which drawing takes its noise (0: off, the noise is read as it is)
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -181,11 +186,10 @@ class NoiseEncoder(nn.Module):
         for i in range(n):
             layers += [nn.LeakyReLU(0.2), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1), nn.AvgPool2d(2)]
         self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())
-        self.head = nn.Linear(widths[-1] * 16 + (c.cond_dim if c.code_reads_caption else 0), 2 * c.noise_dim)
+        self.head = nn.Linear(widths[-1] * 16, 2 * c.noise_dim)
 
-    def forward(self, images, text):
-        h = self.net(images)
-        return self.head(torch.cat([h, text], dim=1) if self.head.in_features > h.shape[1] else h).chunk(2, dim=1)
+    def forward(self, images):
+        return self.head(self.net(images)).chunk(2, dim=1)
 
 
 class NoisePrior(nn.Module):
@@ -254,9 +258,11 @@ class TextToImageGAN(nn.Module):
             self.text_to_cond = nn.Linear(2 * config.text.width, config.cond_dim)
         self.generator = Generator(config)
         self.discriminator = Discriminator(config, config.cond_dim if self.conditional else 0)
-        if config.code_kl:
+        # the noise code needs a caption for its prior and the redrawing pass for its encoder
+        self.coded = self.conditional and config.code_kl > 0 and config.regression > 0
+        if self.coded:
             self.encoder, self.prior = NoiseEncoder(config), NoisePrior(config)
-            self.log_fields = TextToImageGAN.log_fields + ("kl",)
+            self.log_fields = TextToImageGAN.log_fields + ("kl",)   # nats the code carries beyond its prior
         self.history: list[dict] = []   # recent training statistics, for collapse detection
         self.steps_seen = 0              # this process's training steps (a fresh generator starts out alike)
 
@@ -295,7 +301,7 @@ class TextToImageGAN(nn.Module):
         z = self.noise(ids, torch.randn(B, c.noise_dim, generator=generator).to(images.device))
         text = self.caption(ids) if self.conditional else None
         g_text = text.detach() if self.conditional else None
-        if c.code_kl:
+        if self.coded:  # the noise as drawing reads it: a sample of the caption's prior
             p_mean, p_log_var = self.prior(g_text)
             z = p_mean + (0.5 * p_log_var).exp() * z
         fake = self.generator(z, g_text)
@@ -322,8 +328,8 @@ class TextToImageGAN(nn.Module):
         if c.regression and self.conditional:
             # the dense teacher the discriminator is not: redraw the caption's real picture. Its own pass reads
             # the live caption, so this loss (not the adversarial one) also teaches the text encoder what to keep
-            if c.code_kl:
-                q_mean, q_log_var = self.encoder(images.detach(), g_text)
+            if self.coded:  # the noise that redraws this very picture, and what it says beyond the caption (KL)
+                q_mean, q_log_var = self.encoder(images.detach())
                 eps = torch.randn(q_mean.shape, generator=generator).to(q_mean.device)
                 z = q_mean + (0.5 * q_log_var).exp() * eps
                 kl = 0.5 * (p_log_var - q_log_var + (q_log_var.exp() + (q_mean - p_mean).pow(2)) / p_log_var.exp()
@@ -367,7 +373,7 @@ class TextToImageGAN(nn.Module):
         """Pictures in [-1, 1] (B, 3, S, S) from token ids and the per-picture noise (its first values)."""
         z = self.noise(ids, noise.float())
         text = self.caption(ids) if self.conditional else None
-        if self.config.code_kl:
+        if self.coded:
             mean, log_var = self.prior(text)
             z = mean + (0.5 * log_var).exp() * z
         return self.generator(z, text).float()
@@ -378,5 +384,11 @@ def without_regression(config: dict) -> dict:
     return config | {"regression": 0.0, "adversarial": 1.0}
 
 
-FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=3, guided=False,
-                migrations={1: lambda config: removed(config, "text.token_std"), 2: without_regression})
+def without_code(config: dict) -> dict:
+    """Version 4 adds the noise code; a model saved before read its noise as it was."""
+    return config | {"code_kl": 0.0}
+
+
+FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=4, guided=False,
+                migrations={1: lambda config: removed(config, "text.token_std"), 2: without_regression,
+                            3: without_code})

@@ -14,6 +14,7 @@ class HashGanConfig(GanConfig):
     conditioning: str = "hash"
     regression: float = 0.0      # the baseline as it was: no caption to redraw from, the adversarial loss alone
     adversarial: float = 1.0
+    code_kl: float = 0.0         # no noise code: the noise is the prompt's hash
 
 
 FAMILY = Family("gan-hash", HashGanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=2,
