@@ -94,7 +94,7 @@ def test_the_noise_code_redraws_from_the_pictures_encoding_and_draws_from_the_ca
     _, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
     rng = torch.Generator().manual_seed(0)
     prior_noise = torch.randn(4, model.config.noise_dim, generator=rng)  # the adversarial pass's, drawn first
-    q_mean, q_log_var = model.encoder(images, model.caption(ids))
+    q_mean, q_log_var = model.encoder(images)
     z = q_mean + (0.5 * q_log_var).exp() * torch.randn(q_mean.shape, generator=rng)
     p_mean, p_log_var = model.prior(model.caption(ids))
     prior = torch.distributions.Normal(p_mean, (0.5 * p_log_var).exp())

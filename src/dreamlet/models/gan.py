@@ -66,7 +66,6 @@ class GanConfig:
     code_kl: float = 0.3           # the noise code (a cVAE with a learned prior): the redrawing pass draws from an
                                    # encoding of the real picture, pulled by this weight of KL to a prior read from the
                                    # caption, from which drawing takes its noise (0: off, the noise is read as it is)
-    code_reads_caption: bool = False  # experiment: the code's encoder reads the caption beside the picture
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -187,11 +186,10 @@ class NoiseEncoder(nn.Module):
         for i in range(n):
             layers += [nn.LeakyReLU(0.2), nn.Conv2d(widths[i], widths[i + 1], 3, padding=1), nn.AvgPool2d(2)]
         self.net = nn.Sequential(*layers, nn.LeakyReLU(0.2), nn.Flatten())
-        self.head = nn.Linear(widths[-1] * 16 + (c.cond_dim if c.code_reads_caption else 0), 2 * c.noise_dim)
+        self.head = nn.Linear(widths[-1] * 16, 2 * c.noise_dim)
 
-    def forward(self, images, text):
-        h = self.net(images)
-        return self.head(torch.cat([h, text], dim=1) if self.head.in_features > h.shape[1] else h).chunk(2, dim=1)
+    def forward(self, images):
+        return self.head(self.net(images)).chunk(2, dim=1)
 
 
 class NoisePrior(nn.Module):
@@ -205,6 +203,11 @@ class NoisePrior(nn.Module):
 
     def forward(self, text):
         return self.net(text).chunk(2, dim=1)
+
+
+def sample(mean: torch.Tensor, log_var: torch.Tensor, normal: torch.Tensor) -> torch.Tensor:
+    """Standard normal noise as a sample of N(mean, exp(log_var)): reparameterised, so gradients reach both."""
+    return mean + (0.5 * log_var).exp() * normal
 
 
 def diff_augment(x: torch.Tensor, policy: str, generator: torch.Generator | None) -> torch.Tensor:
@@ -305,7 +308,7 @@ class TextToImageGAN(nn.Module):
         g_text = text.detach() if self.conditional else None
         if self.coded:  # the noise as drawing reads it: a sample of the caption's prior
             p_mean, p_log_var = self.prior(g_text)
-            z = p_mean + (0.5 * p_log_var).exp() * z
+            z = sample(p_mean, p_log_var, z)
         fake = self.generator(z, g_text)
 
         real = images.requires_grad_(c.r1 > 0)
@@ -331,9 +334,8 @@ class TextToImageGAN(nn.Module):
             # the dense teacher the discriminator is not: redraw the caption's real picture. Its own pass reads
             # the live caption, so this loss (not the adversarial one) also teaches the text encoder what to keep
             if self.coded:  # the noise that redraws this very picture, and what it says beyond the caption (KL)
-                q_mean, q_log_var = self.encoder(images.detach(), g_text)
-                eps = torch.randn(q_mean.shape, generator=generator).to(q_mean.device)
-                z = q_mean + (0.5 * q_log_var).exp() * eps
+                q_mean, q_log_var = self.encoder(images.detach())
+                z = sample(q_mean, q_log_var, torch.randn(q_mean.shape, generator=generator).to(q_mean.device))
                 kl = 0.5 * (p_log_var - q_log_var + (q_log_var.exp() + (q_mean - p_mean).pow(2)) / p_log_var.exp()
                             - 1).sum(1).mean()
                 g_loss = g_loss + c.code_kl * kl
@@ -376,8 +378,7 @@ class TextToImageGAN(nn.Module):
         z = self.noise(ids, noise.float())
         text = self.caption(ids) if self.conditional else None
         if self.coded:
-            mean, log_var = self.prior(text)
-            z = mean + (0.5 * log_var).exp() * z
+            z = sample(*self.prior(text), z)
         return self.generator(z, text).float()
 
 
