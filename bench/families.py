@@ -35,7 +35,6 @@ VARIANTS = {
     "gan-adversarial-only": ("gan", {"regression": 0.0, "adversarial": 1.0},
                              "the GAN before the redrawing loss (config version 2)"),
     "gan-adversarial-1": ("gan", {"adversarial": 1.0}, "the GAN with the redrawing loss, adversarial weight 1"),
-    "gan-cross-attention": ("gan", {"cross_attention": True}, "the GAN whose generator attends to the caption's tokens"),
     "gan-no-code": ("gan", {"code_kl": 0.0}, "the GAN of config version 3: redrawing loss, no noise code"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),

@@ -66,7 +66,6 @@ class GanConfig:
     code_kl: float = 0.3           # the noise code (a cVAE with a learned prior): the redrawing pass draws from an
                                    # encoding of the real picture, pulled by this weight of KL to a prior read from the
                                    # caption, from which drawing takes its noise (0: off, the noise is read as it is)
-    cross_attention: bool = False  # experiment: after each up-block the feature map attends to the caption's tokens
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -120,24 +119,6 @@ class UpBlock(nn.Module):
         return F.interpolate(self.skip(x), scale_factor=2, mode="nearest") + h
 
 
-class CrossAttention(nn.Module):
-    """Each place of the feature map reads the caption's tokens (GigaGAN, StyleGAN-T): a word can go to a place,
-    where the conditional norms scale and shift the whole map. Starts as the identity (zero output projection)."""
-
-    def __init__(self, channels: int, text_width: int):
-        super().__init__()
-        self.norm = nn.GroupNorm(8, channels)
-        self.attention = nn.MultiheadAttention(channels, 4, kdim=text_width, vdim=text_width, batch_first=True)
-        nn.init.zeros_(self.attention.out_proj.weight)
-        nn.init.zeros_(self.attention.out_proj.bias)
-
-    def forward(self, x, tokens, keep):
-        B, C, H, W = x.shape
-        q = self.norm(x).flatten(2).transpose(1, 2)                                   # (B, HW, C)
-        h, _ = self.attention(q, tokens, tokens, key_padding_mask=~keep, need_weights=False)
-        return x + h.transpose(1, 2).reshape(B, C, H, W)
-
-
 class Generator(nn.Module):
     def __init__(self, c: GanConfig):
         super().__init__()
@@ -147,19 +128,15 @@ class Generator(nn.Module):
         cond = c.noise_dim + (c.cond_dim if c.conditioning == "text" else 0)
         self.stem = nn.Linear(cond, widths[0] * 16)
         self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond) for i in range(n))
-        self.attend = (nn.ModuleList(CrossAttention(widths[i + 1], c.text.width) for i in range(n))
-                       if c.cross_attention and c.conditioning == "text" else None)
         self.out = nn.Sequential(nn.GroupNorm(8, widths[-1]), nn.ReLU(),
                                  nn.Conv2d(widths[-1], 3 * c.unshuffle ** 2, 3, padding=1),
                                  nn.PixelShuffle(c.unshuffle), nn.Tanh())
 
-    def forward(self, z, text=None, words=None):
+    def forward(self, z, text=None):
         c = z if text is None else torch.cat([z, text], dim=1)
         x = self.stem(c).view(len(c), -1, 4, 4)
-        for i, block in enumerate(self.blocks):
+        for block in self.blocks:
             x = block(x, c)
-            if self.attend is not None:
-                x = self.attend[i](x, *words)
         return self.out(x)
 
 
@@ -303,14 +280,10 @@ class TextToImageGAN(nn.Module):
                 {"params": critic, "betas": (0.0, 0.99), "weight_decay": weight_decay,
                  "lr_scale": self.config.d_lr_scale}]
 
-    def caption(self, ids: torch.Tensor, with_words: bool = False):
-        """(B, L) token ids -> (B, cond_dim): the first token (which reads the whole caption, in order) and the mean;
-        with_words: also (tokens, keep mask) for the generator's cross-attention (None without it)."""
-        tokens, keep, pooled = self.text_encoder(ids)
-        cond = self.text_to_cond(torch.cat([tokens[:, 0], pooled], dim=1))
-        if not with_words:
-            return cond
-        return cond, ((tokens, keep) if self.config.cross_attention else None)
+    def caption(self, ids: torch.Tensor) -> torch.Tensor:
+        """(B, L) token ids -> (B, cond_dim): the first token (which reads the whole caption, in order) and the mean."""
+        tokens, _, pooled = self.text_encoder(ids)
+        return self.text_to_cond(torch.cat([tokens[:, 0], pooled], dim=1))
 
     def noise(self, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The generator's noise vector: from the sampled noise, or (baseline) from a hash of the prompt."""
@@ -331,13 +304,12 @@ class TextToImageGAN(nn.Module):
         """(discriminator loss, generator loss); each reaches only its own network's weights."""
         B, c = images.shape[0], self.config
         z = self.noise(ids, torch.randn(B, c.noise_dim, generator=generator).to(images.device))
-        text, words = self.caption(ids, with_words=True) if self.conditional else (None, None)
+        text = self.caption(ids) if self.conditional else None
         g_text = text.detach() if self.conditional else None
-        g_words = (words[0].detach(), words[1]) if words else None
         if self.coded:  # the noise as drawing reads it: a sample of the caption's prior
             p_mean, p_log_var = self.prior(g_text)
             z = sample(p_mean, p_log_var, z)
-        fake = self.generator(z, g_text, g_words)
+        fake = self.generator(z, g_text)
 
         real = images.requires_grad_(c.r1 > 0)
         # one discriminator call: real pictures, generated ones, and (matching-aware) real pictures
@@ -367,7 +339,7 @@ class TextToImageGAN(nn.Module):
                 kl = 0.5 * (p_log_var - q_log_var + (q_log_var.exp() + (q_mean - p_mean).pow(2)) / p_log_var.exp()
                             - 1).sum(1).mean()
                 g_loss = g_loss + c.code_kl * kl
-            redrawn = self.generator(z, text, words)
+            redrawn = self.generator(z, text)
             g_loss = g_loss + c.regression * F.mse_loss(redrawn, images.detach())
 
         with torch.no_grad():
@@ -404,10 +376,10 @@ class TextToImageGAN(nn.Module):
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor, **unused) -> torch.Tensor:
         """Pictures in [-1, 1] (B, 3, S, S) from token ids and the per-picture noise (its first values)."""
         z = self.noise(ids, noise.float())
-        text, words = self.caption(ids, with_words=True) if self.conditional else (None, None)
+        text = self.caption(ids) if self.conditional else None
         if self.coded:
             z = sample(*self.prior(text), z)
-        return self.generator(z, text, words).float()
+        return self.generator(z, text).float()
 
 
 def without_regression(config: dict) -> dict:
