@@ -13,6 +13,10 @@ Variants (x0: the clean estimate; c, u: the model's with the caption and with th
 - auto:G,W         classifier-free guidance G plus W (c - w) away from a weaker model's estimate w with the
                    same caption (autoguidance, Karras et al. 2024: the weaker model makes the same mistakes,
                    more often); WEAK_MODEL: a model with the same tokenizer trained for fewer steps.
+`--sampler` draws every variant with another sampler (the family's samplers are deterministic):
+- ddim_eta:E[,LO,HI]      DDIM with eta E (Song et al. 2021, eq. 16; 1: as stochastic as DDPM) while LO <= t <= HI,
+                          eta 0 elsewhere (fresh noise while the layout is decided lets a drawing drop a copy);
+- dpmpp_2m_sde:E[,LO,HI]  DPM-Solver++(2M) SDE (Lu et al. 2022, as k-diffusion writes it), eta E in [LO, HI].
 The experiments live here, not in the family. Two are what the family draws with guidance G: cfg:G with
 `guidance_detail` 1, and interval:G,0.6,1,H with `guidance_detail` (H - 1) / (G - 1) (the default since the eleventh
 round: interval:3,0.6,1,2); autoguidance and other intervals are not in the family.
@@ -37,7 +41,7 @@ from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor, to_uint8  # noqa: E402
 from dreamlet.judge import judge  # noqa: E402
 from dreamlet.models.diffusion.sampling import SAMPLERS  # noqa: E402
-from dreamlet.models.diffusion.schedule import sampling_times  # noqa: E402
+from dreamlet.models.diffusion.schedule import alpha_sigma, sampling_times  # noqa: E402
 from dreamlet.pipeline import Pipeline, candidate_seeds  # noqa: E402
 
 KINDS = ("seen", "heldout", "pair")
@@ -65,16 +69,50 @@ def guided(model, weak, ids, empty, variant: str):
     return denoise
 
 
+def stochastic_sampler(spec: str, generator: torch.Generator):
+    """A sampler(denoise, x, times) that adds fresh noise while LO <= t <= HI (see the module's docstring)."""
+    name, values = spec.split(":")
+    eta, low, high = ([float(v) for v in values.split(",")] + [0.0, 1.0])[:3]
+    lam = lambda t: torch.log(alpha_sigma(t)[0] / alpha_sigma(t)[1])  # noqa: E731
+    if name not in ("ddim_eta", "dpmpp_2m_sde"):
+        raise ValueError(f"unknown sampler {spec!r}")
+
+    def sample(denoise, x, times):
+        previous, h_previous = None, None
+        for i in range(len(times) - 1):
+            t, t_next = times[i], times[i + 1]
+            (a, s), (a_next, s_next) = alpha_sigma(t), alpha_sigma(t_next)
+            e = eta if low <= float(t) <= high else 0.0
+            x0 = denoise(x, t)
+            z = torch.randn(x.shape, generator=generator)
+            if t_next == 0:
+                x = x0
+            elif name == "ddim_eta":
+                c = e * (s_next / s) * torch.sqrt(1 - (a / a_next) ** 2)
+                x = (a_next * x0 + torch.sqrt(s_next ** 2 - c ** 2) * (x - a * x0) / s + c * z).float()
+            else:
+                h = lam(t_next) - lam(t)
+                d = x0 if previous is None else x0 + (x0 - previous) * h / (2 * h_previous)
+                x = ((s_next / s) * torch.exp(-h * e) * x - a_next * torch.expm1(-h * (1 + e)) * d
+                     + s_next * torch.sqrt(-torch.expm1(-2 * h * e)) * z).float()
+                h_previous = h
+            previous = x0
+        return x
+    return sample
+
+
 @torch.no_grad()
-def draw(pipeline: Pipeline, weak, texts: list[str], seeds: list[int], variant: str, batch: int = 64) -> np.ndarray:
+def draw(pipeline: Pipeline, weak, texts: list[str], seeds: list[int], variant: str, batch: int = 64,
+         sampler: str = "") -> np.ndarray:
     model, out = pipeline.model, []
     empty = pipeline.tokenizer([""])
     for i in range(0, len(texts), batch):
         ids = pipeline.tokenizer(texts[i:i + batch])
         noise = torch.stack([torch.randn((3, pipeline.image_size, pipeline.image_size),
                                          generator=torch.Generator().manual_seed(s)) for s in seeds[i:i + batch]])
-        x = SAMPLERS[model.config.sampler](guided(model, weak, ids, empty, variant), noise,
-                                           sampling_times(model.config.steps))
+        sample = (stochastic_sampler(sampler, torch.Generator().manual_seed(seeds[i])) if sampler
+                  else SAMPLERS[model.config.sampler])
+        x = sample(guided(model, weak, ids, empty, variant), noise, sampling_times(model.config.steps))
         out.append(to_uint8(x.clamp(-1, 1)))
     return np.concatenate(out)
 
@@ -94,6 +132,7 @@ def main():
     parser.add_argument("model")
     parser.add_argument("variants", nargs="+")
     parser.add_argument("--weak", help="the weaker model for auto: variants")
+    parser.add_argument("--sampler", default="", help="ddim_eta:E[,LO,HI] or dpmpp_2m_sde:E[,LO,HI] (the docstring)")
     parser.add_argument("--candidates", type=int, default=4)
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
@@ -111,11 +150,12 @@ def main():
         return {kind: round(float(values[kinds == kind].mean()), 3) for kind in KINDS}
     for variant in args.variants:
         started = time.perf_counter()
-        images = draw(pipeline, weak, texts, seeds, variant)
+        images = draw(pipeline, weak, texts, seeds, variant, sampler=args.sampler)
         correct = np.array([judge(image, p)["correct"] for image, (p, _) in
                             zip(images, [job for job in jobs for _ in range(K)])]).reshape(len(jobs), K)
         score = match_scores(pipeline, images, texts, score_seeds).reshape(len(jobs), K)
-        row = dict(name=f"{Path(args.model).name} {variant}", model=args.model, variant=variant,
+        row = dict(name=f"{Path(args.model).name} {variant}" + (f" {args.sampler}" if args.sampler else ""),
+                   model=args.model, variant=variant, sampler=args.sampler or None,
                    weak=args.weak if variant.startswith("auto") else None, candidates=K, prompt_set=args.prompt_set,
                    alone=by_kind(correct.mean(1)), best=by_kind(correct[np.arange(len(jobs)), score.argmax(1)]),
                    oracle=by_kind(correct.any(1)), seconds=round(time.perf_counter() - started, 1))
