@@ -14,11 +14,11 @@ TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--check
 VARIANTS = [("decoder", "autoregressive"), ("encdec", "autoregressive"), ("decoder", "maskgit"), ("encdec", "maskgit")]
 
 
-def tiny(arch="decoder", decoder="autoregressive", size=16):
+def tiny(arch="decoder", decoder="autoregressive", size=16, **extra):
     torch.manual_seed(0)
     vq = VQ_PRESETS["tiny"] | {"image_size": size}
     config = updated(DalleConfig(), PRESETS["tiny"] | {"image_size": size, "arch": arch, "decoder": decoder,
-                                                        "vq": vq, "text": {"vocab_size": 50}})
+                                                        "vq": vq, "text": {"vocab_size": 50}} | extra)
     return DalleModel(config).eval()
 
 
@@ -33,6 +33,21 @@ def test_a_future_code_does_not_change_an_earlier_logit(arch):
         a, b = model.logits(ids, codes), model.logits(ids, changed)
     assert torch.allclose(a[:, :9], b[:, :9], atol=1e-5)   # outputs 0..8 read inputs 0..8 only
     assert not torch.allclose(a[:, 9:], b[:, 9:], atol=1e-5)
+
+
+def test_the_prefix_convolution_reads_neighbouring_words_but_not_the_batch_s_padding():
+    model = tiny(prefix_conv=3)
+    short, long = torch.tensor([[5, 6, 7] + [0] * 5]), torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    codes = torch.randint(0, model.config.vq.codebook_size, (1, model.tokens))
+    with torch.no_grad():
+        alone = model.logits(short, codes)
+        beside_a_longer_caption = model.logits(torch.cat([short, long]), codes.repeat(2, 1))[:1]
+        assert torch.allclose(alone, beside_a_longer_caption, atol=1e-5)
+        first, _, _ = model.caption(short)
+        neighbour_changed, _, _ = model.caption(torch.tensor([[5, 9, 7] + [0] * 5]))
+    assert not torch.allclose(first[0, 0], neighbour_changed[0, 0])   # word 0 now reads word 1
+    with pytest.raises(ValueError, match="odd width"):
+        tiny(prefix_conv=2)
 
 
 def test_maskgit_reads_the_whole_grid():

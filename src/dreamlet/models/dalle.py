@@ -43,6 +43,8 @@ class DalleConfig:
     depth: int = 4
     heads: int = 6
     mlp_ratio: float = 4.0
+    prefix_conv: int = 0             # decoder: > 0, a convolution of this width over neighbouring caption tokens, so
+                                     # "red" and "square" meet before attention (the diffusion text encoder's `conv`)
     cond_drop: float = 0.1           # share of captions replaced by the empty one in training (for guidance)
     guidance: float = 2.0            # default guidance scale at sampling (1: none)
     temperature: float = 0.7         # below 1 and top-k: fewer stray codes, so fewer broken objects (docs/dalle.md)
@@ -145,6 +147,8 @@ class DalleModel(nn.Module):
             raise ValueError(f"unknown arch {config.arch!r}; expected decoder or encdec")
         if config.decoder not in ("autoregressive", "maskgit"):
             raise ValueError(f"unknown decoder {config.decoder!r}; expected autoregressive or maskgit")
+        if config.prefix_conv < 0 or config.prefix_conv % 2 == 0 and config.prefix_conv:
+            raise ValueError(f"prefix_conv must be 0 or an odd width, not {config.prefix_conv}")
         if config.vq.image_size != config.image_size:
             raise ValueError(f"the image tokenizer works at {config.vq.image_size} px, not {config.image_size}")
         self.config = c = config
@@ -163,6 +167,8 @@ class DalleModel(nn.Module):
             self.word = nn.Embedding(c.text.vocab_size, c.width)
             nn.init.normal_(self.word.weight, std=0.02)
             self.word_position = nn.Parameter(torch.randn(c.text.max_length, c.width) * 0.02)
+            if c.prefix_conv:
+                self.prefix_conv = nn.Conv1d(c.width, c.width, c.prefix_conv, padding=c.prefix_conv // 2)
         else:
             self.text_encoder = TextEncoder(c.text)
             text_width = c.text.width
@@ -190,7 +196,10 @@ class DalleModel(nn.Module):
         length = int(keep.any(0).nonzero().max()) + 1
         ids, keep = ids[:, :length], keep[:, :length]
         if self.config.arch == "decoder":
-            return self.word(ids) + self.word_position[: ids.shape[1]], None, keep
+            prefix = self.word(ids) + self.word_position[: ids.shape[1]]
+            if self.config.prefix_conv:  # padding reads as zeros, so a caption's prefix does not depend on its batch
+                prefix = prefix + self.prefix_conv((prefix * keep[..., None]).transpose(1, 2)).transpose(1, 2)
+            return prefix, None, keep
         text, keep, _ = self.text_encoder(ids)
         return None, text, keep
 
