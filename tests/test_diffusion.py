@@ -189,27 +189,6 @@ def test_guidance_mixes_the_two_halves_and_one_draws_the_caption_alone():
     assert torch.allclose(alone, conditional.clamp(-1, 1), atol=1e-6)
 
 
-def test_self_conditioning_feeds_each_branch_its_own_last_estimate_and_trains_on_half_the_batches():
-    torch.manual_seed(0)
-    model = TextToImageDiffusion(updated(tiny(16), {"self_condition": True})).eval()
-    seen = []
-    forward = model.net.forward
-    model.net.forward = lambda x, *rest: (seen.append(x[:, 3:].clone()), forward(x, *rest))[1]
-    ids, empty = torch.randint(4, 64, (2, 8)), torch.tensor([[1, 2] + [0] * 6])
-    denoise = model.denoiser.guided(model.condition(torch.cat([ids, empty.expand(2, -1)])), 3.0, bounded=False)
-    x = torch.randn(2, 3, 16, 16)
-    first = denoise(x, torch.tensor(0.9, dtype=torch.float64))
-    denoise(x, torch.tensor(0.8, dtype=torch.float64))
-    assert seen[0].shape == (4, 3, 16, 16) and not seen[0].any()          # nothing to read at the first step
-    conditional, unconditional = seen[1].chunk(2)                         # then each half's own estimate
-    assert torch.allclose(unconditional + 3 * (conditional - unconditional), first, atol=1e-5)
-    seen.clear()
-    model.train()
-    for seed in range(8):
-        model.loss(torch.rand(2, 3, 16, 16) * 2 - 1, ids, empty, torch.Generator().manual_seed(seed))
-    assert 10 <= len(seen) <= 14 and any(s.any() for s in seen)          # an extra pass in about half the batches
-
-
 def test_guidance_keeps_its_detail_share_below_the_detail_time_only():
     """guidance_detail = 0.5 with guidance 3: scale 3 while the layout is decided (t >= 0.6), 2 below."""
     denoiser = Denoiser(Scaled())

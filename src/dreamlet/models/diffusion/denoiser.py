@@ -48,15 +48,11 @@ class Denoiser:
     v - sigma^(p-1) P: since x0 = alpha x_t - sigma v, that adds sigma^p P to the clean estimate, all of
     the caption's preview at pure noise and none of it at the end (preview.py)."""
 
-    def __init__(self, network: nn.Module, preview_power: float = 0.0, self_condition: bool = False):
-        self.network, self.preview_power, self.self_condition = network, preview_power, self_condition
+    def __init__(self, network: nn.Module, preview_power: float = 0.0):
+        self.network, self.preview_power = network, preview_power
 
-    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition,
-                 previous: torch.Tensor | None = None) -> torch.Tensor:
-        """The predicted v for noisy pictures x (B, C, S, S) at times t (B,). With self-conditioning, the
-        network also reads `previous`, its own last clean estimate (zeros when there is none yet)."""
-        if self.self_condition:
-            x = torch.cat([x, torch.zeros_like(x) if previous is None else previous.to(x.dtype)], dim=1)
+    def velocity(self, x: torch.Tensor, t: torch.Tensor, cond: Condition) -> torch.Tensor:
+        """The predicted v for noisy pictures x (B, C, S, S) at times t (B,)."""
         if cond.picture is not None:
             x = torch.cat([x, cond.picture.to(x.dtype)], dim=1)
         v = self.network(x, t, cond.text, cond.keep, cond.pooled, cond.extra, cond.bias)
@@ -65,18 +61,11 @@ class Denoiser:
             v = v - sigma ** (self.preview_power - 1) * cond.preview
         return v
 
-    def loss(self, images: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond: Condition,
-             generator: torch.Generator | None = None) -> torch.Tensor:
+    def loss(self, images: torch.Tensor, t: torch.Tensor, noise: torch.Tensor, cond: Condition) -> torch.Tensor:
         """Mean squared error on v for clean pictures (B, C, S, S) noised with `noise` to times t (B,)."""
         a, s = (v.view(-1, 1, 1, 1) for v in alpha_sigma(t))
-        target, x = a * noise - s * images, a * images + s * noise
-        previous = None
-        if self.self_condition and torch.rand((), generator=generator) < 0.5:
-            # self-conditioning (Chen et al. 2022, "Analog Bits"): half the batches first estimate the clean
-            # picture without it, and the network learns to refine that estimate (no gradient through it)
-            with torch.no_grad():
-                previous = (a * x - s * self.velocity(x, t, cond)).float()
-        return F.mse_loss(self.velocity(x, t, cond, previous).float(), target)
+        target = a * noise - s * images
+        return F.mse_loss(self.velocity(a * images + s * noise, t, cond).float(), target)
 
     def guided(self, cond: Condition, guidance: float, threshold: float = 0.0, bounded: bool = True,
                detail: float = 1.0) -> Callable:
@@ -86,15 +75,14 @@ class Denoiser:
         by noise level, Kynkaanniemi et al. 2024: the layout is decided above, the detail below). Pictures are
         `bounded` in [-1, 1]: the estimate is brought back there (`dynamic_threshold` at percentile
         `threshold`, 0: clipping); latents are not."""
-        halves, last = (1 if guidance == 1 else 2), {}
+        halves = 1 if guidance == 1 else 2
 
         def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             t_batch = torch.full((len(cond),), float(t), device=x.device)
             x = x.repeat(halves, 1, 1, 1)
-            v = self.velocity(x, t_batch, cond, last.get("x0")).float()
+            v = self.velocity(x, t_batch, cond).float()
             a, s = (v.view(-1, 1, 1, 1) for v in alpha_sigma(t_batch.double()))
             x0 = (a * x - s * v).float()
-            last["x0"] = x0  # each half's own estimate, before guidance: what self-conditioning trained on
             if halves == 2:
                 conditional, unconditional = x0.chunk(2)
                 scale = guidance if float(t) >= DETAIL_TIME else detail_scale(guidance, detail)

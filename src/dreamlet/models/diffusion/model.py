@@ -41,7 +41,6 @@ class DiffusionConfig:
                                       # more often, pairs as before
     dynamic_threshold: float = 0.0    # > 0: Imagen's dynamic thresholding of the clean estimate at this percentile
                                       # of |x0| (e.g. 0.995, for high guidance); 0: static clipping to [-1, 1]
-    self_condition: bool = False      # the network also reads its own last clean estimate (Chen et al. 2022)
     rerank: int = 4                   # default candidates per picture, the one the model itself finds closest to
                                       # the caption kept (match(); 1: draw one). Tenth round: pairs drawn with
                                       # exactly the two objects asked for far more often
@@ -74,10 +73,10 @@ class TextToImageDiffusion(nn.Module):
                              f"{config.dit.text_width} differ")
         self.config = c = config
         self.text_encoder = build_text_encoder(c.text)
-        self.net = DiT(c.dit, size or c.image_size, channels, in_channels=2 * channels if c.self_condition else None)
+        self.net = DiT(c.dit, size or c.image_size, channels)
         self.preview = (CaptionPreview(c.preview, c.dit.text_width, self.net.grid, c.dit.patch, c.dit.width, channels)
                         if c.preview.rank else None)
-        self.denoiser = Denoiser(self.net, c.preview.power if self.preview else 0.0, c.self_condition)
+        self.denoiser = Denoiser(self.net, c.preview.power if self.preview else 0.0)
 
     def condition(self, ids: torch.Tensor) -> Condition:
         """Token ids (B, L) -> what the denoiser reads: the caption's features, layout and preview."""
@@ -95,7 +94,7 @@ class TextToImageDiffusion(nn.Module):
         t = sample_timesteps(B, self.config.timesteps, generator, device, self.config.timestep_mean)
         noise = torch.randn(images.shape, generator=generator).to(device)
         cond = self.condition(ids)
-        loss = self.denoiser.loss(images, t, noise, cond, generator)
+        loss = self.denoiser.loss(images, t, noise, cond)
         if cond.preview is None:
             return loss
         return loss + self.config.preview.weight * F.mse_loss(cond.preview.float(), images)
