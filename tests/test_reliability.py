@@ -432,3 +432,18 @@ def test_resume_refuses_a_changed_seed_batch_or_model_in_one_line(tmp_path, caps
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and words in err and "was trained with" in err, err
     assert main([*command(), "--steps", "3", "--resume"]) == 0  # the same command continues it
+
+
+def test_output_into_a_pipe_nobody_reads_ends_quietly(tmp_path):
+    """`dreamlet data inspect digits | head -1`: once the reader has gone, dreamlet stops without a traceback."""
+    import os
+    read, write = os.pipe()
+    os.close(read)   # the reader is gone before the first line is written
+    try:
+        done = subprocess.run([sys.executable, "-m", "dreamlet", "data", "inspect", "digits", "--count", "20",
+                               "--sheet", str(tmp_path / "sheet.png")], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert done.returncode == 141
+    assert "Traceback" not in done.stderr and "Exception ignored" not in done.stderr

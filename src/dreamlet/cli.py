@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from pathlib import Path
@@ -447,6 +448,10 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         check_sane(args)
         COMMANDS[args.command](args)
+        sys.stdout.flush()  # a reader that went away shows here, not in a traceback at exit
+    except BrokenPipeError:  # whoever read the output stopped (`dreamlet eval ... | head`): nothing is wrong here
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's own flush stays quiet
+        return 141  # as a shell reports a command stopped by SIGPIPE
     except UserError as error:
         print(f"dreamlet: error: {error}", file=sys.stderr)
         return 2
