@@ -41,7 +41,7 @@ from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor, to_uint8  # noqa: E402
 from dreamlet.judge import judge  # noqa: E402
 from dreamlet.models.diffusion.sampling import SAMPLERS  # noqa: E402
-from dreamlet.models.diffusion.schedule import alpha_sigma, sampling_times  # noqa: E402
+from dreamlet.models.diffusion.schedule import alpha_sigma, half_log_snr, sampling_times  # noqa: E402
 from dreamlet.pipeline import Pipeline, candidate_seeds  # noqa: E402
 
 KINDS = ("seen", "heldout", "pair")
@@ -73,7 +73,6 @@ def stochastic_sampler(spec: str, generator: torch.Generator):
     """A sampler(denoise, x, times) that adds fresh noise while LO <= t <= HI (see the module's docstring)."""
     name, values = spec.split(":")
     eta, low, high = ([float(v) for v in values.split(",")] + [0.0, 1.0])[:3]
-    lam = lambda t: torch.log(alpha_sigma(t)[0] / alpha_sigma(t)[1])  # noqa: E731
     if name not in ("ddim_eta", "dpmpp_2m_sde"):
         raise ValueError(f"unknown sampler {spec!r}")
 
@@ -91,7 +90,7 @@ def stochastic_sampler(spec: str, generator: torch.Generator):
                 c = e * (s_next / s) * torch.sqrt(1 - (a / a_next) ** 2)
                 x = (a_next * x0 + torch.sqrt(s_next ** 2 - c ** 2) * (x - a * x0) / s + c * z).float()
             else:
-                h = lam(t_next) - lam(t)
+                h = half_log_snr(t_next) - half_log_snr(t)
                 d = x0 if previous is None else x0 + (x0 - previous) * h / (2 * h_previous)
                 x = ((s_next / s) * torch.exp(-h * e) * x - a_next * torch.expm1(-h * (1 + e)) * d
                      + s_next * torch.sqrt(-torch.expm1(-2 * h * e)) * z).float()

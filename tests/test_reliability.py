@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 import math
+import os
 import shutil
 import signal
 import struct
@@ -436,7 +437,6 @@ def test_resume_refuses_a_changed_seed_batch_or_model_in_one_line(tmp_path, caps
 
 def test_output_into_a_pipe_nobody_reads_ends_quietly(tmp_path):
     """`dreamlet data inspect digits | head -1`: once the reader has gone, dreamlet stops without a traceback."""
-    import os
     read, write = os.pipe()
     os.close(read)   # the reader is gone before the first line is written
     try:

@@ -30,7 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import Family, Flag, removed
-from ..text.encoder import TextEncoder, TextEncoderConfig
+from ..text.encoder import TextEncoder, TextEncoderConfig, TokenConvolution
 from .vqvae import VQConfig, VQModel
 
 
@@ -147,7 +147,7 @@ class DalleModel(nn.Module):
             raise ValueError(f"unknown arch {config.arch!r}; expected decoder or encdec")
         if config.decoder not in ("autoregressive", "maskgit"):
             raise ValueError(f"unknown decoder {config.decoder!r}; expected autoregressive or maskgit")
-        if config.prefix_conv < 0 or config.prefix_conv % 2 == 0 and config.prefix_conv:
+        if config.prefix_conv and (config.prefix_conv < 0 or config.prefix_conv % 2 == 0):
             raise ValueError(f"prefix_conv must be 0 or an odd width, not {config.prefix_conv}")
         if config.vq.image_size != config.image_size:
             raise ValueError(f"the image tokenizer works at {config.vq.image_size} px, not {config.image_size}")
@@ -168,7 +168,7 @@ class DalleModel(nn.Module):
             nn.init.normal_(self.word.weight, std=0.02)
             self.word_position = nn.Parameter(torch.randn(c.text.max_length, c.width) * 0.02)
             if c.prefix_conv:
-                self.prefix_conv = nn.Conv1d(c.width, c.width, c.prefix_conv, padding=c.prefix_conv // 2)
+                self.prefix_conv = TokenConvolution(c.width, c.prefix_conv)
         else:
             self.text_encoder = TextEncoder(c.text)
             text_width = c.text.width
@@ -197,8 +197,8 @@ class DalleModel(nn.Module):
         ids, keep = ids[:, :length], keep[:, :length]
         if self.config.arch == "decoder":
             prefix = self.word(ids) + self.word_position[: ids.shape[1]]
-            if self.config.prefix_conv:  # padding reads as zeros, so a caption's prefix does not depend on its batch
-                prefix = prefix + self.prefix_conv((prefix * keep[..., None]).transpose(1, 2)).transpose(1, 2)
+            if self.config.prefix_conv:
+                prefix = self.prefix_conv(prefix, keep)
             return prefix, None, keep
         text, keep, _ = self.text_encoder(ids)
         return None, text, keep

@@ -41,6 +41,19 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class TokenConvolution(nn.Conv1d):
+    """A 1-D convolution of odd `width` over neighbouring tokens, added to them: each token's feature then
+    depends on its neighbours from the first layer on, so "red square" is one feature at "square"."""
+
+    def __init__(self, channels: int, width: int):
+        super().__init__(channels, channels, width, padding=width // 2)
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """x (B, L, D) and keep (B, L), True at real tokens -> (B, L, D). Padding reads as zeros, so a
+        caption's features do not depend on the captions batched with it."""
+        return x + super().forward((x * keep[..., None]).transpose(1, 2)).transpose(1, 2)
+
+
 class TextEncoder(nn.Module):
     def __init__(self, config: TextEncoderConfig):
         super().__init__()
@@ -53,14 +66,14 @@ class TextEncoder(nn.Module):
         self.blocks = nn.ModuleList(Block(config.width, config.heads) for _ in range(config.layers))
         self.norm = nn.LayerNorm(config.width)
         if config.conv:
-            self.conv = nn.Conv1d(config.width, config.width, config.conv, padding=config.conv // 2)
+            self.conv = TokenConvolution(config.width, config.conv)
 
     def forward(self, ids: torch.Tensor):
         """ids (B, L) -> tokens (B, L, D), keep mask (B, L) bool, pooled (B, D) mean of real tokens."""
         keep = ids != self.config.pad_id                                   # (B, L)
         x = self.token(ids) + self.position[: ids.shape[1]]                # (B, L, D)
-        if self.config.conv:  # padding reads as zeros, so a caption's features do not depend on its batch
-            x = x + self.conv((x * keep[..., None]).transpose(1, 2)).transpose(1, 2)
+        if self.config.conv:
+            x = self.conv(x, keep)
         for block in self.blocks:
             x = block(x, keep[:, None, None, :])
         x = self.norm(x)

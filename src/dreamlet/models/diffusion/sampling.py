@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from .schedule import alpha_sigma
+from .schedule import alpha_sigma, half_log_snr
 
 
 def after_step(callback, i: int, x: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
@@ -48,7 +48,6 @@ def sample_ddim(denoise, x, times, callback=None):
 def sample_dpmpp_2m(denoise, x, times, callback=None):
     """DPM-Solver++(2M) (Lu et al. 2022, Algorithm 2): second-order multistep in log-SNR, one
     network evaluation per step, reusing the previous step's estimate."""
-    lam = lambda t: torch.log(alpha_sigma(t)[0] / alpha_sigma(t)[1])  # noqa: E731  log-SNR / 2
     previous, h_previous = None, None
     for i in range(len(times) - 1):
         t, t_next = times[i], times[i + 1]
@@ -57,7 +56,7 @@ def sample_dpmpp_2m(denoise, x, times, callback=None):
         if t_next == 0:  # the last step lands on the estimate itself
             x = x0
         else:
-            h = lam(t_next) - lam(t)
+            h = half_log_snr(t_next) - half_log_snr(t)
             d = x0
             if previous is not None:
                 r = h_previous / h

@@ -15,6 +15,12 @@ def alpha_sigma(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cos(0.5 * math.pi * t), torch.sin(0.5 * math.pi * t)
 
 
+def half_log_snr(t: torch.Tensor) -> torch.Tensor:
+    """log(alpha / sigma), half the log signal-to-noise ratio: the time variable of DPM-Solver (its lambda)."""
+    alpha, sigma = alpha_sigma(t)
+    return torch.log(alpha / sigma)
+
+
 def sample_timesteps(batch: int, mode: str, generator: torch.Generator | None = None,
                      device="cpu", mean: float = 0.0) -> torch.Tensor:
     """Training timesteps (B,). "logit_normal" puts more weight on middle noise levels, where
