@@ -9,6 +9,7 @@ docs/benchmarks.md.
     python bench/real_data.py latent-diffusion:emoji:64:2 --clip-minutes 1 --count 32   # a smoke run
     python bench/real_data.py cascade:emoji:64:30    # the 32 -> 64 cascade: half the minutes for each stage
     python bench/real_data.py diffusion,preview.rank=0:emoji:32:30   # with a setting changed (--set's form)
+    python bench/real_data.py diffusion,optimizer=adamw:emoji:32:30  # or a training flag
     python bench/real_data.py diffusion:emoji:32:10 --judge-only --rerank 1   # as drawn without reranking
 
 Pictures are drawn as the model draws by default (a diffusion model: the best of 4 by its own judgement);
@@ -45,12 +46,17 @@ from dreamlet.training import TrainConfig, train  # noqa: E402
 
 
 def parse_run(spec: str) -> dict:
-    """family[,key=value...]:data:size:minutes; the settings are --set's, e.g. diffusion,preview.rank=0."""
+    """family[,key=value...]:data:size:minutes; the settings are --set's, e.g. diffusion,preview.rank=0, or
+    a training flag's (a TrainConfig field), e.g. diffusion,optimizer=adamw."""
+    import dataclasses
     from dreamlet.cli import parse_settings
     family_settings, data, size, minutes = spec.split(":")
     family, *settings = family_settings.split(",")
-    return dict(family=family, settings=parse_settings(settings), data=data, size=int(size), minutes=float(minutes),
-                name=f"{family_settings}-{Path(data).name}-{size}px-{minutes}min")
+    settings = parse_settings(settings)
+    flags = {f.name for f in dataclasses.fields(TrainConfig)}
+    return dict(family=family, settings={k: v for k, v in settings.items() if k not in flags},
+                train={k: v for k, v in settings.items() if k in flags}, data=data, size=int(size),
+                minutes=float(minutes), name=f"{family_settings}-{Path(data).name}-{size}px-{minutes}min")
 
 
 def clip_for(data: str, size: int, minutes: float, out: Path, retrain: bool) -> Path:
@@ -103,7 +109,7 @@ def train_run(run: dict, run_dir: Path) -> None:
     data, size, minutes = run["data"], run["size"], run["minutes"]
     if run["family"] != "cascade":
         train(TrainConfig(model=run["family"], data=data, size=size, minutes=minutes, out=str(run_dir), sample_every=0,
-                          settings=run["settings"]), quiet=True)
+                          settings=run["settings"], **run.get("train", {})), quiet=True)
         return
     base = run_dir.parent / f"{run['name']}-base"
     shutil.rmtree(base, ignore_errors=True)

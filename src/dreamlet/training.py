@@ -38,6 +38,7 @@ from .config import to_dict, updated
 from .data import FITS, get_dataset
 from .images import captioned_grid, to_tensor
 from .models import Family, get_family
+from .optimizer import OPTIMIZERS, make_optimizer
 from .pipeline import PRECISIONS, Pipeline, autocast, pick_device
 from .scaling import (budget_bytes, check_split, has_unused_parameters, measure_footprint, step_batches,
                       plan_memory, set_activation_checkpointing)
@@ -46,7 +47,8 @@ from .text.tokenizer import CaptionTokenizer, load_tokenizer, tokenizer_for
 
 # What a family may change (its TRAIN_DEFAULTS) and the value when it does not: a GAN wants another
 # learning rate than a diffusion model, so these TrainConfig fields default to None, "the family's".
-FAMILY_DEPENDENT = dict(batch_size=32, lr=2e-3, warmup=100, weight_decay=0.01, grad_clip=1.0, ema_decay=0.995)
+FAMILY_DEPENDENT = dict(batch_size=32, lr=2e-3, warmup=100, weight_decay=0.01, grad_clip=1.0, ema_decay=0.995,
+                        optimizer="adamw")
 
 
 def flag(default, help: str, **argparse_options):
@@ -81,6 +83,9 @@ class TrainConfig:
     warmup: int | None = flag(None, "linear warmup steps (default: the family's, 100 for diffusion)")
     min_lr_ratio: float = flag(0.1, "the cosine decay ends at lr x this when the budget is spent")
     weight_decay: float | None = flag(None, "AdamW weight decay (default: the family's, 0.01 for diffusion)")
+    optimizer: str | None = flag(None, "adamw, or muon: Muon for the transformer blocks' weight matrices, AdamW "
+                                       "for the rest (default: the family's, adamw; a resumed run keeps its own)",
+                                 choices=OPTIMIZERS)
     grad_clip: float | None = flag(None, "clip the gradient norm at this (0: off; default: the family's, 1)")
     ema_decay: float | None = flag(None, "decay of the weights' moving average that is saved (default: the "
                                          "family's, 0.995 for diffusion)")
@@ -304,6 +309,8 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
     """Everything before the first step: join the other processes, load the data, resume the run or start
     it (a first stage, the model config, the model, EMA and optimizer), fit --max-memory, wrap the model
     for accelerate and open the logs."""
+    if config.resume and config.optimizer is None:  # a resumed run keeps its optimizer (runs saved before: AdamW)
+        config = dataclasses.replace(config, optimizer=saved_train_flag(Path(config.out), "optimizer", "adamw"))
     config = config.resolved()
     out = Path(config.out)
     if config.steps is None and config.minutes is None:
@@ -351,8 +358,17 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
 
 # What a resumed run must be given again as it was: each changes what the run computes (the random draws,
 # the batches, the model), so a resume with another value would silently be another run.
-SAME_ON_RESUME = {"seed": "--seed", "batch_size": "--batch-size", "preset": "--preset",
+SAME_ON_RESUME = {"seed": "--seed", "batch_size": "--batch-size", "preset": "--preset", "optimizer": "--optimizer",
                   "settings": "--set (or a family flag such as --text-encoder)"}
+
+
+def saved_train_flag(out: Path, name: str, before: object) -> object:
+    """A flag as the run saved in OUT was trained with (`before` where it was saved without it); None where
+    OUT holds no readable run (read_state says why)."""
+    try:
+        return read_json(out / "checkpoint" / "state.json")["train"].get(name, before)
+    except (UserError, KeyError, AttributeError):
+        return None
 
 
 def check_same_run(saved: dict, config: TrainConfig, out: Path) -> None:
@@ -497,7 +513,7 @@ def build_model(config: TrainConfig, family: Family, model_config, device, weigh
     else:  # no weight decay on gains and biases
         groups = [{"params": [p for p in model.parameters() if p.ndim >= 2], "weight_decay": config.weight_decay},
                   {"params": [p for p in model.parameters() if p.ndim < 2], "weight_decay": 0.0}]
-    return model, ema, torch.optim.AdamW(groups, lr=config.lr, betas=(0.9, 0.99))
+    return model, ema, make_optimizer(config.optimizer, groups, model, config.lr, betas=(0.9, 0.99))
 
 
 def load_checkpoint(run: Run, state: dict) -> None:

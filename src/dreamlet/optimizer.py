@@ -1,0 +1,84 @@
+"""The optimizer every family trains with: AdamW, or Muon for the hidden weight matrices beside AdamW.
+
+Muon (Jordan et al. 2024; "Muon is scalable for LLM training", Liu et al. 2025) replaces each weight
+matrix's momentum update by the nearest orthogonal matrix, so every direction of the layer learns at
+the same rate; it is meant for the hidden matrices of a network, while embeddings, convolutions, gains and
+biases stay with AdamW. torch ships both updates (torch.optim.Muon and torch.optim.AdamW); `MuonWithAdamW`
+only makes them one optimizer, so the training loop's learning-rate schedule, accelerate's wrapping and
+the checkpoint (one state dict) need not know there are two.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+OPTIMIZERS = ("adamw", "muon")
+
+
+class MuonWithAdamW(torch.optim.Optimizer):
+    """torch.optim.Muon over the groups marked {"muon": True}, torch.optim.AdamW over the others. Both
+    work on this optimizer's own param_groups and state (the same dicts), so setting a group's lr, saving
+    and loading act on one object. Muon's lr is matched to AdamW's update size (`match_rms_adamw`), so
+    one learning rate and weight decay serve both."""
+
+    def __init__(self, groups: list[dict], lr: float, betas: tuple[float, float]):
+        muon = [g for g in groups if g.pop("muon", False)]
+        adamw = [g for g in groups if g not in muon]
+        self.muon = torch.optim.Muon(muon, lr=lr, adjust_lr_fn="match_rms_adamw") if muon else None
+        self.adamw = torch.optim.AdamW(adamw, lr=lr, betas=betas) if adamw else None
+        self.muon_groups = len(muon)
+        super().__init__([g for part in self.parts for g in part.param_groups], {})
+        self.share()
+
+    @property
+    def parts(self) -> list[torch.optim.Optimizer]:
+        return [part for part in (self.muon, self.adamw) if part is not None]
+
+    def share(self) -> None:
+        """Point both parts at this optimizer's groups and state (load_state_dict replaces them)."""
+        if self.muon is not None:
+            self.muon.param_groups, self.muon.state = self.param_groups[:self.muon_groups], self.state
+        if self.adamw is not None:
+            self.adamw.param_groups, self.adamw.state = self.param_groups[self.muon_groups:], self.state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        super().load_state_dict(state_dict)
+        self.share()
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        for part in self.parts:
+            part.step()
+
+
+# Maps of the one conditioning vector a picture has (the timestep and pooled caption): adaLN's modulation in a
+# DiT block, FiLM in a residual or GAN block. On shapes, Muon on these too cost 8 % of the steps (its orthogonalisation
+# of wide matrices) and gained no pairs (docs/benchmarks.md, fifteenth round): they stay with AdamW.
+CONDITIONING_MAPS = ("ada", "film", "film1", "film2")
+
+
+def token_mixing_weights(model: nn.Module) -> set[int]:
+    """ids of the weights Muon updates: the nn.Linear layers inside transformer blocks (`blocks.N` modules) that
+    mix token features, attention and MLP, and not the conditioning maps among them."""
+    return {id(module.weight) for name, module in model.named_modules()
+            if isinstance(module, nn.Linear) and ".blocks." in f".{name}"
+            and name.rsplit(".", 1)[-1] not in CONDITIONING_MAPS}
+
+
+def make_optimizer(kind: str, groups: list[dict], model: nn.Module, lr: float,
+                   betas: tuple[float, float]) -> torch.optim.Optimizer:
+    """AdamW over `groups`; or ("muon") each group split in two: its token-mixing weights to Muon, everything
+    else (embeddings, convolutions, conditioning maps, gains, biases) to AdamW with the group's settings."""
+    if kind == "adamw":
+        return torch.optim.AdamW(groups, lr=lr, betas=betas)
+    hidden = token_mixing_weights(model)
+    split = []
+    for group in groups:
+        matrices = [p for p in group["params"] if id(p) in hidden]
+        rest = [p for p in group["params"] if id(p) not in hidden]
+        settings = {k: v for k, v in group.items() if k != "params"}
+        if matrices:  # Muon has a momentum of its own, not Adam's betas
+            split.append({k: v for k, v in settings.items() if k != "betas"} | {"params": matrices, "muon": True})
+        if rest:
+            split.append(settings | {"params": rest})
+    return MuonWithAdamW(split, lr, betas)
