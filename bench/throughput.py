@@ -1,6 +1,7 @@
 """Training images/s of model designs on this machine (the step budget a time budget buys).
 
-    .venv/bin/python bench/throughput.py '{"dit": {"width": 128}}' '{"dit": {"depth": 6}}' [--batch 32] [--optimizer muon]
+    .venv/bin/python bench/throughput.py '{"dit": {"width": 128}}' '{"dit": {"depth": 6}}' [--batch 32]
+    .venv/bin/python bench/throughput.py '{}' --steps 40 --optimizer muon    # the optimizer's cost
 
 Prints one JSON line per design: parameters, images/s, and the steps 10 minutes buy at that batch.
 With OMP_NUM_THREADS=1 it measures the one-thread speed that bench/sweep.py's side-by-side runs get.

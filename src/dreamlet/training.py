@@ -84,9 +84,8 @@ class TrainConfig:
     min_lr_ratio: float = flag(0.1, "the cosine decay ends at lr x this when the budget is spent")
     weight_decay: float | None = flag(None, "AdamW weight decay (default: the family's, 0.01 for diffusion)")
     optimizer: str | None = flag(None, "adamw, or muon: Muon for the transformer blocks' weight matrices, AdamW "
-                                       "for the rest (default: the family's, muon for diffusion, else adamw; a resumed run "
-                                       "keeps its own)",
-                                 choices=OPTIMIZERS)
+                                       "for the rest (default: the family's, muon for diffusion, else adamw; a "
+                                       "resumed run keeps its own)", choices=OPTIMIZERS)
     grad_clip: float | None = flag(None, "clip the gradient norm at this (0: off; default: the family's, 1)")
     ema_decay: float | None = flag(None, "decay of the weights' moving average that is saved (default: the "
                                          "family's, 0.995 for diffusion)")
