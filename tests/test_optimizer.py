@@ -1,5 +1,5 @@
-"""The optimizer: Muon for the linear layers' weights beside AdamW for the rest, as one optimizer that the
-loop's schedule, the checkpoint and an exact resume treat like AdamW."""
+"""The optimizer: Muon for the transformer blocks' attention and MLP weights beside AdamW for the rest (conditioning
+maps included), as one optimizer that the loop's schedule, the checkpoint and an exact resume treat like AdamW."""
 import copy
 import dataclasses
 
