@@ -102,7 +102,8 @@ def test_its_state_dict_round_trips_and_the_parts_keep_working_after_a_load():
 
 
 def test_a_muon_run_trains_and_resumes_bit_for_bit(tmp_path):
-    config = dreamlet.TrainConfig(model="diffusion", steps=8, log_every=2, optimizer="muon", **TINY)
+    """Resumed without --optimizer and --lr, the run keeps the ones it was started with (not the family's)."""
+    config = dreamlet.TrainConfig(model="diffusion", steps=8, log_every=2, optimizer="muon", lr=3e-3, **TINY)
     split = dataclasses.replace(config, out=str(tmp_path / "split"), checkpoint_every=4, sample_every=0)
     straight = dataclasses.replace(config, out=str(tmp_path / "straight"), checkpoint_every=0, sample_every=0)
 
@@ -114,7 +115,7 @@ def test_a_muon_run_trains_and_resumes_bit_for_bit(tmp_path):
     assert saved_step(tmp_path / "split") == 4
     with pytest.raises(UserError, match=r"--optimizer 'muon' \(this command: 'adamw'\)"):
         dreamlet.train(dataclasses.replace(split, resume=True, optimizer="adamw"), quiet=True)
-    dreamlet.train(dataclasses.replace(split, resume=True, optimizer=None), quiet=True)  # keeps its own
+    dreamlet.train(dataclasses.replace(split, resume=True, optimizer=None, lr=None), quiet=True)  # keeps its own
     dreamlet.train(straight, quiet=True)
     assert_same_tensors(tmp_path / "split" / "checkpoint" / "state.safetensors",
                         tmp_path / "straight" / "checkpoint" / "state.safetensors")

@@ -309,8 +309,9 @@ def start_run(config: TrainConfig, quiet: bool) -> Run:
     """Everything before the first step: join the other processes, load the data, resume the run or start
     it (a first stage, the model config, the model, EMA and optimizer), fit --max-memory, wrap the model
     for accelerate and open the logs."""
-    if config.resume and config.optimizer is None:  # a resumed run keeps its optimizer (runs saved before: AdamW)
-        config = dataclasses.replace(config, optimizer=saved_train_flag(Path(config.out), "optimizer", "adamw"))
+    if config.resume:  # a flag left unset keeps the resumed run's value, not the family's default
+        saved = saved_family_flags(Path(config.out))
+        config = dataclasses.replace(config, **{k: v for k, v in saved.items() if getattr(config, k) is None})
     config = config.resolved()
     out = Path(config.out)
     if config.steps is None and config.minutes is None:
@@ -362,13 +363,19 @@ SAME_ON_RESUME = {"seed": "--seed", "batch_size": "--batch-size", "preset": "--p
                   "settings": "--set (or a family flag such as --text-encoder)"}
 
 
-def saved_train_flag(out: Path, name: str, before: object) -> object:
-    """A flag as the run saved in OUT was trained with (`before` where it was saved without it); None where
-    OUT holds no readable run (read_state says why)."""
+# What runs saved before a family-dependent flag existed were trained with (None: the family's default).
+SAVED_BEFORE = {"optimizer": "adamw"}
+
+
+def saved_family_flags(out: Path) -> dict:
+    """The family-dependent flags (FAMILY_DEPENDENT) the run saved in OUT was trained with, where known; {}
+    where OUT holds no readable run (read_state says why)."""
     try:
-        return read_json(out / "checkpoint" / "state.json")["train"].get(name, before)
-    except (UserError, KeyError, AttributeError):
-        return None
+        saved = read_json(out / "checkpoint" / "state.json")["train"]
+        flags = {name: saved.get(name, SAVED_BEFORE.get(name)) for name in FAMILY_DEPENDENT}
+    except (UserError, KeyError, TypeError, AttributeError):
+        return {}
+    return {name: value for name, value in flags.items() if value is not None}
 
 
 def check_same_run(saved: dict, config: TrainConfig, out: Path) -> None:
