@@ -1,0 +1,130 @@
+"""Could the diffusion model's own judgement pick better among its candidates? `match()` (minus the denoising
+error under the caption at t = 0.55 ... 0.95) finds about a third of the gap between one picture and the oracle
+(tenth round). This draws K candidates for each validation prompt, judges each exactly, records each one's
+denoising error at ten noise levels (t = 0.05 ... 0.95, the noise `match` uses), under its caption and under the
+empty caption, plain and averaged over 4 x 4 pixel blocks first (a coarse, layout-level error), and prints what
+keeping the best of 4 and of 8 gives for each way of combining them:
+
+- match T: minus the caption's error summed over the levels T (the default: t >= 0.5);
+- simple L T: minus (caption's error + L x empty caption's error): prefer pictures that are also plain to the
+  model without the caption (fewer objects), where the caption's error alone might reward copies;
+- ratio T: minus caption's error / empty caption's error;
+- elbo: the caption's error weighted as the ELBO weights a v-prediction error (alpha / sigma), every level.
+
+    .venv/bin/python bench/chooser_variants.py MODEL --cache runs/chooser/s0 [--results bench/results/X.json]
+
+The candidates and errors are cached in CACHE.npz and CACHE_err.npy (drawing 3,072 pictures and 20 network
+passes each take about 20 minutes on one thread), so the combinations can be changed and rerun in seconds.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from docs_section import add_row  # noqa: E402
+
+from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
+from dreamlet.images import to_tensor  # noqa: E402
+from dreamlet.judge import judge  # noqa: E402
+from dreamlet.models.diffusion.model import alpha_sigma  # noqa: E402
+from dreamlet.pipeline import Pipeline, candidate_seeds  # noqa: E402
+
+KINDS = ("seen", "heldout", "pair")
+TIMES = np.array([0.05 + 0.1 * i for i in range(10)])
+
+
+def candidates(pipeline: Pipeline, jobs, K: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """K candidates per job, drawn as best_of draws them, and whether the judge finds each right (J, K)."""
+    if cache.with_suffix(".npz").exists():
+        saved = np.load(cache.with_suffix(".npz"))
+        return saved["images"], saved["correct"].reshape(len(jobs), K)
+    texts, seeds = [p.text for p, _ in jobs for _ in range(K)], [c for _, s in jobs for c in candidate_seeds(s, K)]
+    images = pipeline.draw(texts, seeds)
+    prompts = [p for p, _ in jobs for _ in range(K)]
+    correct = np.array([judge(image, prompt)["correct"] for image, prompt in zip(images, prompts)])
+    np.savez(cache.with_suffix(".npz"), images=images, correct=correct)
+    return images, correct.reshape(len(jobs), K)
+
+
+@torch.no_grad()
+def errors(pipeline: Pipeline, images: np.ndarray, texts: list[str], seeds: list[int], cache: Path) -> np.ndarray:
+    """(N, levels, caption / empty caption, plain / 4x4-pooled) mean squared velocity errors; the candidates of one
+    job share the noise match() would use."""
+    path = Path(f"{cache}_err.npy")
+    if path.exists():
+        return np.load(path)
+    model, out = pipeline.model, np.zeros((len(images), len(TIMES), 2, 2), np.float32)
+    for i in range(0, len(images), 128):
+        x = to_tensor(images[i:i + 128]).float()
+        noise = torch.stack([pipeline.match_noise(s) for s in seeds[i:i + 128]])
+        for c, captions in enumerate([texts[i:i + 128], [""] * len(x)]):
+            cond = model.condition(pipeline.tokenizer(captions))
+            for j, t in enumerate(TIMES):
+                a, s = alpha_sigma(torch.tensor(float(t)))
+                v = model.denoiser.velocity(a * x + s * noise, torch.full((len(x),), float(t)), cond).float()
+                residual = v - (a * noise - s * x)
+                out[i:i + len(x), j, c, 0] = residual.pow(2).flatten(1).mean(1).numpy()
+                out[i:i + len(x), j, c, 1] = F.avg_pool2d(residual, 4).pow(2).flatten(1).mean(1).numpy()
+    np.save(path, out)
+    return out
+
+
+def scorers(err: np.ndarray) -> dict[str, np.ndarray]:
+    """Every combination's score (J, K), higher is better."""
+    levels = {"t>=0.5": TIMES > 0.5, "all": TIMES > 0, "t<0.5": TIMES < 0.5, "0.35-0.65": (TIMES > 0.3) & (TIMES < 0.7)}
+    elbo = np.array([math.cos(math.pi * t / 2) / math.sin(math.pi * t / 2) for t in TIMES])
+    out = {}
+    for pooled, tag in ((0, ""), (1, ", pooled 4x4")):
+        for name, keep in levels.items():
+            caption, empty = err[..., keep, 0, pooled].sum(-1), err[..., keep, 1, pooled].sum(-1)
+            out[f"match {name}{tag}"] = -caption
+            for weight in (0.25, 0.5, 1.0):
+                out[f"simple {weight} {name}{tag}"] = -(caption + weight * empty)
+            out[f"ratio {name}{tag}"] = -caption / empty
+        out[f"elbo{tag}"] = -(err[..., 0, pooled] * elbo).sum(-1)
+    return out
+
+
+def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("model")
+    parser.add_argument("--cache", required=True, help="path prefix for the candidates and errors")
+    parser.add_argument("--candidates", type=int, default=8)
+    parser.add_argument("--name", help="the row's name (default: the model directory)")
+    parser.add_argument("--results", help="a JSON file to add this row to (bench/results/...)")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    pipeline, K, cache = Pipeline.load(args.model), args.candidates, Path(args.cache)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    jobs = benchmark_jobs(64, 2, "validation")
+    images, correct = candidates(pipeline, jobs, K, cache)
+    err = errors(pipeline, images, [p.text for p, _ in jobs for _ in range(K)], [s for _, s in jobs for _ in range(K)],
+                 cache).reshape(len(jobs), K, len(TIMES), 2, 2)
+    kinds = np.array([p.kind for p, _ in jobs])
+
+    def by_kind(right):
+        return [round(100 * float(right[kinds == kind].mean())) for kind in KINDS]
+    rows = {name: {k: by_kind(correct[np.arange(len(jobs)), score[:, :k].argmax(1)]) for k in (4, 8)}
+            for name, score in scorers(err).items()}
+    row = dict(name=args.name or args.model, model=args.model, candidates=K, prompt_set="validation",
+               alone=by_kind(correct.mean(1)), oracle={k: by_kind(correct[:, :k].any(1)) for k in (4, 8)},
+               best_of=rows)
+    for name, picked in rows.items():
+        print(f"{name:32s} best of 4 {picked[4]}  best of 8 {picked[8]}")
+    print(json.dumps({k: row[k] for k in ("alone", "oracle")}))
+    if args.results:
+        add_row(args.results, row, "chooser_variants.py", sys.argv[1:])
+
+
+if __name__ == "__main__":
+    main()
