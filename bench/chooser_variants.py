@@ -32,28 +32,25 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
 from docs_section import add_row  # noqa: E402
+from self_rerank import draw_candidates  # noqa: E402
 
 from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor  # noqa: E402
-from dreamlet.judge import judge  # noqa: E402
 from dreamlet.models.diffusion.model import alpha_sigma  # noqa: E402
-from dreamlet.pipeline import Pipeline, candidate_seeds  # noqa: E402
+from dreamlet.pipeline import Pipeline  # noqa: E402
 
 KINDS = ("seen", "heldout", "pair")
 TIMES = np.array([0.05 + 0.1 * i for i in range(10)])
 
 
 def candidates(pipeline: Pipeline, jobs, K: int, cache: Path) -> tuple[np.ndarray, np.ndarray]:
-    """K candidates per job, drawn as best_of draws them, and whether the judge finds each right (J, K)."""
+    """self_rerank's K candidates per job and their verdicts (J, K), read from the cache when it has them."""
     if cache.with_suffix(".npz").exists():
         saved = np.load(cache.with_suffix(".npz"))
         return saved["images"], saved["correct"].reshape(len(jobs), K)
-    texts, seeds = [p.text for p, _ in jobs for _ in range(K)], [c for _, s in jobs for c in candidate_seeds(s, K)]
-    images = pipeline.draw(texts, seeds)
-    prompts = [p for p, _ in jobs for _ in range(K)]
-    correct = np.array([judge(image, prompt)["correct"] for image, prompt in zip(images, prompts)])
+    images, correct = draw_candidates(pipeline, jobs, K)
     np.savez(cache.with_suffix(".npz"), images=images, correct=correct)
-    return images, correct.reshape(len(jobs), K)
+    return images, correct
 
 
 @torch.no_grad()

@@ -69,6 +69,16 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
     return np.concatenate(out)
 
 
+def draw_candidates(pipeline: Pipeline, jobs: list, K: int) -> tuple[np.ndarray, np.ndarray]:
+    """K candidates per (prompt, seed) job, drawn as best_of draws them (seeds candidate_seeds(seed, K)), and
+    whether the judge finds each right (J, K)."""
+    images = pipeline.draw([p.text for p, _ in jobs for _ in range(K)],
+                           [c for _, s in jobs for c in candidate_seeds(s, K)])
+    prompts = [p for p, _ in jobs for _ in range(K)]
+    correct = np.array([judge(image, prompt)["correct"] for image, prompt in zip(images, prompts)])
+    return images, correct.reshape(len(jobs), K)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
@@ -84,11 +94,8 @@ def main():
     jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)
     texts = [p.text for p, _ in jobs for _ in range(K)]
     started = time.perf_counter()
-    images = pipeline.draw(texts, [c for _, s in jobs for c in candidate_seeds(s, K)])  # as best_of
-    candidate_jobs = [job for job in jobs for _ in range(K)]
-    correct = np.array([judge(image, p)["correct"] for image, (p, _) in zip(images, candidate_jobs)])
-    score = scores(pipeline, args.scorer, images, texts, [s for _, s in jobs for _ in range(K)])
-    correct, score = correct.reshape(len(jobs), K), score.reshape(len(jobs), K)
+    images, correct = draw_candidates(pipeline, jobs, K)
+    score = scores(pipeline, args.scorer, images, texts, [s for _, s in jobs for _ in range(K)]).reshape(len(jobs), K)
     kinds = np.array([p.kind for p, _ in jobs])
 
     def by_kind(values):
