@@ -123,10 +123,16 @@ def test_accumulated_micro_batches_train_like_the_whole_batch(tmp_path, monkeypa
 
 # Run by torchrun in each process: notes which process writes which directory, then trains through the
 # public API; options: "fixed" makes the loss deterministic (fixed_loss's source is put in front), "split"
-# stops the run at step 2 by a callback (which only the main process runs) and resumes it.
+# stops the run at step 2 by a callback (which only the main process runs) and resumes it. At exit (after
+# dreamlet's own handler, as atexit runs last-registered first) each process notes whether it left the group.
 LAUNCHED = """
 notes, options, config = Path(sys.argv[1]), sys.argv[2].split(","), json.loads(sys.argv[3])
 torch.set_num_threads(1)
+
+def note_exit():
+    with open(notes.with_name("exits.txt"), "a") as f:
+        f.write(f"{os.environ['RANK']} {'joined' if torch.distributed.is_initialized() else 'left'}\\n")
+atexit.register(note_exit)
 
 def noting(write_dir):
     def write_dir_atomically(target, write):
@@ -150,7 +156,7 @@ dreamlet.train(config, quiet=True)
 def launch(tmp_path: Path, processes: int, config: dict, options: str) -> subprocess.CompletedProcess:
     import inspect
     script = tmp_path / "launched.py"
-    script.write_text("import dataclasses, json, os, sys\nfrom pathlib import Path\nimport torch\nimport torch.nn.functional as F\n"
+    script.write_text("import atexit, dataclasses, json, os, sys\nfrom pathlib import Path\nimport torch\nimport torch.nn.functional as F\n"
                       "import dreamlet, dreamlet.pipeline, dreamlet.training\nfrom dreamlet.models import get_family\n\n"
                       + inspect.getsource(fixed_loss) + LAUNCHED)
     env = os.environ | {"OMP_NUM_THREADS": "1"}
@@ -190,6 +196,9 @@ def test_two_processes_stopped_and_resumed_end_bit_for_bit_as_unbroken(tmp_path)
         a, b = load_file(tmp_path / "split" / name), load_file(tmp_path / "straight" / name)
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), name
     assert losses(tmp_path / "split") == losses(tmp_path / "straight") and len(losses(tmp_path / "split")) == 4
+    # every process left the process group before the interpreter's teardown, where gloo's threads could
+    # otherwise abort a finished run ("terminate called without an active exception")
+    assert sorted((tmp_path / "exits.txt").read_text().splitlines()) == ["0 left", "0 left", "1 left", "1 left"]
 
 
 def test_accelerate_launch_runs_the_unchanged_command_on_two_cpu_processes(tmp_path):

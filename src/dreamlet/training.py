@@ -298,6 +298,7 @@ def train(config: TrainConfig, callback=None, quiet: bool = False) -> Path:
         bar.close()
         save_checkpoint(run)
     run.processes.wait_for_everyone()  # the model is written before any process returns it
+    PROCESS_GROUP_EXIT.ended_cleanly = True
     if signals.received:
         raise Interrupted(signals.received, run.step, run.out)
     return run.out / "model"
@@ -760,7 +761,34 @@ def join_processes(device_name: str):
     launched = int(os.environ.get("LOCAL_RANK", -1)) != -1 or int(os.environ.get("WORLD_SIZE", 1)) > 1
     # `cpu` only where it matters, on launch: accelerate's state is made once per process and refuses changes
     processes = PartialState(cpu=launched and wanted.type == "cpu")
+    if processes.num_processes > 1:
+        PROCESS_GROUP_EXIT.register()
     return processes, (processes.device if processes.num_processes > 1 else wanted)
+
+
+class ProcessGroupExit:
+    """Leaves the process group at exit, after a run that ended cleanly in every process. Left to the
+    interpreter's teardown, gloo's worker threads can outlive Python and abort the process (SIGABRT,
+    "terminate called without an active exception") after a finished run. After a failure nothing is
+    done: a process that leaves while the others wait in a collective can hang them (NCCL)."""
+
+    def __init__(self):
+        self.registered, self.ended_cleanly = False, False
+
+    def register(self) -> None:
+        self.ended_cleanly = False  # until this run ends
+        if not self.registered:
+            import atexit
+            atexit.register(self.leave)
+            self.registered = True
+
+    def leave(self) -> None:
+        import torch.distributed as dist
+        if self.ended_cleanly and dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+PROCESS_GROUP_EXIT = ProcessGroupExit()
 
 
 def start_accelerator(find_unused_parameters: bool):
