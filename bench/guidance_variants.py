@@ -122,7 +122,7 @@ def match_scores(pipeline: Pipeline, images: np.ndarray, texts: list[str], job_s
     for i in range(0, len(images), 128):
         noise = torch.stack([pipeline.match_noise(s) for s in job_seeds[i:i + 128]])
         out.append(pipeline.model.match(to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128]),
-                                        noise).numpy())
+                                        None, noise).numpy())
     return np.concatenate(out)
 
 

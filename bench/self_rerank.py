@@ -11,9 +11,10 @@ Scorers (higher is better):
 - classifier: a diffusion model's implicit classifier at the same noise levels (how much better it
   denoises with the caption than without; the sixth round's "self reranking");
 - discriminator: a GAN's discriminator on (picture, caption);
-- likelihood, pmi: a DALL-E prior's log-likelihood of the picture's codes (re-encoded) under the
-  caption, and that minus their log-likelihood under the empty caption.
-The last three are experiments kept here, not in the families. Each row: the first candidate alone,
+- pmi: a DALL-E prior's own `match()` (the log-likelihood of the picture's codes, re-encoded, under the
+  caption minus under the empty caption), its default chooser since config version 4;
+- likelihood: the first half of that alone.
+classifier, discriminator and likelihood are experiments kept here, not in the families. Each row: the first candidate alone,
 the mean over candidates (what one picture gets on average, the steadier "alone" figure), the
 scorer's pick among the first k, and the oracle (any of the first k right: a perfect judge's ceiling).
 """
@@ -50,12 +51,14 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
         x, ids = to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128])
         if scorer in ("match", "classifier"):
             noise = torch.stack([pipeline.match_noise(s) for s in job_seeds[i:i + 128]])  # as best_of's
-            score = model.match(x, ids, noise)
+            score = model.match(x, ids, None, noise)
             if scorer == "classifier":
-                score = score - model.match(x, pipeline.tokenizer([""] * len(x)), noise)
+                score = score - model.match(x, pipeline.tokenizer([""] * len(x)), None, noise)
         elif scorer == "discriminator":
             score = model.discriminator(x, model.caption(ids))
-        else:  # likelihood, pmi
+        elif scorer == "pmi":  # the DALL-E prior's own match(), its default chooser
+            score = model.match(x, ids, pipeline.tokenizer([""]))
+        else:  # likelihood
             codes = model.vq.encode(x).flatten(1)
             start = torch.cat([torch.full((len(codes), 1), model.mask_id, dtype=codes.dtype), codes[:, :-1]], 1)
 
@@ -63,8 +66,6 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
                 logits = model.logits(caption_ids, start).float()
                 return F.log_softmax(logits, -1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
             score = log_likelihood(ids)
-            if scorer == "pmi":
-                score = score - log_likelihood(pipeline.tokenizer([""] * len(x)))
         out.append(score.float().cpu().numpy())
     return np.concatenate(out)
 

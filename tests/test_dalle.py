@@ -1,14 +1,17 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
 
+from dreamlet.checkpoint import UserError
 from dreamlet.cli import main
+from dreamlet.images import to_tensor
 from dreamlet.config import updated
 from dreamlet.models.dalle import PRESETS, DalleConfig, DalleModel, filter_logits, pick
 from dreamlet.models.vqvae import PRESETS as VQ_PRESETS
-from dreamlet.pipeline import Pipeline
+from dreamlet.pipeline import Pipeline, candidate_seeds
 
 TINY = ["--preset", "tiny", "--batch-size", "8", "--sample-every", "0", "--checkpoint-every", "0"]
 VARIANTS = [("decoder", "autoregressive"), ("encdec", "autoregressive"), ("decoder", "maskgit"), ("encdec", "maskgit")]
@@ -93,6 +96,24 @@ def test_filtering_and_inverse_cdf_sampling():
     assert pick(probs, torch.tensor([0.1, 0.5])).tolist() == [0, 1]
 
 
+@pytest.mark.parametrize("arch", ["decoder", "encdec"])
+def test_match_is_the_pointwise_mutual_information_of_caption_and_codes(arch):
+    """match() = log p(codes | caption) - log p(codes | empty caption): each is minus the prior's own training
+    loss on that one picture (no caption dropped) times its number of codes."""
+    model = tiny(arch, cond_drop=0.0)
+    images, ids = torch.rand(3, 3, 16, 16) * 2 - 1, torch.randint(3, 50, (3, 8))
+    empty = torch.tensor([[1, 2] + [0] * 6])
+    match = model.match(images, ids, empty)
+    with torch.no_grad():
+        for i in range(3):
+            given = model.loss(images[i:i + 1], ids[i:i + 1], empty)
+            alone = model.loss(images[i:i + 1], empty, empty)
+            assert torch.allclose(match[i], model.tokens * (alone - given), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(match, torch.zeros(3), atol=1e-3)   # the caption changes the likelihood
+    with pytest.raises(ValueError, match="maskgit"):
+        tiny(arch, decoder="maskgit").match(images, ids, empty)
+
+
 def test_loss_trains_the_prior_but_never_the_tokenizer():
     model = tiny().train()
     assert not model.vq.training
@@ -121,6 +142,19 @@ def test_cli_run_trains_tokenizer_then_prior_and_writes_a_loadable_model(tmp_pat
     tokenizer = Pipeline.load(run / "tokenizer" / "model").model
     for key, value in tokenizer.state_dict().items():
         assert torch.equal(pipeline.model.vq.state_dict()[key], value), key
+    if decoder == "maskgit":  # no likelihood to judge by: one picture, and asking for more says why in one line
+        assert pipeline.default_rerank() == 1
+        with pytest.raises(UserError, match="cannot judge its own pictures"):
+            pipeline(prompts[0], seed=3, rerank=2)
+        return
+    # the autoregressive prior draws 4 candidates and keeps the one its own match() prefers
+    drawn = pipeline(prompts[0], seed=3, output="numpy")
+    assert drawn.settings["candidates"] == pipeline.default_rerank() == 4 and drawn.settings["chosen_by"] == "model"
+    candidates = pipeline.draw([prompts[0]] * 4, candidate_seeds(3, 4))
+    with torch.no_grad():
+        match = pipeline.model.match(to_tensor(candidates), pipeline.tokenizer([prompts[0]] * 4),
+                                     pipeline.tokenizer([""]))
+    assert np.array_equal(drawn.images[0], candidates[int(match.argmax())])
 
 
 def test_cli_reuses_a_trained_tokenizer(tmp_path):
@@ -171,6 +205,11 @@ def test_configs_saved_with_the_tokenizer_s_text_still_load():
     saved = to_dict(config)
     saved["vq"]["text"] = {"width": 64, "token_std": 0.02}
     saved["text"]["token_std"] = 0.02
-    assert get_family("dalle").load_config(saved, 1) == config
+    del saved["rerank"]  # before version 4 a prior drew one picture: it still does
+    old = dataclasses.replace(config, rerank=1)
+    assert get_family("dalle").load_config(saved, 1) == old
     del saved["text"]["token_std"]
-    assert get_family("dalle").load_config(saved, 2) == config
+    assert get_family("dalle").load_config(saved, 2) == old
+    del saved["vq"]["text"]
+    assert get_family("dalle").load_config(saved, 3) == old
+    assert get_family("dalle").load_config(to_dict(config), 4) == config and config.rerank == 4

@@ -20,7 +20,7 @@ def test_match_is_minus_the_denoising_loss_at_its_noise_levels(tiny_run):
     model = dreamlet.load(tiny_run / "model")
     pictures = to_tensor(model.draw([PROMPT, "a blue square above a green triangle"], [0, 1], steps=2))
     ids, noise = model.tokenizer([PROMPT, PROMPT]), torch.randn(2, 3, 32, 32)
-    match = model.model.match(pictures, ids, noise)
+    match = model.model.match(pictures, ids, None, noise)
     with torch.no_grad():
         cond = model.model.condition(ids)
         for i in range(2):

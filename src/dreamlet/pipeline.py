@@ -373,7 +373,11 @@ class Pipeline:
         `rerank` (1 for a model that cannot judge its own pictures)."""
         if rerank is not None:
             return rerank
-        return getattr(self.model.config, "rerank", 1) if hasattr(self.model, "match") else 1
+        return getattr(self.model.config, "rerank", 1) if self.judges_itself() else 1
+
+    def judges_itself(self) -> bool:
+        """Whether the model can say which of its pictures fits a caption best (`match`)."""
+        return getattr(self.model, "judges_itself", hasattr(self.model, "match"))
 
     def match_noise(self, seed: int) -> torch.Tensor:
         """The noise the model's own judgement (`match`) uses for every candidate of the picture with
@@ -386,7 +390,8 @@ class Pipeline:
                 settings: dict | None = None, edit: Edit | None = None, progress=None) -> PipelineOutput:
         """For each (prompt, seed) job, draw `rerank` candidates (seeds rerank * seed + c) and keep the
         one that matches its prompt best: by the CLIP model `clip` (a directory or ClipScorer), or without
-        one by the model's own `match` (a diffusion model's denoising error under the caption). A CLIP's
+        one by the model's own `match` (a diffusion model's denoising error under the caption, a DALL-E
+        prior's likelihood of the codes under the caption against the empty one). A CLIP's
         pick carries its own seed (which draws it alone, with its CLIP score); the model's own pick carries
         the job's seed, which draws it again with the same `rerank`, as a seed does without reranking."""
         choose = self.clip_chooser(clip) if clip else self.own_chooser()
@@ -414,17 +419,17 @@ class Pipeline:
 
     def own_chooser(self):
         """(candidates (K, S, S, 3) uint8, prompt, job seed) -> (the model's match per candidate, False).
-        The K candidates share one noise, drawn from the job's seed."""
-        if not hasattr(self.model, "match"):
+        The K candidates share one noise (which a diffusion model's judgement uses), drawn from the job's seed."""
+        if not self.judges_itself():
             raise UserError(f"a {self.family} model cannot judge its own pictures: rerank with a CLIP, --clip "
                             f"CLIPMODEL (train one with --model {listed(families_that(lambda family: family.scores))})")
 
         @torch.no_grad()
         def choose(group: np.ndarray, prompt: str, seed: int):
             noise = self.match_noise(seed).expand(len(group), -1, -1, -1).to(self.device)
-            ids = self.tokenizer([prompt] * len(group)).to(self.device)
+            ids, empty = self.tokenizer([prompt] * len(group)).to(self.device), self.tokenizer([""]).to(self.device)
             with autocast(self.device, self.precision):
-                match = self.model.match(to_tensor(group).to(self.device), ids, noise)
+                match = self.model.match(to_tensor(group).to(self.device), ids, empty, noise)
             return match.float().cpu().numpy(), False
         return choose
 

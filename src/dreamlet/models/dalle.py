@@ -51,6 +51,8 @@ class DalleConfig:
     top_k: int = 8                   # keep the k likeliest codes (0: all)
     top_p: float = 1.0               # keep the smallest set of codes with this much probability (1: all)
     steps: int = 8                   # maskgit: parallel decoding steps (autoregressive: one per code)
+    rerank: int = 4                  # autoregressive: default candidates per picture, the one whose codes the
+                                     # caption explains best in the prior's own judgement (match); maskgit draws one
     tokenizer_share: float = 0.15    # `dreamlet train --model dalle`: the share of the budget for the tokenizer
                                      # (vq passes 28 dB PSNR on shapes in 45 s on one core: docs/dalle.md)
     tokenizer: str = ""              # the image tokenizer's model directory it was trained with (a record)
@@ -253,6 +255,30 @@ class DalleModel(nn.Module):
         logits = self.logits(ids, codes.masked_fill(masked, self.mask_id))
         return F.cross_entropy(logits[masked], codes[masked])
 
+    # -- judging its own pictures ------------------------------------------------------------------
+    @property
+    def judges_itself(self) -> bool:
+        """Only the autoregressive prior gives a picture's likelihood (maskgit predicts codes in no fixed order)."""
+        return self.config.decoder == "autoregressive"
+
+    @torch.no_grad()
+    def match(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
+              noise: torch.Tensor | None = None) -> torch.Tensor:
+        """How well each picture (B, 3, S, S) fits its caption in the prior's own judgement, higher is better:
+        the log-likelihood of its codes (re-encoded by the tokenizer) under the caption minus that under the
+        empty caption, their pointwise mutual information. The likelihood alone prefers plain, predictable
+        pictures whatever the caption; the difference counts what the caption explains (docs/dalle.md).
+        `noise` is not used (a diffusion model's match needs it)."""
+        if not self.judges_itself:
+            raise ValueError("a maskgit prior cannot judge its own pictures: it gives no likelihood")
+        codes = self.vq.encode(images).flatten(1)                                               # (B, N)
+        codes_in = torch.cat([torch.full_like(codes[:, :1], self.mask_id), codes[:, :-1]], 1)
+
+        def log_likelihood(caption_ids):
+            logits = self.logits(caption_ids, codes_in).float()
+            return F.log_softmax(logits, -1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
+        return log_likelihood(ids) - log_likelihood(empty_ids.expand(len(ids), -1))
+
     # -- sampling ---------------------------------------------------------------------------------
     def guided(self, logits: torch.Tensor, guidance: float) -> torch.Tensor:
         """Mix conditional and unconditional halves of the batch: uncond + g (cond - uncond)."""
@@ -384,6 +410,7 @@ FAMILY = Family(
            Flag("decode", "decoder", choices=("autoregressive", "maskgit"),
                 help="codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of "
                      "steps")),
-    image_tokenizer=lambda model: model.vq, version=3,
+    image_tokenizer=lambda model: model.vq, version=4,
     migrations={1: lambda config: removed(config, "text.token_std", "vq.text.token_std"),
-                2: lambda config: removed(config, "vq.text")})  # its tokenizer's config has no text (vqvae 3)
+                2: lambda config: removed(config, "vq.text"),  # its tokenizer's config has no text (vqvae 3)
+                3: lambda config: config | {"rerank": 1}})  # version 4 draws the best of 4; before, one picture

@@ -72,9 +72,10 @@ class LatentDiffusion(TextToImageDiffusion):
         return super().loss(latents.to(images.dtype), ids, empty_ids, generator)
 
     @torch.no_grad()
-    def match(self, images: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def match(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor | None,
+              noise: torch.Tensor) -> torch.Tensor:
         """The pixel family's match() on the pictures' scaled latents (`noise` in the latents' shape)."""
-        return super().match(self.autoencoder.encode(images) * self.config.latent_scale, ids, noise)
+        return super().match(self.autoencoder.encode(images) * self.config.latent_scale, ids, empty_ids, noise)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,

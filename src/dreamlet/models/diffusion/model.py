@@ -100,12 +100,14 @@ class TextToImageDiffusion(nn.Module):
         return loss + self.config.preview.weight * F.mse_loss(cond.preview.float(), images)
 
     @torch.no_grad()
-    def match(self, images: torch.Tensor, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    def match(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor | None,
+              noise: torch.Tensor) -> torch.Tensor:
         """How well each picture (B, C, S, S) fits its caption in the model's own judgement, higher is
         better: minus its denoising error under the caption at high noise levels, a Monte-Carlo piece of
         the caption-conditional ELBO (as diffusion classifiers use it, Li et al. 2023), where the layout
         and the number of objects are decided. Candidates of one caption should share their `noise`
-        (B, C, S, S): their errors then differ by the pictures, not the draw."""
+        (B, C, S, S): their errors then differ by the pictures, not the draw. `empty_ids` is not used (a
+        DALL-E prior's match needs it)."""
         cond = self.condition(ids)
         error = torch.zeros(len(images), device=images.device)
         for t in MATCH_TIMES:
