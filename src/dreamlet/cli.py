@@ -99,8 +99,7 @@ def add_sample(commands) -> None:
     sample.add_argument("--grid", help="also write all pictures as one captioned grid PNG here")
     sample.add_argument("--rerank", type=int, metavar="K",
                         help="draw K candidates per picture and keep the best, by --clip or else by the model's own "
-                             "judgement (default: the model's, 4 for diffusion and DALL-E's raster order; 1 draws "
-                             "each picture alone)")
+                             "judgement (default: the model's, 4 for diffusion; 1 draws each picture alone)")
     sample.add_argument("--clip", help="a CLIP model directory (for --rerank and --method vqgan-clip)")
     sample.add_argument("--method", default="model", choices=["model", "vqgan-clip"],
                         help="model: the model draws; vqgan-clip: optimise a vqvae/dalle model's image codes "
@@ -132,8 +131,7 @@ def add_eval(commands) -> None:
                                               "with its keys)")
     evaluate.add_argument("--rerank", type=int, metavar="K",
                           help="judge the best of K candidates, by the --clip model (shapes; DALL-E's reranking) or "
-                               "by the model's own judgement (default: as the model draws, 4 for diffusion and "
-                               "DALL-E's raster order)")
+                               "by the model's own judgement (default: as the model draws, 4 for diffusion)")
     evaluate.add_argument("--out", help="report path; writes .json and .md (default: beside the model)")
 
 

@@ -51,8 +51,8 @@ class DalleConfig:
     top_k: int = 8                   # keep the k likeliest codes (0: all)
     top_p: float = 1.0               # keep the smallest set of codes with this much probability (1: all)
     steps: int = 8                   # maskgit: parallel decoding steps (autoregressive: one per code)
-    rerank: int = 4                  # autoregressive: default candidates per picture, the one whose codes the
-                                     # caption explains best in the prior's own judgement (match); maskgit draws one
+    rerank: int = 1                  # default candidates per picture (autoregressive only: the one whose codes the
+                                     # caption explains best, match); 4 lifted shapes, not emoji (docs/dalle.md)
     tokenizer_share: float = 0.15    # `dreamlet train --model dalle`: the share of the budget for the tokenizer
                                      # (vq passes 28 dB PSNR on shapes in 45 s on one core: docs/dalle.md)
     tokenizer: str = ""              # the image tokenizer's model directory it was trained with (a record)
@@ -410,7 +410,6 @@ FAMILY = Family(
            Flag("decode", "decoder", choices=("autoregressive", "maskgit"),
                 help="codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of "
                      "steps")),
-    image_tokenizer=lambda model: model.vq, version=4,
+    image_tokenizer=lambda model: model.vq, version=3,
     migrations={1: lambda config: removed(config, "text.token_std", "vq.text.token_std"),
-                2: lambda config: removed(config, "vq.text"),  # its tokenizer's config has no text (vqvae 3)
-                3: lambda config: config | {"rerank": 1}})  # version 4 draws the best of 4; before, one picture
+                2: lambda config: removed(config, "vq.text")})  # its tokenizer's config has no text (vqvae 3)
