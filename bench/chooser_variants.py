@@ -9,7 +9,10 @@ keeping the best of 4 and of 8 gives for each way of combining them:
 - simple L T: minus (caption's error + L x empty caption's error): prefer pictures that are also plain to the
   model without the caption (fewer objects), where the caption's error alone might reward copies;
 - ratio T: minus caption's error / empty caption's error;
-- elbo: the caption's error weighted as the ELBO weights a v-prediction error (alpha / sigma), every level.
+- elbo: the caption's error weighted as the ELBO weights a v-prediction error (alpha / sigma), every level;
+- consensus P: the candidate closest to the others (minimum Bayes risk) in pixels averaged over P x P blocks;
+- preview P: the candidate closest to the model's own caption preview (the layout it expects), P x P blocks;
+- ... + match: the sum of a chooser's and match's ranks among the job's candidates (match breaks ties).
 
     .venv/bin/python bench/chooser_variants.py MODEL --cache runs/chooser/s0 [--results bench/results/X.json]
 
@@ -92,6 +95,25 @@ def scorers(err: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
+def picture_scorers(pipeline: Pipeline, images: np.ndarray, texts: list[str], match: np.ndarray,
+                    k: int) -> dict[str, np.ndarray]:
+    """Choosers that compare pictures, among each job's first k candidates (J, k), higher is better: with each
+    other and with the caption preview, alone and with `match` (J, K) (the sum of both ranks; match breaks ties)."""
+    J, K = match.shape
+    x = to_tensor(images).float()                                           # (J K, 3, S, S)
+    with torch.no_grad():
+        preview = torch.cat([pipeline.model.condition(pipeline.tokenizer(texts[i:i + 64 * K:K])).preview.float()
+                             for i in range(0, len(texts), 64 * K)])        # (J, 3, S, S): one per job
+    out = {}
+    for blocks in (1, 4, 8):
+        pooled = F.avg_pool2d(x, blocks).flatten(1).reshape(J, K, -1)[:, :k]
+        out[f"consensus {blocks}"] = -torch.cdist(pooled, pooled).pow(2).sum(-1).numpy()
+        out[f"preview {blocks}"] = -(pooled - F.avg_pool2d(preview, blocks).flatten(1)[:, None]).pow(2).sum(-1).numpy()
+    rank = lambda score: score.argsort(1).argsort(1)  # noqa: E731
+    return out | {f"{name} + match": rank(score) + rank(match[:, :k]) + 1e-3 * rank(match[:, :k])
+                  for name, score in out.items()}
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
@@ -105,14 +127,17 @@ def main():
     cache.parent.mkdir(parents=True, exist_ok=True)
     jobs = benchmark_jobs(64, 2, "validation")
     images, correct = candidates(pipeline, jobs, K, cache)
-    err = errors(pipeline, images, [p.text for p, _ in jobs for _ in range(K)], [s for _, s in jobs for _ in range(K)],
-                 cache).reshape(len(jobs), K, len(TIMES), 2, 2)
+    texts = [p.text for p, _ in jobs for _ in range(K)]
+    err = errors(pipeline, images, texts, [s for _, s in jobs for _ in range(K)], cache).reshape(len(jobs), K,
+                                                                                               len(TIMES), 2, 2)
     kinds = np.array([p.kind for p, _ in jobs])
 
     def by_kind(right):
         return [round(100 * float(right[kinds == kind].mean())) for kind in KINDS]
-    rows = {name: {k: by_kind(correct[np.arange(len(jobs)), score[:, :k].argmax(1)]) for k in (4, 8)}
-            for name, score in scorers(err).items()}
+    rows, by_errors = {}, scorers(err)
+    for k in (4, 8):
+        for name, score in (by_errors | picture_scorers(pipeline, images, texts, by_errors["match t>=0.5"], k)).items():
+            rows.setdefault(name, {})[k] = by_kind(correct[np.arange(len(jobs)), score[:, :k].argmax(1)])
     row = dict(name=args.name or args.model, model=args.model, candidates=K, prompt_set="validation",
                alone=by_kind(correct.mean(1)), oracle={k: by_kind(correct[:, :k].any(1)) for k in (4, 8)},
                best_of=rows)

@@ -143,7 +143,7 @@ def test_cli_run_trains_tokenizer_then_prior_and_writes_a_loadable_model(tmp_pat
         assert torch.equal(pipeline.model.vq.state_dict()[key], value), key
     if decoder == "maskgit":  # no likelihood to judge by: one picture, and asking for more says why in one line
         assert pipeline.default_rerank() == 1
-        with pytest.raises(UserError, match="cannot judge its own pictures"):
+        with pytest.raises(UserError, match="a dalle model decoding with maskgit cannot judge its own pictures"):
             pipeline(prompts[0], seed=3, rerank=2)
         return
     # one picture by default; asked for 4 candidates, the autoregressive prior keeps the one its match() prefers

@@ -420,8 +420,10 @@ class Pipeline:
     def own_chooser(self):
         """(candidates (K, S, S, 3) uint8, prompt, job seed) -> (the model's match per candidate, False).
         The K candidates share one noise (which a diffusion model's judgement uses), drawn from the job's seed."""
-        if not self.judges_itself():
-            raise UserError(f"a {self.family} model cannot judge its own pictures: rerank with a CLIP, --clip "
+        if not self.judges_itself():  # a model with match() that cannot use it (a maskgit prior) names its sampler
+            kind = self.family + (f" model decoding with {self.model.config.sampler}" if hasattr(self.model, "match")
+                                  else " model")
+            raise UserError(f"a {kind} cannot judge its own pictures: rerank with a CLIP, --clip "
                             f"CLIPMODEL (train one with --model {listed(families_that(lambda family: family.scores))})")
 
         @torch.no_grad()
