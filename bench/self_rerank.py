@@ -12,10 +12,10 @@ Scorers (higher is better):
   denoises with the caption than without; the sixth round's "self reranking");
 - discriminator: a GAN's discriminator on (picture, caption);
 - pmi: a DALL-E prior's own `match()` (the log-likelihood of the picture's codes, re-encoded, under the
-  caption minus under the empty caption), its default chooser since config version 4;
-- likelihood: the first half of that alone.
-classifier, discriminator and likelihood are experiments kept here, not in the families. Each row: the first candidate alone,
-the mean over candidates (what one picture gets on average, the steadier "alone" figure), the
+  caption minus under the empty caption), what `Pipeline.best_of` uses without a CLIP (`--rerank K`);
+- likelihood: the first half of that alone (`DalleModel.log_likelihood`).
+classifier, discriminator and likelihood are experiments kept here, not in the families. Each row: the first
+candidate alone, the mean over candidates (what one picture gets on average, the steadier "alone" figure), the
 scorer's pick among the first k, and the oracle (any of the first k right: a perfect judge's ceiling).
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -56,16 +55,10 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
                 score = score - model.match(x, pipeline.tokenizer([""] * len(x)), None, noise)
         elif scorer == "discriminator":
             score = model.discriminator(x, model.caption(ids))
-        elif scorer == "pmi":  # the DALL-E prior's own match(), its default chooser
+        elif scorer == "pmi":  # the DALL-E prior's own match(), as --rerank K without a CLIP judges
             score = model.match(x, ids, pipeline.tokenizer([""]))
         else:  # likelihood
-            codes = model.vq.encode(x).flatten(1)
-            start = torch.cat([torch.full((len(codes), 1), model.mask_id, dtype=codes.dtype), codes[:, :-1]], 1)
-
-            def log_likelihood(caption_ids):
-                logits = model.logits(caption_ids, start).float()
-                return F.log_softmax(logits, -1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
-            score = log_likelihood(ids)
+            score = model.log_likelihood(model.vq.encode(x).flatten(1), ids)
         out.append(score.float().cpu().numpy())
     return np.concatenate(out)
 

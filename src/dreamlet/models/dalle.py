@@ -269,15 +269,17 @@ class DalleModel(nn.Module):
         empty caption, their pointwise mutual information. The likelihood alone prefers plain, predictable
         pictures whatever the caption; the difference counts what the caption explains (docs/dalle.md).
         `noise` is not used (a diffusion model's match needs it)."""
+        codes = self.vq.encode(images).flatten(1)                                               # (B, N)
+        return self.log_likelihood(codes, ids) - self.log_likelihood(codes, empty_ids.expand(len(ids), -1))
+
+    @torch.no_grad()
+    def log_likelihood(self, codes: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
+        """log p(codes | caption) (B,) of raster-order codes (B, N) under caption ids (B, L), in one pass."""
         if not self.judges_itself:
             raise ValueError("a maskgit prior cannot judge its own pictures: it gives no likelihood")
-        codes = self.vq.encode(images).flatten(1)                                               # (B, N)
         codes_in = torch.cat([torch.full_like(codes[:, :1], self.mask_id), codes[:, :-1]], 1)
-
-        def log_likelihood(caption_ids):
-            logits = self.logits(caption_ids, codes_in).float()
-            return F.log_softmax(logits, -1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
-        return log_likelihood(ids) - log_likelihood(empty_ids.expand(len(ids), -1))
+        logits = self.logits(ids, codes_in).float()
+        return F.log_softmax(logits, -1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
 
     # -- sampling ---------------------------------------------------------------------------------
     def guided(self, logits: torch.Tensor, guidance: float) -> torch.Tensor:
