@@ -95,15 +95,18 @@ def scorers(err: np.ndarray) -> dict[str, np.ndarray]:
     return out
 
 
-def picture_scorers(pipeline: Pipeline, images: np.ndarray, texts: list[str], match: np.ndarray,
-                    k: int) -> dict[str, np.ndarray]:
-    """Choosers that compare pictures, among each job's first k candidates (J, k), higher is better: with each
-    other and with the caption preview, alone and with `match` (J, K) (the sum of both ranks; match breaks ties)."""
+@torch.no_grad()
+def previews(pipeline: Pipeline, captions: list[str]) -> torch.Tensor:
+    """The model's caption preview (J, 3, S, S) of each job's caption: the layout it expects."""
+    return torch.cat([pipeline.model.condition(pipeline.tokenizer(captions[i:i + 64])).preview.float()
+                      for i in range(0, len(captions), 64)])
+
+
+def picture_scorers(x: torch.Tensor, preview: torch.Tensor, match: np.ndarray, k: int) -> dict[str, np.ndarray]:
+    """Choosers that compare the candidates' pictures x (J K, 3, S, S), among each job's first k (J, k), higher
+    is better: with each other and with the caption preview, alone and with `match` (J, K) (the sum of both
+    ranks; match breaks ties)."""
     J, K = match.shape
-    x = to_tensor(images).float()                                           # (J K, 3, S, S)
-    with torch.no_grad():
-        preview = torch.cat([pipeline.model.condition(pipeline.tokenizer(texts[i:i + 64 * K:K])).preview.float()
-                             for i in range(0, len(texts), 64 * K)])        # (J, 3, S, S): one per job
     out = {}
     for blocks in (1, 4, 8):
         pooled = F.avg_pool2d(x, blocks).flatten(1).reshape(J, K, -1)[:, :k]
@@ -135,8 +138,9 @@ def main():
     def by_kind(right):
         return [round(100 * float(right[kinds == kind].mean())) for kind in KINDS]
     rows, by_errors = {}, scorers(err)
+    x, preview = to_tensor(images).float(), previews(pipeline, [p.text for p, _ in jobs])
     for k in (4, 8):
-        for name, score in (by_errors | picture_scorers(pipeline, images, texts, by_errors["match t>=0.5"], k)).items():
+        for name, score in (by_errors | picture_scorers(x, preview, by_errors["match t>=0.5"], k)).items():
             rows.setdefault(name, {})[k] = by_kind(correct[np.arange(len(jobs)), score[:, :k].argmax(1)])
     row = dict(name=args.name or args.model, model=args.model, candidates=K, prompt_set="validation",
                alone=by_kind(correct.mean(1)), oracle={k: by_kind(correct[:, :k].any(1)) for k in (4, 8)},

@@ -426,10 +426,12 @@ class Pipeline:
             raise UserError(f"a {kind} cannot judge its own pictures: rerank with a CLIP, --clip "
                             f"CLIPMODEL (train one with --model {listed(families_that(lambda family: family.scores))})")
 
+        empty = self.tokenizer([""]).to(self.device)
+
         @torch.no_grad()
         def choose(group: np.ndarray, prompt: str, seed: int):
             noise = self.match_noise(seed).expand(len(group), -1, -1, -1).to(self.device)
-            ids, empty = self.tokenizer([prompt] * len(group)).to(self.device), self.tokenizer([""]).to(self.device)
+            ids = self.tokenizer([prompt] * len(group)).to(self.device)
             with autocast(self.device, self.precision):
                 match = self.model.match(to_tensor(group).to(self.device), ids, empty, noise)
             return match.float().cpu().numpy(), False
