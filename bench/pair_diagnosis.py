@@ -1,21 +1,26 @@
 """Where a model's pair pictures fail: the right two objects, their relation, extra objects.
 
     .venv/bin/python bench/pair_diagnosis.py runs/demo/model [--prompts 64] [--guidance 3] [--prompt-set evaluation]
+        [--rerank 4]
 
-Draws the judge's prompts (`prompts` of each kind x 2 seeds, as `dreamlet eval`; the validation set unless
-told, as designs are chosen there) for any family that draws shapes, and prints one JSON
-line: the accuracies, then for pair pictures the share whose two largest objects are the two asked for
-(`both`), the share of those whose relation is right (`relation_given_both`; 0.5 is chance), and how many
-pictures hold two, or three and more, objects at least 30 % as large as the largest. Then `early`: how
-often the model's clean estimate from pure noise (t = 0.95, no guidance) already puts the first
-object's colour on the asked side of the second's (0.5: the caption's relation does not reach the
-layout; diffusion models only). docs/benchmarks.md (seventh round) reads these figures.
+Draws the judge's prompts (`prompts` of each kind x 2 seeds, as `dreamlet eval`; the validation set unless told,
+as designs are chosen there; each picture alone, or the best of `--rerank` K) for any family that draws shapes,
+and prints one JSON line: the accuracies, then for pair pictures the share whose two largest objects are the two
+asked for (`both`), the share of those whose relation is right (`relation_given_both`; 0.5 is chance), and how
+many pictures hold two, or three and more, objects at least 30 % as large as the largest. Then `early`: how
+often the model's clean estimate from pure noise (t = 0.95, no guidance) already puts the first object's colour
+on the asked side of the second's (0.5: the caption's relation does not reach the layout; diffusion models
+only). Last, `by_pair`: pair accuracy where the two asked objects share their colour, share their shape, or
+differ in both; and `failures`: how the failing pair pictures fail (an asked object drawn twice as the two
+largest, the colours right and a shape wrong, both asked objects in the wrong relation, other).
+docs/benchmarks.md (seventh and eighteenth rounds) reads these figures.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from collections import Counter
 from pathlib import Path
 
 import torch
@@ -55,32 +60,65 @@ def early_relation(pipeline: Pipeline, pairs, t: float = 0.95, seeds: int = 4) -
     return right / (len(pairs) * seeds)
 
 
+def pair_kind(prompt) -> str:
+    """Which pair this is: its two objects share their colour, share their shape, or differ in both."""
+    (color_a, shape_a, _, _), (color_b, shape_b, _, _) = prompt.objects
+    return "same colour" if color_a == color_b else "same shape" if shape_a == shape_b else "different"
+
+
+def failure_kind(prompt, objects) -> str:
+    """How a wrong pair picture fails, read from its two largest objects."""
+    wanted = [(color, shape) for color, shape, _, _ in prompt.objects]
+    got = [(o.color, o.shape) for o in objects[:2]]
+    if len(got) < 2:
+        return "fewer than two objects"
+    if got[0] == got[1] and got[0] in wanted:
+        return "an asked object twice"
+    if sorted(got) == sorted(wanted):
+        return "relation wrong"
+    if sorted(c for c, _ in got) == sorted(c for c, _ in wanted):
+        return "colours right, a shape wrong"
+    return "other"
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--guidance", type=float)
     parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
+    parser.add_argument("--rerank", type=int, default=1,
+                        help="the best of K candidates by the model's own judgement (default 1: each picture alone)")
     args = parser.parse_args()
     pipeline = Pipeline.load(args.model)
     jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)  # as `dreamlet eval --prompt-set ...`
-    images = pipeline.draw([p.text for p, _ in jobs], [seed for _, seed in jobs], guidance=args.guidance)
+    images = pipeline.pictures([p.text for p, _ in jobs], [seed for _, seed in jobs], guidance=args.guidance,
+                               rerank=args.rerank)
     results = [(p, judge(image, p)) for (p, _), image in zip(jobs, images)]
     report = summarize(results)
     both = correct = two = three_plus = pictures = 0
+    by_pair, failures = Counter(), Counter()
     for (prompt, _), image, (_, result) in zip(jobs, images, results):
         if prompt.kind != "pair":
             continue
         objects = find_objects(image)
+        by_pair[pair_kind(prompt), result["correct"]] += 1
+        if not result["correct"]:
+            failures[failure_kind(prompt, objects)] += 1
         both, correct = both + result["both_objects"], correct + result["correct"]
         comparable = sum(o.area >= 0.3 * objects[0].area for o in objects) if objects else 0
         two, three_plus, pictures = two + (comparable == 2), three_plus + (comparable >= 3), pictures + 1
     pair_prompts = list(dict.fromkeys(p for p, _ in jobs if p.kind == "pair"))  # each prompt once
     print(json.dumps(dict(
-        model=args.model, prompt_set=args.prompt_set, seen=report["seen"], heldout=report["heldout"], pair=report["pair"],
+        model=args.model, prompt_set=args.prompt_set, rerank=args.rerank, seen=report["seen"],
+        heldout=report["heldout"], pair=report["pair"],
         both=both / pictures, relation_given_both=correct / max(both, 1), two_objects=two / pictures,
         three_plus=three_plus / pictures,
-        early=early_relation(pipeline, pair_prompts) if hasattr(pipeline.model, "denoiser") else None)))
+        early=early_relation(pipeline, pair_prompts) if hasattr(pipeline.model, "denoiser") else None,
+        by_pair={kind: {"pictures": by_pair[kind, True] + by_pair[kind, False],
+                        "correct": by_pair[kind, True] / max(by_pair[kind, True] + by_pair[kind, False], 1)}
+                 for kind in ("same colour", "same shape", "different")},
+        failures={kind: count / max(sum(failures.values()), 1) for kind, count in failures.most_common()})))
 
 
 if __name__ == "__main__":
