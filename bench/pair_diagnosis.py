@@ -66,17 +66,16 @@ def pair_kind(prompt) -> str:
     return "same colour" if color_a == color_b else "same shape" if shape_a == shape_b else "different"
 
 
-def failure_kind(prompt, objects) -> str:
-    """How a wrong pair picture fails, read from its two largest objects."""
-    wanted = [(color, shape) for color, shape, _, _ in prompt.objects]
+def failure_kind(prompt, objects, result: dict) -> str:
+    """How a wrong pair picture fails: its two largest objects, and the judge's verdicts on them."""
     got = [(o.color, o.shape) for o in objects[:2]]
     if len(got) < 2:
         return "fewer than two objects"
-    if got[0] == got[1] and got[0] in wanted:
+    if got[0] == got[1] and got[0] in [(color, shape) for color, shape, _, _ in prompt.objects]:
         return "an asked object twice"
-    if sorted(got) == sorted(wanted):
+    if result["both_objects"]:
         return "relation wrong"
-    if sorted(c for c, _ in got) == sorted(c for c, _ in wanted):
+    if result["color"]:
         return "colours right, a shape wrong"
     return "other"
 
@@ -104,7 +103,7 @@ def main():
         objects = find_objects(image)
         by_pair[pair_kind(prompt), result["correct"]] += 1
         if not result["correct"]:
-            failures[failure_kind(prompt, objects)] += 1
+            failures[failure_kind(prompt, objects, result)] += 1
         both, correct = both + result["both_objects"], correct + result["correct"]
         comparable = sum(o.area >= 0.3 * objects[0].area for o in objects) if objects else 0
         two, three_plus, pictures = two + (comparable == 2), three_plus + (comparable >= 3), pictures + 1
