@@ -3,14 +3,15 @@ image-to-text scores, log p(caption | picture), follow word order and binding be
 score on compositional benchmarks (Lin et al. 2023, "VisualGPTScore"); the model's own denoising error does not see
 a copied object (docs/benchmarks.md, sixteenth round). This trains a small captioner from scratch on shapes (a conv
 stem and a 2-layer transformer over the picture's 8 x 8 patches, a 2-layer transformer decoder over the caption's
-tokens, teacher forcing), then scores the candidates cached by bench/chooser_variants.py (8 per validation prompt,
-and their denoising errors) and prints what the best of 4 and of 8 give: the captioner alone, and its z-scored sum
-with `match` (the default chooser) at a few weights.
+tokens, teacher forcing), then scores bench/chooser_variants.py's candidates (8 per validation prompt, and their
+denoising errors; read from its cache, or drawn and cached as it does) and prints what the best of 4 and of 8 give:
+the captioner alone, and its z-scored sum with `match` (the default chooser) at a few weights.
 
     .venv/bin/python bench/captioner_chooser.py MODEL --cache runs/chooser/s0 [--cache ...] --steps 600 [--results F]
 
 The captioner uses MODEL's tokenizer; its training time is printed, since a default chooser would have to come out of
-the model's own 10 minutes.
+the model's own 10 minutes. A cache not yet filled is drawn and judged with MODEL; one filled by chooser_variants.py
+for another model is read as it is (the nineteenth round scored both fifteenth-round models' caches this way).
 """
 from __future__ import annotations
 
@@ -29,15 +30,12 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
+from chooser_variants import KINDS, candidates, errors, scorers  # noqa: E402
 from docs_section import add_row  # noqa: E402
 
 from dreamlet.data.shapes import ShapesDataset, benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
-
-KINDS = ("seen", "heldout", "pair")
-MATCH_LEVELS = slice(5, 10)  # chooser_variants' levels t = 0.55 ... 0.95, what match() sums
-
 
 class Captioner(nn.Module):
     """Picture (B, 3, S, S) and caption ids (B, L) -> next-token logits (B, L - 1, V)."""
@@ -73,13 +71,13 @@ class Captioner(nn.Module):
 def train_captioner(tokenizer, steps: int, batch: int = 64, lr: float = 1e-3, seed: int = 7) -> tuple[Captioner, float]:
     """A captioner trained on shapes scenes the diffusion model did not see (another data seed); and its seconds."""
     torch.manual_seed(seed)
-    data, ids_of = ShapesDataset(32, seed=seed + 100), tokenizer
-    model = Captioner(tokenizer.vocab_size, ids_of(["a"]).shape[1])
+    data = ShapesDataset(32, seed=seed + 100)
+    model = Captioner(tokenizer.vocab_size, tokenizer.max_length)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     start = time.time()
     for step in range(steps):
         pictures, captions = data.batch(step * batch, batch)
-        ids = ids_of(captions)
+        ids = tokenizer(captions)
         loss = F.cross_entropy(model(to_tensor(pictures).float(), ids).transpose(1, 2), ids[:, 1:],
                                ignore_index=tokenizer.pad_id)
         for group in optimizer.param_groups:  # 50 warmup steps, then cosine to a tenth
@@ -109,11 +107,12 @@ def main():
     captioner, seconds = train_captioner(pipeline.tokenizer, args.steps)
     jobs = benchmark_jobs(64, 2, "validation")
     kinds = np.array([p.kind for p, _ in jobs])
-    ids = pipeline.tokenizer([p.text for p, _ in jobs for _ in range(K)])
+    texts, seeds = [p.text for p, _ in jobs for _ in range(K)], [s for _, s in jobs for _ in range(K)]
+    ids = pipeline.tokenizer(texts)
     for cache in args.cache:
-        saved = np.load(f"{cache}.npz")
-        images, correct = saved["images"], saved["correct"].reshape(len(jobs), K)
-        match = -np.load(f"{cache}_err.npy")[:, MATCH_LEVELS, 0, 0].sum(1).reshape(len(jobs), K)
+        images, correct = candidates(pipeline, jobs, K, Path(cache))
+        err = errors(pipeline, images, texts, seeds, Path(cache)).reshape(len(jobs), K, -1, 2, 2)
+        match = scorers(err)["match t>=0.5"]
         caption = torch.cat([captioner.log_likelihood(to_tensor(images[i:i + 256]).float(), ids[i:i + 256],
                                                       pipeline.tokenizer.pad_id)
                              for i in range(0, len(images), 256)]).numpy().reshape(len(jobs), K)
