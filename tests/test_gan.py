@@ -50,8 +50,10 @@ def test_discriminator_score_depends_on_the_caption():
     assert not torch.allclose(model.generator(z, model.caption(a)), model.generator(z, model.caption(b)))
 
 
-def test_one_backward_pass_trains_generator_discriminator_and_text_encoder():
-    model = tiny().train()
+@pytest.mark.parametrize("layout", [{}, {"layout_heads": 2, "layout_modulation": True}])
+def test_one_backward_pass_trains_generator_discriminator_and_text_encoder(layout):
+    model = tiny(**layout).train()
+    model = modulated(model) if layout else model
     images, ids = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (8, 10))
     d_loss, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
     reached = lambda loss, params: [g is not None and g.abs().sum() > 0  # noqa: E731
@@ -67,11 +69,38 @@ def test_one_backward_pass_trains_generator_discriminator_and_text_encoder():
 
     # the adversarial loss alone reaches neither the discriminator nor the text encoder: it cannot bend the
     # caption's meaning to please the discriminator
-    adversarial_only = tiny(regression=0.0).train()
+    adversarial_only = tiny(regression=0.0, **layout).train()
+    adversarial_only = modulated(adversarial_only) if layout else adversarial_only
     d_loss, g_loss = adversarial_only.losses(images, ids, torch.Generator().manual_seed(0))
     critic = [p for name, p in adversarial_only.named_parameters() if not name.startswith("generator.")]
     assert not any(reached(g_loss, critic)) and all(reached(g_loss, adversarial_only.generator.parameters()))
     assert any(reached(d_loss, adversarial_only.text_encoder.parameters()))  # the matching-aware term teaches it
+
+
+def modulated(model):
+    """The spatial modulation starts at zero (the blocks begin as the pooled caption's alone): give it weights."""
+    with torch.no_grad():
+        for block in model.generator.blocks:
+            block.place1.weight.normal_(0, 0.5), block.place2.weight.normal_(0, 0.5)
+    return model
+
+
+def test_the_layout_stem_reads_the_words_place_by_place():
+    model = modulated(tiny(layout_heads=2, layout_modulation=True))
+    ids = torch.randint(5, 60, (2, 10))
+    noise = torch.randn(2, 3, 32, 32)
+    padded = torch.cat([ids, torch.zeros(2, 6, dtype=ids.dtype)], dim=1)
+    assert torch.allclose(model.generate(ids, ids[:1], noise), model.generate(padded, ids[:1], noise), atol=1e-5)
+    text, (tokens, keep) = model.caption_and_words(ids)
+    z = torch.randn(2, model.config.noise_dim)
+    with torch.no_grad():
+        picture = model.generator(z, text, (tokens, keep))
+        # the same pooled caption with the other caption's words: the places read other words
+        reordered = model.generator(z, text, (tokens.roll(1, 0), keep.roll(1, 0)))
+        start, read = model.generator.layout(torch.cat([z, text], 1), tokens, keep)
+    assert not torch.allclose(picture, reordered, atol=1e-4)
+    assert start.shape == (2, model.config.g_width, 4, 4) and read.shape == (2, model.config.text.width, 4, 4)
+    assert not torch.allclose(read[:, :, 0, 0], read[:, :, 3, 3])   # each place its own query
 
 
 def test_the_redrawing_loss_is_the_squared_error_to_the_captions_picture_and_older_models_go_without():

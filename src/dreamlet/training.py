@@ -783,8 +783,13 @@ class ProcessGroupExit:
             self.registered = True
 
     def leave(self) -> None:
+        import gc
+
         import torch.distributed as dist
         if self.ended_cleanly and dist.is_available() and dist.is_initialized():
+            # DDP's reducer holds the process group, and a reference cycle can keep it (and gloo's threads) alive
+            # into the interpreter's teardown past destroy_process_group: collect such garbage first
+            gc.collect()
             dist.destroy_process_group()
 
 

@@ -66,6 +66,10 @@ class GanConfig:
     code_kl: float = 0.3           # the noise code (a cVAE with a learned prior): the redrawing pass draws from an
                                    # encoding of the real picture, pulled by this weight of KL to a prior read from the
                                    # caption, from which drawing takes its noise (0: off, the noise is read as it is)
+    layout_heads: int = 0          # > 0: each place of the 4 x 4 start map also reads the caption's words, through a
+                                   # query made from the noise and the caption, with this many heads (0: off)
+    layout_modulation: bool = False  # with layout_heads: what each place read also scales and shifts every up-block's
+                                     # norm there (SPADE, Park et al. 2019), not only the start map
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
@@ -99,24 +103,63 @@ def blocks_for(c: GanConfig) -> int:
 
 class UpBlock(nn.Module):
     """A 3x3 conv at the input resolution, upsample x2, a 3x3 conv at the output resolution (the
-    wide conv runs small: the CPU budget goes further); group norms scaled and shifted by the condition."""
+    wide conv runs small: the CPU budget goes further); group norms scaled and shifted by the condition,
+    and (`places` > 0) also place by place by what the layout stem read there."""
 
-    def __init__(self, channels: int, out: int, cond: int):
+    def __init__(self, channels: int, out: int, cond: int, places: int = 0):
         super().__init__()
         self.norm1, self.norm2 = nn.GroupNorm(8, channels, affine=False), nn.GroupNorm(8, out, affine=False)
         self.film1, self.film2 = nn.Linear(cond, 2 * channels), nn.Linear(cond, 2 * out)
         self.conv1, self.conv2 = nn.Conv2d(channels, out, 3, padding=1), nn.Conv2d(out, out, 3, padding=1)
         self.skip = nn.Conv2d(channels, out, 1)
+        if places:  # started at zero: the block begins as the pooled caption's alone
+            self.place1, self.place2 = nn.Conv2d(places, 2 * channels, 1), nn.Conv2d(places, 2 * out, 1)
+            for conv in (self.place1, self.place2):
+                nn.init.zeros_(conv.weight), nn.init.zeros_(conv.bias)
 
     @staticmethod
-    def modulate(h, norm, film, c):
-        scale, shift = film(c)[..., None, None].chunk(2, dim=1)
+    def modulate(h, norm, film, c, place=None, read=None):
+        scale_shift = film(c)[..., None, None]
+        if place is not None:  # what each place read, spread over the pixels it covers
+            scale_shift = scale_shift + place(F.interpolate(read, size=h.shape[-2:], mode="nearest"))
+        scale, shift = scale_shift.chunk(2, dim=1)
         return F.relu(norm(h) * (1 + scale) + shift)
 
-    def forward(self, x, c):
-        h = F.interpolate(self.conv1(self.modulate(x, self.norm1, self.film1, c)), scale_factor=2, mode="nearest")
-        h = self.conv2(self.modulate(h, self.norm2, self.film2, c))
+    def forward(self, x, c, read=None):
+        places = (self.place1, self.place2) if read is not None else (None, None)
+        h = self.modulate(x, self.norm1, self.film1, c, places[0], read)
+        h = F.interpolate(self.conv1(h), scale_factor=2, mode="nearest")
+        h = self.conv2(self.modulate(h, self.norm2, self.film2, c, places[1], read))
         return F.interpolate(self.skip(x), scale_factor=2, mode="nearest") + h
+
+
+class LayoutStem(nn.Module):
+    """Each place of the 4 x 4 start map reads the caption's words (or a null word, "nothing here") by attention.
+    Its query comes from the noise and the pooled caption, so the noise code can say which place holds which object:
+    a pooled caption scaling whole feature maps cannot give two objects each its own colour and shape."""
+
+    def __init__(self, cond: int, words: int, channels: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.query = nn.Linear(cond, 16 * words)
+        self.key_value = nn.Linear(words, 2 * words)
+        self.null = nn.Parameter(torch.zeros(1, 1, words))
+        self.out = nn.Linear(words, channels)
+
+    def forward(self, c, tokens, keep):
+        """c (B, cond), tokens (B, L, D), keep (B, L) -> the start map's share (B, channels, 4, 4) and what each
+        place read (B, D, 4, 4)."""
+        B, L, D = tokens.shape
+        tokens = torch.cat([self.null.expand(B, 1, D), tokens], dim=1)
+        keep = torch.cat([keep.new_ones(B, 1), keep], dim=1)
+        q = self.query(c).view(B, 16, self.heads, D // self.heads).transpose(1, 2)
+        k, v = self.key_value(tokens).view(B, L + 1, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
+        read = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])   # (B, heads, 16, D / heads)
+        read = read.transpose(1, 2).reshape(B, 16, D)
+        return (self.out(read).transpose(1, 2).reshape(B, -1, 4, 4), read.transpose(1, 2).reshape(B, D, 4, 4))
+
+
+PLACE_WIDTH = 32  # channels of what each place read, as the up-blocks' spatial modulation takes it
 
 
 class Generator(nn.Module):
@@ -127,16 +170,27 @@ class Generator(nn.Module):
         self.unshuffle = c.unshuffle
         cond = c.noise_dim + (c.cond_dim if c.conditioning == "text" else 0)
         self.stem = nn.Linear(cond, widths[0] * 16)
-        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond) for i in range(n))
+        if c.layout_heads and c.conditioning == "text":
+            self.layout = LayoutStem(cond, c.text.width, widths[0], c.layout_heads)
+        spatial = c.layout_heads and c.layout_modulation and c.conditioning == "text"
+        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond, PLACE_WIDTH if spatial else 0)
+                                    for i in range(n))
+        if spatial:  # what each place read, narrowed: the blocks' per-pixel modulation costs little
+            self.places = nn.Conv2d(c.text.width, PLACE_WIDTH, 1)
         self.out = nn.Sequential(nn.GroupNorm(8, widths[-1]), nn.ReLU(),
                                  nn.Conv2d(widths[-1], 3 * c.unshuffle ** 2, 3, padding=1),
                                  nn.PixelShuffle(c.unshuffle), nn.Tanh())
 
-    def forward(self, z, text=None):
+    def forward(self, z, text=None, words=None):
+        """z (B, noise_dim), text (B, cond_dim) or None, words: the caption's (tokens, keep) for the layout stem."""
         c = z if text is None else torch.cat([z, text], dim=1)
-        x = self.stem(c).view(len(c), -1, 4, 4)
+        x, read = self.stem(c).view(len(c), -1, 4, 4), None
+        if hasattr(self, "layout"):
+            start, read = self.layout(c, *words)
+            x = x + start
+        read = self.places(read) if hasattr(self, "places") else None
         for block in self.blocks:
-            x = block(x, c)
+            x = block(x, c, read)
         return self.out(x)
 
 
@@ -282,8 +336,12 @@ class TextToImageGAN(nn.Module):
 
     def caption(self, ids: torch.Tensor) -> torch.Tensor:
         """(B, L) token ids -> (B, cond_dim): the first token (which reads the whole caption, in order) and the mean."""
-        tokens, _, pooled = self.text_encoder(ids)
-        return self.text_to_cond(torch.cat([tokens[:, 0], pooled], dim=1))
+        return self.caption_and_words(ids)[0]
+
+    def caption_and_words(self, ids: torch.Tensor):
+        """(B, L) token ids -> the caption's vector (B, cond_dim) and its words: tokens (B, L, D) and keep (B, L)."""
+        tokens, keep, pooled = self.text_encoder(ids)
+        return self.text_to_cond(torch.cat([tokens[:, 0], pooled], dim=1)), (tokens, keep)
 
     def noise(self, ids: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
         """The generator's noise vector: from the sampled noise, or (baseline) from a hash of the prompt."""
@@ -304,12 +362,12 @@ class TextToImageGAN(nn.Module):
         """(discriminator loss, generator loss); each reaches only its own network's weights."""
         B, c = images.shape[0], self.config
         z = self.noise(ids, torch.randn(B, c.noise_dim, generator=generator).to(images.device))
-        text = self.caption(ids) if self.conditional else None
-        g_text = text.detach() if self.conditional else None
+        text, words = self.caption_and_words(ids) if self.conditional else (None, None)
+        g_text, g_words = (text.detach(), (words[0].detach(), words[1])) if self.conditional else (None, None)
         if self.coded:  # the noise as drawing reads it: a sample of the caption's prior
             p_mean, p_log_var = self.prior(g_text)
             z = sample(p_mean, p_log_var, z)
-        fake = self.generator(z, g_text)
+        fake = self.generator(z, g_text, g_words)
 
         real = images.requires_grad_(c.r1 > 0)
         # one discriminator call: real pictures, generated ones, and (matching-aware) real pictures
@@ -339,7 +397,7 @@ class TextToImageGAN(nn.Module):
                 kl = 0.5 * (p_log_var - q_log_var + (q_log_var.exp() + (q_mean - p_mean).pow(2)) / p_log_var.exp()
                             - 1).sum(1).mean()
                 g_loss = g_loss + c.code_kl * kl
-            redrawn = self.generator(z, text)
+            redrawn = self.generator(z, text, words)
             g_loss = g_loss + c.regression * F.mse_loss(redrawn, images.detach())
 
         with torch.no_grad():
@@ -376,10 +434,10 @@ class TextToImageGAN(nn.Module):
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor, **unused) -> torch.Tensor:
         """Pictures in [-1, 1] (B, 3, S, S) from token ids and the per-picture noise (its first values)."""
         z = self.noise(ids, noise.float())
-        text = self.caption(ids) if self.conditional else None
+        text, words = self.caption_and_words(ids) if self.conditional else (None, None)
         if self.coded:
             z = sample(*self.prior(text), z)
-        return self.generator(z, text).float()
+        return self.generator(z, text, words).float()
 
 
 def without_regression(config: dict) -> dict:
