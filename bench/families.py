@@ -3,7 +3,7 @@ own defaults, then judged on the same canonical prompts and seeds by the same ju
 images/s and sampling seconds per picture. Writes the table into docs/benchmarks.md.
 
     .venv/bin/python bench/families.py [--families diffusion gan dalle ...] [--minutes 15] [--reuse]
-                                       [--clip CLIPMODEL --rerank 8]
+                                       [--clip CLIPMODEL --rerank 8] [--seed S]
 
 Runs go to runs/bench/families/NAME; `--reuse` judges a finished run again instead of retraining it.
 Rows are kept in bench/results/families.json, so measuring one family again leaves the others' rows;
@@ -28,15 +28,18 @@ from docs_section import commit, machine, write_section  # noqa: E402
 from dreamlet.evaluation import evaluate_shapes  # noqa: E402
 from dreamlet.training import TrainConfig, train  # noqa: E402
 
+# the GAN before config version 5: no layout stem, the family-wide text encoder
+NO_LAYOUT = {"layout_heads": 0, "text": {"conv": 0}}
 # name -> (family, model settings, what it is)
 VARIANTS = {
     "diffusion": ("diffusion", {}, "text-conditional diffusion (DiT, CFG)"),
-    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware, redrawing loss, noise code)"),
-    "gan-adversarial-only": ("gan", {"regression": 0.0, "adversarial": 1.0},
+    "gan": ("gan", {}, "text-conditional GAN (projection D, matching-aware, redrawing loss, noise code, layout stem)"),
+    "gan-adversarial-only": ("gan", {"regression": 0.0, "adversarial": 1.0} | NO_LAYOUT,
                              "the GAN before the redrawing loss (config version 2)"),
-    "gan-adversarial-1": ("gan", {"adversarial": 1.0, "code_kl": 0.0},
+    "gan-adversarial-1": ("gan", {"adversarial": 1.0, "code_kl": 0.0} | NO_LAYOUT,
                           "the GAN of config version 3 (no noise code) with adversarial weight 1"),
-    "gan-no-code": ("gan", {"code_kl": 0.0}, "the GAN of config version 3: redrawing loss, no noise code"),
+    "gan-no-code": ("gan", {"code_kl": 0.0} | NO_LAYOUT, "the GAN of config version 3: redrawing loss, no noise code"),
+    "gan-no-layout": ("gan", NO_LAYOUT, "the GAN of config version 4: noise code, no layout stem"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
     "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),
@@ -45,12 +48,12 @@ VARIANTS = {
 
 
 def run_family(name: str, minutes: float, out: Path, prompts: int, seeds: int, reuse: bool,
-               clip: str | None, rerank: int) -> dict:
+               clip: str | None, rerank: int, seed: int = 0) -> dict:
     family, settings, _ = VARIANTS[name]
     run = out / name
     if not (reuse and (run / "model").is_dir()):
         shutil.rmtree(run, ignore_errors=True)
-        train(TrainConfig(model=family, out=str(run), minutes=minutes, settings=settings), quiet=True)
+        train(TrainConfig(model=family, out=str(run), minutes=minutes, settings=settings, seed=seed), quiet=True)
     log = list(csv.DictReader(open(run / "train_log.csv")))
     batch = json.loads((run / "model" / "config.json").read_text())["train"]["batch_size"]
     steps, seconds = int(log[-1]["step"]), float(log[-1]["elapsed_s"])
@@ -58,7 +61,7 @@ def run_family(name: str, minutes: float, out: Path, prompts: int, seeds: int, r
     row = dict(name=name, measured=time.strftime("%Y-%m-%d"), machine=machine(), budget_minutes=minutes, steps=steps,
                batch=batch, images_per_s=steps * batch / seconds, seen=report["seen"], heldout=report["heldout"],
                pair=report["pair"], attributes=report["attributes"], seconds_per_image=report["seconds_per_image"],
-               sampler=report["sampler"], sample_steps=report["steps"], commit=commit())
+               sampler=report["sampler"], sample_steps=report["steps"], commit=commit(), seed=seed)
     validation = evaluate_shapes(run / "model", prompts=prompts, seeds=seeds, prompt_set="validation")
     row["validation"] = dict(seen=validation["seen"], heldout=validation["heldout"], pair=validation["pair"])
     if clip:
@@ -76,6 +79,7 @@ def main():
     parser.add_argument("--reuse", action="store_true")
     parser.add_argument("--clip", help="a shapes CLIP model directory: also judge the best of --rerank candidates")
     parser.add_argument("--rerank", type=int, default=8)
+    parser.add_argument("--seed", type=int, default=0, help="the training seed")
     parser.add_argument("--out", default=str(ROOT / "runs" / "bench" / "families"))
     parser.add_argument("--store", help="keep the rows in this JSON file instead of bench/results/families.json and "
                                         "leave docs/benchmarks.md as it is (runs under other conditions, e.g. one thread)")
@@ -87,7 +91,8 @@ def main():
     rows = {r["name"]: r for r in (json.loads(store.read_text()) if store.exists() else [])}
     command = " ".join(["python", "bench/families.py"] + [shlex.quote(a) for a in sys.argv[1:]])
     for name in args.families:
-        rows[name] = run_family(name, args.minutes, out, args.prompts, args.seeds, args.reuse, args.clip, args.rerank)
+        rows[name] = run_family(name, args.minutes, out, args.prompts, args.seeds, args.reuse, args.clip, args.rerank,
+                                    args.seed)
         rows[name].update(command=command, prompts=args.prompts, seeds=args.seeds)
         print(json.dumps(rows[name]), flush=True)
         store.parent.mkdir(parents=True, exist_ok=True)

@@ -24,7 +24,7 @@ def test_generator_and_discriminator_shapes(size):
     model = tiny(size)
     ids = torch.randint(5, 60, (3, 10))
     text = model.caption(ids)
-    images = model.generator(torch.randn(3, model.config.noise_dim), text)
+    images = draw(model, torch.randn(3, model.config.noise_dim), ids)
     assert images.shape == (3, 3, size, size) and images.abs().max() <= 1
     assert model.discriminator(images, text).shape == (3,)
     assert model.generate(ids, ids[:1], torch.randn(3, 3, size, size)).shape == (3, 3, size, size)
@@ -47,13 +47,11 @@ def test_discriminator_score_depends_on_the_caption():
     assert not torch.allclose(score_a, score_b)
     # the generator reads the caption too
     z = torch.randn(4, model.config.noise_dim)
-    assert not torch.allclose(model.generator(z, model.caption(a)), model.generator(z, model.caption(b)))
+    assert not torch.allclose(draw(model, z, a), draw(model, z, b))
 
 
-@pytest.mark.parametrize("layout", [{}, {"layout_heads": 2, "layout_modulation": True}])
-def test_one_backward_pass_trains_generator_discriminator_and_text_encoder(layout):
-    model = tiny(**layout).train()
-    model = modulated(model) if layout else model
+def test_one_backward_pass_trains_generator_discriminator_and_text_encoder():
+    model = tiny().train()
     images, ids = torch.rand(8, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (8, 10))
     d_loss, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
     reached = lambda loss, params: [g is not None and g.abs().sum() > 0  # noqa: E731
@@ -69,24 +67,20 @@ def test_one_backward_pass_trains_generator_discriminator_and_text_encoder(layou
 
     # the adversarial loss alone reaches neither the discriminator nor the text encoder: it cannot bend the
     # caption's meaning to please the discriminator
-    adversarial_only = tiny(regression=0.0, **layout).train()
-    adversarial_only = modulated(adversarial_only) if layout else adversarial_only
+    adversarial_only = tiny(regression=0.0).train()
     d_loss, g_loss = adversarial_only.losses(images, ids, torch.Generator().manual_seed(0))
     critic = [p for name, p in adversarial_only.named_parameters() if not name.startswith("generator.")]
     assert not any(reached(g_loss, critic)) and all(reached(g_loss, adversarial_only.generator.parameters()))
     assert any(reached(d_loss, adversarial_only.text_encoder.parameters()))  # the matching-aware term teaches it
 
 
-def modulated(model):
-    """The spatial modulation starts at zero (the blocks begin as the pooled caption's alone): give it weights."""
-    with torch.no_grad():
-        for block in model.generator.blocks:
-            block.place1.weight.normal_(0, 0.5), block.place2.weight.normal_(0, 0.5)
-    return model
+def draw(model, z, ids):
+    """The generator's pictures for noise z and token ids, as the model's passes call it."""
+    return model.generator(z, *model.caption_and_words(ids))
 
 
-def test_the_layout_stem_reads_the_words_place_by_place():
-    model = modulated(tiny(layout_heads=2, layout_modulation=True))
+def test_the_layout_stem_reads_the_words_place_by_place_and_older_models_go_without():
+    model = tiny()
     ids = torch.randint(5, 60, (2, 10))
     noise = torch.randn(2, 3, 32, 32)
     padded = torch.cat([ids, torch.zeros(2, 6, dtype=ids.dtype)], dim=1)
@@ -97,10 +91,18 @@ def test_the_layout_stem_reads_the_words_place_by_place():
         picture = model.generator(z, text, (tokens, keep))
         # the same pooled caption with the other caption's words: the places read other words
         reordered = model.generator(z, text, (tokens.roll(1, 0), keep.roll(1, 0)))
-        start, read = model.generator.layout(torch.cat([z, text], 1), tokens, keep)
+        start = model.generator.layout(torch.cat([z, text], 1), tokens, keep)
     assert not torch.allclose(picture, reordered, atol=1e-4)
-    assert start.shape == (2, model.config.g_width, 4, 4) and read.shape == (2, model.config.text.width, 4, 4)
-    assert not torch.allclose(read[:, :, 0, 0], read[:, :, 3, 3])   # each place its own query
+    assert start.shape == (2, model.config.g_width, 4, 4)
+    assert not torch.allclose(start[:, :, 0, 0], start[:, :, 3, 3])   # each place its own query
+    assert model.config.text.conv == 3   # words that know their neighbours
+
+    saved = to_dict(GanConfig())
+    saved.pop("layout_heads"), saved["text"].pop("conv")
+    old = FAMILY.load_config(saved, version=4)
+    assert (old.layout_heads, old.text.conv) == (0, 0)
+    assert not hasattr(TextToImageGAN(old).generator, "layout")
+    assert FAMILY.load_config(to_dict(GanConfig()), 5).layout_heads == 4
 
 
 def test_the_redrawing_loss_is_the_squared_error_to_the_captions_picture_and_older_models_go_without():
@@ -108,13 +110,13 @@ def test_the_redrawing_loss_is_the_squared_error_to_the_captions_picture_and_old
     images, ids = torch.rand(4, 3, 32, 32) * 2 - 1, torch.randint(5, 60, (4, 10))
     _, g_loss = model.losses(images, ids, torch.Generator().manual_seed(0))
     z = torch.randn(4, model.config.noise_dim, generator=torch.Generator().manual_seed(0))
-    expected = model.config.regression * F.mse_loss(model.generator(z, model.caption(ids)), images)
+    expected = model.config.regression * F.mse_loss(draw(model, z, ids), images)
     assert torch.allclose(g_loss, expected)
     saved = to_dict(GanConfig())
     saved.pop("regression"), saved.pop("adversarial")
     old = FAMILY.load_config(saved, version=2)
     assert (old.regression, old.adversarial) == (0.0, 1.0)
-    assert (FAMILY.load_config(to_dict(GanConfig()), 4).regression, GanConfig().adversarial) == (100.0, 0.1)
+    assert (FAMILY.load_config(to_dict(GanConfig()), 5).regression, GanConfig().adversarial) == (100.0, 0.1)
 
 
 def test_the_noise_code_redraws_from_the_pictures_encoding_and_draws_from_the_captions_prior():
@@ -128,7 +130,7 @@ def test_the_noise_code_redraws_from_the_pictures_encoding_and_draws_from_the_ca
     p_mean, p_log_var = model.prior(model.caption(ids))
     prior = torch.distributions.Normal(p_mean, (0.5 * p_log_var).exp())
     kl = torch.distributions.kl_divergence(torch.distributions.Normal(q_mean, (0.5 * q_log_var).exp()), prior)
-    expected = (model.config.regression * F.mse_loss(model.generator(z, model.caption(ids)), images)
+    expected = (model.config.regression * F.mse_loss(draw(model, z, ids), images)
                 + model.config.code_kl * kl.sum(1).mean())
     assert torch.allclose(g_loss, expected, rtol=1e-5)
     assert len(prior_noise) == 4 and model.history[-1]["kl"] == pytest.approx(kl.sum(1).mean().item(), rel=1e-5)
@@ -136,11 +138,11 @@ def test_the_noise_code_redraws_from_the_pictures_encoding_and_draws_from_the_ca
     # drawing reads its noise through the caption's prior, which starts as the normal prior
     noise = torch.randn(4, 3, 32, 32)
     assert torch.allclose(model.generate(ids, ids[:1], noise),
-                          model.generator(noise.flatten(1)[:, :model.config.noise_dim], model.caption(ids)))
+                          draw(model, noise.flatten(1)[:, :model.config.noise_dim], ids))
     with torch.no_grad():
         model.prior.net[-1].bias.fill_(0.5)  # a prior moved away from N(0, 1) moves the pictures
     assert not torch.allclose(model.generate(ids, ids[:1], noise),
-                              model.generator(noise.flatten(1)[:, :model.config.noise_dim], model.caption(ids)))
+                              draw(model, noise.flatten(1)[:, :model.config.noise_dim], ids))
 
     # the generator's loss trains the encoder and the prior, the discriminator's does not
     model = tiny().train()
@@ -154,7 +156,7 @@ def test_the_noise_code_redraws_from_the_pictures_encoding_and_draws_from_the_ca
     saved = to_dict(GanConfig())
     saved.pop("code_kl")
     assert FAMILY.load_config(saved, version=3).code_kl == 0.0  # saved before the code: drawn as before
-    assert FAMILY.load_config(to_dict(GanConfig()), 4).code_kl == 0.3
+    assert FAMILY.load_config(to_dict(GanConfig()), 5).code_kl == 0.3
 
 
 def test_hash_baseline_ignores_the_seed_and_its_discriminator_ignores_the_text():

@@ -1,9 +1,10 @@
 """A text-conditional GAN: one forward pass per picture.
 
-Generator: noise and the caption's embedding become a 4 x 4 map through one linear layer (so the
-caption picks where things go from the start, as the diffusion model's layout path does), then
-residual up-blocks whose group norms take their scale and shift from the caption and the noise
-(conditional normalisation, as in BigGAN and DF-GAN).
+Generator: noise and the caption's embedding become a 4 x 4 map through one linear layer, to which a layout stem
+adds what each of the 16 places reads from the caption's words by attention, with a query made from the noise and
+the caption (so the noise code can put each object, with its own colour and shape, at its own place, as the
+diffusion model's layout path does; docs/gan.md, "A layout stem"); then residual up-blocks whose group norms take
+their scale and shift from the caption and the noise (conditional normalisation, as in BigGAN and DF-GAN).
 Discriminator: residual down-blocks with spectral norm (Miyato et al. 2018) to 4 x 4, then an
 unconditional score plus a projection of the caption onto the flattened 4 x 4 features (Miyato &
 Koyama 2018; flattened rather than pooled so "top left" can be checked), trained matching-aware:
@@ -66,11 +67,12 @@ class GanConfig:
     code_kl: float = 0.3           # the noise code (a cVAE with a learned prior): the redrawing pass draws from an
                                    # encoding of the real picture, pulled by this weight of KL to a prior read from the
                                    # caption, from which drawing takes its noise (0: off, the noise is read as it is)
-    layout_heads: int = 0          # > 0: each place of the 4 x 4 start map also reads the caption's words, through a
+    layout_heads: int = 4          # > 0: each place of the 4 x 4 start map also reads the caption's words, through a
                                    # query made from the noise and the caption, with this many heads (0: off)
-    layout_modulation: bool = False  # with layout_heads: what each place read also scales and shifts every up-block's
-                                     # norm there (SPADE, Park et al. 2019), not only the start map
-    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    # words that know their neighbours ("red circle" is one feature at "circle"), so that a place of the layout stem
+    # can read one object's colour and shape together; the diffusion model's larger positions (position_std=1) cost
+    # the GAN text-following on emoji (docs/gan.md, "A layout stem")
+    text: TextEncoderConfig = field(default_factory=lambda: TextEncoderConfig(conv=3))
 
     # Drawing is one forward pass: no sampler, steps or guidance (kept for the shared reports).
     steps = 1
@@ -103,33 +105,23 @@ def blocks_for(c: GanConfig) -> int:
 
 class UpBlock(nn.Module):
     """A 3x3 conv at the input resolution, upsample x2, a 3x3 conv at the output resolution (the
-    wide conv runs small: the CPU budget goes further); group norms scaled and shifted by the condition,
-    and (`places` > 0) also place by place by what the layout stem read there."""
+    wide conv runs small: the CPU budget goes further); group norms scaled and shifted by the condition."""
 
-    def __init__(self, channels: int, out: int, cond: int, places: int = 0):
+    def __init__(self, channels: int, out: int, cond: int):
         super().__init__()
         self.norm1, self.norm2 = nn.GroupNorm(8, channels, affine=False), nn.GroupNorm(8, out, affine=False)
         self.film1, self.film2 = nn.Linear(cond, 2 * channels), nn.Linear(cond, 2 * out)
         self.conv1, self.conv2 = nn.Conv2d(channels, out, 3, padding=1), nn.Conv2d(out, out, 3, padding=1)
         self.skip = nn.Conv2d(channels, out, 1)
-        if places:  # started at zero: the block begins as the pooled caption's alone
-            self.place1, self.place2 = nn.Conv2d(places, 2 * channels, 1), nn.Conv2d(places, 2 * out, 1)
-            for conv in (self.place1, self.place2):
-                nn.init.zeros_(conv.weight), nn.init.zeros_(conv.bias)
 
     @staticmethod
-    def modulate(h, norm, film, c, place=None, read=None):
-        scale_shift = film(c)[..., None, None]
-        if place is not None:  # what each place read, spread over the pixels it covers
-            scale_shift = scale_shift + place(F.interpolate(read, size=h.shape[-2:], mode="nearest"))
-        scale, shift = scale_shift.chunk(2, dim=1)
+    def modulate(h, norm, film, c):
+        scale, shift = film(c)[..., None, None].chunk(2, dim=1)
         return F.relu(norm(h) * (1 + scale) + shift)
 
-    def forward(self, x, c, read=None):
-        places = (self.place1, self.place2) if read is not None else (None, None)
-        h = self.modulate(x, self.norm1, self.film1, c, places[0], read)
-        h = F.interpolate(self.conv1(h), scale_factor=2, mode="nearest")
-        h = self.conv2(self.modulate(h, self.norm2, self.film2, c, places[1], read))
+    def forward(self, x, c):
+        h = F.interpolate(self.conv1(self.modulate(x, self.norm1, self.film1, c)), scale_factor=2, mode="nearest")
+        h = self.conv2(self.modulate(h, self.norm2, self.film2, c))
         return F.interpolate(self.skip(x), scale_factor=2, mode="nearest") + h
 
 
@@ -146,20 +138,14 @@ class LayoutStem(nn.Module):
         self.null = nn.Parameter(torch.zeros(1, 1, words))
         self.out = nn.Linear(words, channels)
 
-    def forward(self, c, tokens, keep):
-        """c (B, cond), tokens (B, L, D), keep (B, L) -> the start map's share (B, channels, 4, 4) and what each
-        place read (B, D, 4, 4)."""
+    def forward(self, c, tokens, keep):  # c (B, cond), tokens (B, L, D), keep (B, L) -> (B, channels, 4, 4)
         B, L, D = tokens.shape
         tokens = torch.cat([self.null.expand(B, 1, D), tokens], dim=1)
         keep = torch.cat([keep.new_ones(B, 1), keep], dim=1)
         q = self.query(c).view(B, 16, self.heads, D // self.heads).transpose(1, 2)
         k, v = self.key_value(tokens).view(B, L + 1, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
         read = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])   # (B, heads, 16, D / heads)
-        read = read.transpose(1, 2).reshape(B, 16, D)
-        return (self.out(read).transpose(1, 2).reshape(B, -1, 4, 4), read.transpose(1, 2).reshape(B, D, 4, 4))
-
-
-PLACE_WIDTH = 32  # channels of what each place read, as the up-blocks' spatial modulation takes it
+        return self.out(read.transpose(1, 2).reshape(B, 16, D)).transpose(1, 2).reshape(B, -1, 4, 4)
 
 
 class Generator(nn.Module):
@@ -172,11 +158,7 @@ class Generator(nn.Module):
         self.stem = nn.Linear(cond, widths[0] * 16)
         if c.layout_heads and c.conditioning == "text":
             self.layout = LayoutStem(cond, c.text.width, widths[0], c.layout_heads)
-        spatial = c.layout_heads and c.layout_modulation and c.conditioning == "text"
-        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond, PLACE_WIDTH if spatial else 0)
-                                    for i in range(n))
-        if spatial:  # what each place read, narrowed: the blocks' per-pixel modulation costs little
-            self.places = nn.Conv2d(c.text.width, PLACE_WIDTH, 1)
+        self.blocks = nn.ModuleList(UpBlock(widths[i], widths[i + 1], cond) for i in range(n))
         self.out = nn.Sequential(nn.GroupNorm(8, widths[-1]), nn.ReLU(),
                                  nn.Conv2d(widths[-1], 3 * c.unshuffle ** 2, 3, padding=1),
                                  nn.PixelShuffle(c.unshuffle), nn.Tanh())
@@ -184,13 +166,11 @@ class Generator(nn.Module):
     def forward(self, z, text=None, words=None):
         """z (B, noise_dim), text (B, cond_dim) or None, words: the caption's (tokens, keep) for the layout stem."""
         c = z if text is None else torch.cat([z, text], dim=1)
-        x, read = self.stem(c).view(len(c), -1, 4, 4), None
+        x = self.stem(c).view(len(c), -1, 4, 4)
         if hasattr(self, "layout"):
-            start, read = self.layout(c, *words)
-            x = x + start
-        read = self.places(read) if hasattr(self, "places") else None
+            x = x + self.layout(c, *words)
         for block in self.blocks:
-            x = block(x, c, read)
+            x = block(x, c)
         return self.out(x)
 
 
@@ -450,6 +430,12 @@ def without_code(config: dict) -> dict:
     return config | {"code_kl": 0.0}
 
 
-FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=4, guided=False,
+def without_layout(config: dict) -> dict:
+    """Version 5 adds the layout stem and the text encoder's convolution; a model saved before had neither."""
+    text = {"conv": 0} | config.get("text", {})
+    return config | {"layout_heads": 0, "text": text}
+
+
+FAMILY = Family("gan", GanConfig, TextToImageGAN, PRESETS, train_defaults=TRAIN_DEFAULTS, version=5, guided=False,
                 migrations={1: lambda config: removed(config, "text.token_std"), 2: without_regression,
-                            3: without_code})
+                            3: without_code, 4: without_layout})
