@@ -59,7 +59,8 @@ def main() -> None:
                         for key in ("correct", "color", "shape", "both_objects")}
         if name == "own_code" and args.grid:
             from PIL import Image
-            grid = np.concatenate([np.concatenate(list(to_uint8(real[:16])), 1), np.concatenate(list(pictures[:16]), 1)])
+            rows = [np.concatenate(list(to_uint8(real[:16])), 1), np.concatenate(list(pictures[:16]), 1)]
+            grid = np.concatenate(rows)
             Image.fromarray(grid).resize((grid.shape[1] * 3, grid.shape[0] * 3), Image.NEAREST).save(args.grid)
     print(json.dumps(result))
 
