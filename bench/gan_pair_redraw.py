@@ -23,12 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dreamlet.data.shapes import Prompt, canonical_caption, random_pair, render  # noqa: E402
+from dreamlet.images import to_tensor, to_uint8  # noqa: E402
 from dreamlet.judge import judge  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
-
-
-def to_uint8(x: torch.Tensor) -> np.ndarray:
-    return ((x.clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).numpy()
 
 
 @torch.no_grad()
@@ -46,7 +43,7 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     scenes = [random_pair(rng) for _ in range(args.scenes)]
     captions = [canonical_caption(s) for s in scenes]
-    real = torch.tensor(np.stack([render(s, pipeline.image_size) for s in scenes])).permute(0, 3, 1, 2) / 127.5 - 1
+    real = to_tensor(np.stack([render(s, pipeline.image_size) for s in scenes]))
     prompts = [Prompt(c, "pair", tuple((o.color, o.shape, None, None) for o in s.objects), s.relation)
                for c, s in zip(captions, scenes)]
     text, words = model.caption_and_words(pipeline.tokenizer(captions))

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import spectral_norm
 
 from . import Family, removed
-from ..text.encoder import TextEncoder, TextEncoderConfig
+from ..text.encoder import TextEncoder, TextEncoderConfig, read_words
 from .adversarial import discriminator_hinge, generator_hinge
 
 
@@ -140,12 +140,9 @@ class LayoutStem(nn.Module):
 
     def forward(self, c, tokens, keep):  # c (B, cond), tokens (B, L, D), keep (B, L) -> (B, channels, 4, 4)
         B, L, D = tokens.shape
-        tokens = torch.cat([self.null.expand(B, 1, D), tokens], dim=1)
-        keep = torch.cat([keep.new_ones(B, 1), keep], dim=1)
-        q = self.query(c).view(B, 16, self.heads, D // self.heads).transpose(1, 2)
-        k, v = self.key_value(tokens).view(B, L + 1, 2, self.heads, D // self.heads).permute(2, 0, 3, 1, 4)
-        read = F.scaled_dot_product_attention(q, k, v, attn_mask=keep[:, None, None, :])   # (B, heads, 16, D / heads)
-        return self.out(read.transpose(1, 2).reshape(B, 16, D)).transpose(1, 2).reshape(B, -1, 4, 4)
+        k, v = self.key_value(torch.cat([self.null.expand(B, 1, D), tokens], dim=1)).chunk(2, dim=-1)
+        read = read_words(self.query(c).view(B, 16, D), k, v, keep, self.heads)         # (B, 16, D)
+        return self.out(read).transpose(1, 2).reshape(B, -1, 4, 4)
 
 
 class Generator(nn.Module):

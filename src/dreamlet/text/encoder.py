@@ -81,6 +81,17 @@ class TextEncoder(nn.Module):
         return x, keep, pooled
 
 
+def read_words(queries: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, keep: torch.Tensor,
+               heads: int) -> torch.Tensor:
+    """Queries (B, N, D) read a caption's words by `heads`-head attention: keys and values (B, 1 + L, D) whose first
+    row is a null word ("nothing here", always readable), keep (B, L) True at real tokens -> (B, N, D)."""
+    B, N, D = queries.shape
+    split = lambda z: z.view(B, z.shape[1], heads, D // heads).transpose(1, 2)  # noqa: E731  (B, heads, *, D / heads)
+    mask = F.pad(keep, (1, 0), value=True)[:, None, None, :]
+    read = F.scaled_dot_product_attention(split(queries), split(keys), split(values), attn_mask=mask)
+    return read.transpose(1, 2).reshape(B, N, D)
+
+
 def build_text_encoder(config: TextEncoderConfig) -> nn.Module:
     """The encoder a config asks for: trained from scratch, or a frozen pretrained one (`pretrained`)."""
     if config.pretrained:

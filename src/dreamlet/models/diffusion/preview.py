@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ...text.encoder import read_words
+
 
 @dataclass
 class PreviewConfig:
@@ -57,10 +59,8 @@ class CaptionPreview(nn.Module):
         k, v = self.kv(text).chunk(2, dim=-1)                                        # (B, L, T)
         k = torch.cat([self.null[0].expand(B, 1, -1), k], 1)                         # (B, 1 + L, T)
         v = torch.cat([self.null[1].expand(B, 1, -1), v], 1)
-        split = lambda z: z.view(B, z.shape[1], heads, -1).transpose(1, 2)          # noqa: E731  (B, h, *, T/h)
-        mask = F.pad(keep, (1, 0), value=True)[:, None, None, :]                    # the null word is always there
-        a = F.scaled_dot_product_attention(split(self.queries.expand(B, -1, -1)), split(k), split(v), attn_mask=mask)
-        return code + self.read(a.transpose(1, 2).reshape(B, N, -1))                # (B, N, r)
+        a = read_words(self.queries.expand(B, -1, -1), k, v, keep, heads)            # (B, N, T)
+        return code + self.read(a)                                                   # (B, N, r)
 
     def forward(self, text, keep, pooled) -> tuple[torch.Tensor, torch.Tensor]:
         code = self.layout(text, keep, pooled)                                       # (B, N, r)
