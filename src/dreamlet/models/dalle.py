@@ -31,7 +31,6 @@ import torch.nn.functional as F
 
 from . import Family, Flag, removed
 from ..text.encoder import TextEncoder, TextEncoderConfig, TokenConvolution
-from .diffusion.preview import CaptionPreview, PreviewConfig
 from .vqvae import VQConfig, VQModel
 
 
@@ -46,10 +45,6 @@ class DalleConfig:
     mlp_ratio: float = 4.0
     prefix_conv: int = 0             # decoder: > 0, a convolution of this width over neighbouring caption tokens, so
                                      # "red" and "square" meet before attention (the diffusion text encoder's `conv`)
-    layout_rank: int = 0             # > 0: each code place reads the caption directly (a layout bias on its input),
-                                     # trained to predict its code from the caption alone (the diffusion preview's module)
-    layout_heads: int = 4            # heads of the places' reading of the caption's words
-    layout_weight: float = 1.0       # the layout's code loss beside the prior's, relative to it
     cond_drop: float = 0.1           # share of captions replaced by the empty one in training (for guidance)
     guidance: float = 2.0            # default guidance scale at sampling (1: none)
     temperature: float = 0.7         # below 1 and top-k: fewer stray codes, so fewer broken objects (docs/dalle.md)
@@ -182,14 +177,6 @@ class DalleModel(nn.Module):
         self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, text_width) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.width)
         self.head = nn.Linear(c.width, c.vq.codebook_size)
-        if c.layout_rank:
-            # The caption's layout, read by each code place from the caption alone: in raster order the prior
-            # otherwise learns which of two objects goes where, and with which colour, only through the codes
-            # drawn before it. Here the diffusion preview's module: a bias on each place's input, and codebook
-            # logits for that place (the "picture" of a 1 x 1 patch with codebook_size channels).
-            self.caption_norm = nn.LayerNorm(c.width) if c.arch == "decoder" else nn.Identity()
-            self.layout = CaptionPreview(PreviewConfig(c.layout_rank, c.layout_heads, c.layout_weight),
-                                         text_width or c.width, self.vq.grid, 1, c.width, c.vq.codebook_size)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -205,7 +192,7 @@ class DalleModel(nn.Module):
     # -- the network ----------------------------------------------------------------------------
     def caption(self, ids: torch.Tensor):
         """Token ids (B, L) -> what the code positions read:
-        (prefix (B, L, D) or None, text (B, L, T) or None, keep (B, L), pooled text (B, T) or None).
+        (prefix (B, L, D) or None, text (B, L, T) or None, keep (B, L)).
         Trailing columns that are padding in every row are dropped first: masked anyway, they only cost time."""
         keep = ids != self.config.text.pad_id
         length = int(keep.any(0).nonzero().max()) + 1
@@ -214,57 +201,38 @@ class DalleModel(nn.Module):
             prefix = self.word(ids) + self.word_position[: ids.shape[1]]
             if self.config.prefix_conv:
                 prefix = self.prefix_conv(prefix, keep)
-            return prefix, None, keep, None
-        return None, *self.text_encoder(ids)
-
-    def read_caption(self, ids: torch.Tensor, cache: dict):
-        """The caption's pass, before any code: the decoder's prefix through the blocks into `cache` (it reads
-        itself both ways and never the codes). -> (text or None, keep, the places' layout bias (B, N, D) or None,
-        the layout's codebook logits (B, V, grid, grid) or None)."""
-        prefix, text, keep, pooled = self.caption(ids)
-        if prefix is not None:
-            L = prefix.shape[1]
-            words = self.blocks_pass(prefix, keep[:, None, None, :].expand(-1, 1, L, -1), None, keep, cache)
-        if not self.config.layout_rank:
-            return text, keep, None, None
-        if prefix is not None:
-            words = self.caption_norm(words)
-            pooled = (words * keep[..., None]).sum(1) / keep.sum(1, keepdim=True).clamp(min=1)
-        bias, code_logits = self.layout(words if prefix is not None else text, keep, pooled)
-        return text, keep, bias, code_logits
+            return prefix, None, keep
+        text, keep, _ = self.text_encoder(ids)
+        return None, text, keep
 
     def code_input(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
         """Codes (B, N) at raster positions start.. -> embeddings (B, N, D)."""
         position = (self.code_row + self.code_column).flatten(0, 1)
         return self.code(codes) + position[start:start + codes.shape[1]]
 
-    def blocks_pass(self, x, mask, text, keep, cache=None):
+    def run(self, x, mask, text, keep, cache=None):
         text_mask = None if text is None else keep[:, None, None, :]
         for i, block in enumerate(self.blocks):
             x = block(x, mask, text, text_mask, None if cache is None else cache.setdefault(i, {}))
-        return x
+        return self.head(self.norm(x))
 
-    def run(self, x, mask, text, keep, cache=None):
-        return self.head(self.norm(self.blocks_pass(x, mask, text, keep, cache)))
-
-    def logits(self, ids: torch.Tensor, codes_in: torch.Tensor, layout: bool = False):
-        """One full pass: caption ids (B, L) and code inputs (B, N) -> logits (B, N, V) for the N codes
-        (and, with `layout`, the layout's codebook logits (B, V, grid, grid) or None).
+    def logits(self, ids: torch.Tensor, codes_in: torch.Tensor) -> torch.Tensor:
+        """One full pass: caption ids (B, L) and code inputs (B, N) -> logits (B, N, V) for the N codes.
         Autoregressive: codes_in is [start, c_0 .. c_{N-2}] and output i predicts c_i (causal);
         maskgit: codes_in is the grid with some codes masked and output i predicts c_i (bidirectional)."""
-        cache: dict = {}
-        text, keep, bias, layout_logits = self.read_caption(ids, cache)
+        prefix, text, keep = self.caption(ids)
         x = self.code_input(codes_in)
-        if bias is not None:
-            x = x + bias[:, :x.shape[1]]
-        B, N = x.shape[:2]
+        N, causal = x.shape[1], self.config.decoder == "autoregressive"
         allowed = torch.ones(N, N, dtype=torch.bool, device=x.device)
-        if self.config.decoder == "autoregressive":
+        if causal:
             allowed = allowed.tril()
-        if text is None:  # the codes read the caption's real tokens (cached) and the codes they may see
-            allowed = torch.cat([keep[:, None, :].expand(-1, N, -1), allowed.expand(B, -1, -1)], 2)
-        out = self.run(x, allowed[:, None] if text is None else allowed[None, None], text, keep, cache)
-        return (out, layout_logits) if layout else out
+        if prefix is None:
+            return self.run(x, allowed[None, None], text, keep)
+        L = prefix.shape[1]  # the caption is a prefix: it reads itself both ways, codes read all of it
+        blind = torch.zeros(len(x), L, N, dtype=torch.bool, device=x.device)  # the caption does not read codes
+        mask = torch.cat([torch.cat([keep[:, None, :].expand(-1, L, -1), blind], 2),
+                          torch.cat([keep[:, None, :].expand(-1, N, -1), allowed.expand(len(x), -1, -1)], 2)], 1)
+        return self.run(torch.cat([prefix, x], 1), mask[:, None], None, keep)[:, L:]
 
     # -- training ---------------------------------------------------------------------------------
     def loss(self, images: torch.Tensor, ids: torch.Tensor, empty_ids: torch.Tensor,
@@ -277,19 +245,15 @@ class DalleModel(nn.Module):
         ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
         if self.config.decoder == "autoregressive":
             start = torch.full((B, 1), self.mask_id, device=device, dtype=codes.dtype)
-            logits, layout = self.logits(ids, torch.cat([start, codes[:, :-1]], 1), layout=True)
-            loss = F.cross_entropy(logits.flatten(0, 1), codes.flatten())
-        else:  # maskgit: mask a cosine-distributed share of the codes (at least one) and predict them
-            ratio = torch.cos(0.5 * math.pi * torch.rand(B, 1, generator=generator)).to(device)
-            scores = torch.rand(B, self.tokens, generator=generator).to(device)
-            masked = scores < ratio
-            masked |= scores == scores.min(1, keepdim=True).values
-            logits, layout = self.logits(ids, codes.masked_fill(masked, self.mask_id), layout=True)
-            loss = F.cross_entropy(logits[masked], codes[masked])
-        if layout is not None:  # each place's code from the caption alone
-            grid = self.vq.grid
-            loss = loss + self.config.layout_weight * F.cross_entropy(layout, codes.view(B, grid, grid))
-        return loss
+            logits = self.logits(ids, torch.cat([start, codes[:, :-1]], 1))
+            return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
+        # maskgit: mask a cosine-distributed share of the codes (at least one) and predict them
+        ratio = torch.cos(0.5 * math.pi * torch.rand(B, 1, generator=generator)).to(device)
+        scores = torch.rand(B, self.tokens, generator=generator).to(device)
+        masked = scores < ratio
+        masked |= scores == scores.min(1, keepdim=True).values
+        logits = self.logits(ids, codes.masked_fill(masked, self.mask_id))
+        return F.cross_entropy(logits[masked], codes[masked])
 
     # -- judging its own pictures ------------------------------------------------------------------
     @property
@@ -358,12 +322,15 @@ class DalleModel(nn.Module):
                 codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
             return codes[:B, 1:]
         cache: dict = {}
-        text, keep, bias, _ = self.read_caption(ids, cache)   # the caption first
+        prefix, text, keep = self.caption(ids)
+        if prefix is not None:   # the caption first: it reads itself both ways
+            L = prefix.shape[1]
+            self.run(prefix, keep[:, None, None, :].expand(-1, 1, L, -1), None, keep, cache)
         for i in range(self.tokens):
-            x = self.code_input(codes[:, -1:], start=i) + (0 if bias is None else bias[:, i:i + 1])
+            x = self.code_input(codes[:, -1:], start=i)
             # a new code reads the caption's real tokens and every code before it (all cached)
-            mask = None if text is not None else torch.cat([keep, torch.ones(len(ids), i + 1, dtype=torch.bool,
-                                                                             device=ids.device)], 1)[:, None, None, :]
+            mask = None if prefix is None else torch.cat([keep, torch.ones(len(ids), i + 1, dtype=torch.bool,
+                                                                           device=ids.device)], 1)[:, None, None, :]
             logits = self.run(x, mask, text, keep, cache)[:, -1]
             new = self.next_code(self.guided(logits, guidance), uniform[:, i])
             codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
