@@ -90,8 +90,9 @@ def test_a_trained_autoencoder_is_reused_and_evaluated(latent_run, tmp_path, cap
     assert not (run / "autoencoder").exists()  # given, not trained again
     assert main(["eval", "--model", str(autoencoder), "--prompts", "4"]) == 0
     out = capsys.readouterr().out
-    assert "reconstruction PSNR" in out
-    assert json.loads((latent_run / "autoencoder" / "eval.json").read_text())["kind"] == "autoencoder"
+    assert "reconstruction PSNR" in out and "% of pairs" in out
+    report = json.loads((latent_run / "autoencoder" / "eval.json").read_text())
+    assert report["kind"] == "autoencoder" and set(report["judged"]) == {"single", "pair"}
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -9,6 +9,7 @@ from dreamlet.checkpoint import load_tensors
 from dreamlet.cli import main
 from dreamlet.config import updated
 from dreamlet.data.shapes import ShapesDataset
+from dreamlet.evaluation import judged_reconstructions
 from dreamlet.images import to_tensor
 from dreamlet.models.autoencoding import psnr
 from dreamlet.models.vqvae import KINDS, PRESETS, VQConfig, VQModel
@@ -165,7 +166,10 @@ def test_cli_trains_each_kind_into_a_loadable_tokenizer(tmp_path, kind, capsys):
     assert figures["pictures"] == 12 and figures["kind"] == kind and 0 < figures["usage"] <= 1
     assert figures["psnr"] > 0 and 1 <= figures["perplexity"] <= figures["codes_used"]
     assert "| reconstruction PSNR |" in report.with_suffix(".md").read_text()
-    assert "reconstruction PSNR" in capsys.readouterr().out
+    assert set(figures["judged"]) == {"single", "pair"} and all(0 <= v <= 1 for v in figures["judged"].values())
+    assert "the exact judge passes" in report.with_suffix(".md").read_text()
+    out = capsys.readouterr().out
+    assert "reconstruction PSNR" in out and "% of pairs" in out
 
     assert main(["sample", "--model", str(run / "model"), "--prompt", "a red circle",
                  "--out", str(tmp_path / "s")]) == 2
@@ -187,3 +191,24 @@ def test_older_configs_load_through_the_migrations():
         assert get_family("vqvae").load_config(saved, version) == VQConfig()
     with pytest.raises(ValueError, match="unknown VQConfig fields: text"):
         get_family("vqvae").load_config(saved, 3)
+
+
+class Through:
+    """An 'autoencoder' whose codes are the picture itself, and whose decoder may spoil it."""
+
+    def __init__(self, spoil=lambda x: x):
+        self.spoil = spoil
+
+    def encode(self, images):
+        return images
+
+    def decode(self, images):
+        return self.spoil(images)
+
+
+def test_judged_reconstructions_are_the_share_of_new_scenes_the_judge_still_passes():
+    assert judged_reconstructions(Through(), 32, "cpu", count=32) == {"single": 1.0, "pair": 1.0}
+    assert judged_reconstructions(Through(torch.zeros_like), 32, "cpu", count=32) == {"single": 0.0, "pair": 0.0}
+    # a decoder that loses the right third of the picture fails exactly the scenes with an object there
+    blind = judged_reconstructions(Through(lambda x: x.index_fill(3, torch.arange(22, 32), -1.0)), 32, "cpu", count=64)
+    assert 0.3 < blind["single"] < 0.95 and blind["pair"] < blind["single"]

@@ -101,11 +101,12 @@ class Autoencoder(TrainedWithDiscriminator):
 def evaluate(args, pipeline) -> tuple[dict, str]:
     """`dreamlet eval` of an autoencoder: reconstruction PSNR on held-out pictures, and with --clip the
     reconstructions' FID against the originals in that CLIP's feature space."""
-    from ..evaluation import evaluate_reconstruction
+    from ..evaluation import evaluate_reconstruction, judged_summary
     report = evaluate_reconstruction(args.model, args.data, count=3 * args.prompts, pipeline=pipeline,
                                      clip=args.clip)
     fid = f", reconstruction FID {report['fid']:.1f} (CLIP features)" if "fid" in report else ""
-    return report, f"reconstruction PSNR {report['psnr']:.2f} dB{fid} on {report['pictures']} held-out pictures"
+    return report, (f"reconstruction PSNR {report['psnr']:.2f} dB{fid} on {report['pictures']} held-out pictures"
+                    f"{judged_summary(report)}")
 
 
 FAMILY = Family("autoencoder", AutoencoderConfig, Autoencoder, PRESETS, train_defaults=TRAIN_DEFAULTS, draws=False,

@@ -209,11 +209,11 @@ class VQModel(TrainedWithDiscriminator):
 
 def evaluate(args, pipeline) -> tuple[dict, str]:
     """`dreamlet eval` of an image tokenizer: how well it reconstructs held-out pictures."""
-    from ..evaluation import evaluate_tokenizer
+    from ..evaluation import evaluate_tokenizer, judged_summary
     report = evaluate_tokenizer(args.model, args.data, count=3 * args.prompts, pipeline=pipeline)
     return report, (f"reconstruction PSNR {report['psnr']:.2f} dB, codebook usage {100 * report['usage']:.1f} % "
                     f"({report['codes_used']} of {report['codebook_size']} codes), perplexity "
-                    f"{report['perplexity']:.1f} on {report['pictures']} held-out pictures")
+                    f"{report['perplexity']:.1f} on {report['pictures']} held-out pictures{judged_summary(report)}")
 
 
 FAMILY = Family("vqvae", VQConfig, VQModel, PRESETS, train_defaults=TRAIN_DEFAULTS, draws=False,
