@@ -22,7 +22,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from dreamlet.data.shapes import Prompt, canonical_caption, random_pair, render  # noqa: E402
+from dreamlet.data.shapes import canonical_caption, parse_prompt, random_pair, render  # noqa: E402
 from dreamlet.images import to_tensor, to_uint8  # noqa: E402
 from dreamlet.judge import judge  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
@@ -44,8 +44,7 @@ def main() -> None:
     scenes = [random_pair(rng) for _ in range(args.scenes)]
     captions = [canonical_caption(s) for s in scenes]
     real = to_tensor(np.stack([render(s, pipeline.image_size) for s in scenes]))
-    prompts = [Prompt(c, "pair", tuple((o.color, o.shape, None, None) for o in s.objects), s.relation)
-               for c, s in zip(captions, scenes)]
+    prompts = [parse_prompt(c) for c in captions]
     text, words = model.caption_and_words(pipeline.tokenizer(captions))
     codes = {"own_code": model.encoder(real)[0], "prior_mean": model.prior(text)[0]}
     result = {"model": args.model, "scenes": args.scenes}

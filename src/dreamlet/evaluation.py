@@ -235,8 +235,7 @@ def judged_reconstructions(model, size: int, device, count: int = 256, seed: int
     for kind, draw in (("single", shapes.random_single), ("pair", shapes.random_pair)):
         scenes = [draw(rng) for _ in range(count)]
         _, decoded, _ = reconstruct(model, np.stack([shapes.render(scene, size) for scene in scenes]), device)
-        prompts = [shapes.Prompt("", kind, tuple((o.color, o.shape, o.size, o.position) for o in scene.objects),
-                                 scene.relation) for scene in scenes]
+        prompts = [shapes.parse_prompt(shapes.canonical_caption(scene)) for scene in scenes]
         passed[kind] = float(np.mean([judge(image, prompt)["correct"] for image, prompt in zip(decoded, prompts)]))
     return passed
 
