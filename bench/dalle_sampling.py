@@ -52,7 +52,7 @@ def main():
         tokens = pipe.model.tokens
         cached = seconds_per_picture(pipe, prompts, args.repeats)
         uncached = seconds_per_picture(pipe, prompts, args.repeats, use_cache=False)
-        rows += [(f"autoregressive, KV cache ({tokens} codes, one network pass per code)", cached),
+        rows += [(f"autoregressive, KV cache ({tokens} tokens, one network pass per token)", cached),
                  ("autoregressive, no cache (the whole prefix again for every code)", uncached)]
         if args.maskgit:
             pipe = dreamlet.load(args.maskgit)

@@ -8,7 +8,7 @@ from dreamlet.checkpoint import UserError
 from dreamlet.cli import main
 from dreamlet.images import to_tensor
 from dreamlet.config import updated
-from dreamlet.models.dalle import PRESETS, DalleConfig, DalleModel, filter_logits, pick
+from dreamlet.models.dalle import PRESETS, DalleConfig, DalleModel, colour_plan, filter_logits, pick
 from dreamlet.models.vqvae import PRESETS as VQ_PRESETS
 from dreamlet.pipeline import Pipeline, candidate_seeds
 
@@ -26,7 +26,7 @@ def tiny(arch="decoder", decoder="autoregressive", size=16, **extra):
 
 @pytest.mark.parametrize("arch", ["decoder", "encdec"])
 def test_a_future_code_does_not_change_an_earlier_logit(arch):
-    model = tiny(arch)
+    model = tiny(arch, plan_cell=0)   # codes alone (test_with_a_plan_... has the plan's)
     ids = torch.randint(3, 50, (2, 8))
     codes = torch.randint(0, model.config.vq.codebook_size, (2, model.tokens))
     changed = codes.clone()
@@ -38,7 +38,7 @@ def test_a_future_code_does_not_change_an_earlier_logit(arch):
 
 
 def test_the_prefix_convolution_reads_neighbouring_words_but_not_the_batch_s_padding():
-    model = tiny(prefix_conv=3)
+    model = tiny(prefix_conv=3, plan_cell=0)
     short, long = torch.tensor([[5, 6, 7] + [0] * 5]), torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
     codes = torch.randint(0, model.config.vq.codebook_size, (1, model.tokens))
     with torch.no_grad():
@@ -53,7 +53,7 @@ def test_the_prefix_convolution_reads_neighbouring_words_but_not_the_batch_s_pad
 
 
 def test_maskgit_reads_the_whole_grid():
-    model = tiny(decoder="maskgit")
+    model = tiny(decoder="maskgit", plan_cell=0)
     ids = torch.randint(3, 50, (2, 8))
     codes = torch.randint(0, model.config.vq.codebook_size, (2, model.tokens))
     changed = codes.clone()
@@ -62,9 +62,9 @@ def test_maskgit_reads_the_whole_grid():
         assert not torch.allclose(model.logits(ids, codes)[:, 0], model.logits(ids, changed)[:, 0])
 
 
-@pytest.mark.parametrize("arch", ["decoder", "encdec"])
-def test_kv_cache_sampling_equals_uncached_sampling(arch):
-    model = tiny(arch)
+@pytest.mark.parametrize("arch,plan_cell", [("decoder", 0), ("encdec", 0), ("decoder", 2)])
+def test_kv_cache_sampling_equals_uncached_sampling(arch, plan_cell):
+    model = tiny(arch, plan_cell=plan_cell)
     ids, empty = torch.randint(3, 50, (3, 8)), torch.tensor([[1, 2] + [0] * 6])
     noise = torch.randn(3, 3, 16, 16, generator=torch.Generator().manual_seed(0))
     for guidance in (1.0, 3.0):
@@ -95,11 +95,11 @@ def test_filtering_and_inverse_cdf_sampling():
     assert pick(probs, torch.tensor([0.1, 0.5])).tolist() == [0, 1]
 
 
-@pytest.mark.parametrize("arch", ["decoder", "encdec"])
-def test_match_is_the_pointwise_mutual_information_of_caption_and_codes(arch):
+@pytest.mark.parametrize("arch,plan_cell", [("decoder", 0), ("encdec", 0), ("decoder", 2)])
+def test_match_is_the_pointwise_mutual_information_of_caption_and_codes(arch, plan_cell):
     """match() = log p(codes | caption) - log p(codes | empty caption): each is minus the prior's own training
-    loss on that one picture (no caption dropped) times its number of codes."""
-    model = tiny(arch, cond_drop=0.0)
+    loss on that one picture (no caption dropped) times its number of tokens (with a plan: its colours too)."""
+    model = tiny(arch, cond_drop=0.0, plan_cell=plan_cell)
     images, ids = torch.rand(3, 3, 16, 16) * 2 - 1, torch.randint(3, 50, (3, 8))
     empty = torch.tensor([[1, 2] + [0] * 6])
     match = model.match(images, ids, empty)
@@ -201,7 +201,7 @@ def test_vqgan_clip_optimises_codes_toward_the_prompt(tmp_path, capsys):
 def test_configs_saved_with_the_tokenizer_s_text_still_load():
     from dreamlet.config import to_dict
     from dreamlet.models import get_family
-    config = tiny().config
+    config = tiny(plan_cell=0).config
     saved = to_dict(config)
     saved["vq"]["text"] = {"width": 64, "token_std": 0.02}
     saved["text"]["token_std"] = 0.02
@@ -209,3 +209,58 @@ def test_configs_saved_with_the_tokenizer_s_text_still_load():
     assert get_family("dalle").load_config(saved, 1) == config and config.rerank == 1
     del saved["text"]["token_std"]
     assert get_family("dalle").load_config(saved, 2) == config
+
+
+def test_a_prior_saved_before_the_colour_plan_loads_without_one():
+    from dreamlet.config import to_dict
+    from dreamlet.models import get_family
+    config = tiny(plan_cell=0).config
+    saved = to_dict(config)
+    for field in ("plan_cell", "plan_levels"):
+        del saved[field]
+    assert get_family("dalle").load_config(saved, 3) == config
+    assert DalleConfig().plan_cell == 2 and DalleModel(config).tokens == 16   # today: a plan first; then: codes alone
+
+
+def picture(size, background, objects):
+    """A (1, 3, size, size) picture in [-1, 1]: `background` RGB, and (RGB, top, left, side) squares on it."""
+    image = torch.tensor(background, dtype=torch.float32)[:, None, None].expand(3, size, size).clone()
+    for rgb, top, left, side in objects:
+        image[:, top:top + side, left:left + side] = torch.tensor(rgb, dtype=torch.float32)[:, None, None]
+    return (image / 127.5 - 1)[None]
+
+
+def test_the_colour_plan_marks_each_object_s_cells_with_its_colour_not_the_background():
+    red, blue, black, white = (230, 30, 30), (40, 70, 235), (0, 0, 0), (255, 255, 255)
+    colour = lambda rgb: (round(rgb[0] / 127.5) * 3 + round(rgb[1] / 127.5)) * 3 + round(rgb[2] / 127.5)  # noqa: E731
+    # a small red object at the top left touches two cells each way; a blue one covers one bottom-right cell
+    plan = colour_plan(picture(32, black, [(red, 2, 2, 7), (blue, 24, 24, 8)]), 4, 3).view(4, 4)
+    expected = torch.full((4, 4), colour(black))
+    expected[:2, :2], expected[3, 3] = colour(red), colour(blue)
+    assert torch.equal(plan, expected)
+    # on a white page the background is white, and a black object is what the plan shows
+    plan = colour_plan(picture(16, white, [(black, 0, 8, 8)]), 2, 3).view(2, 2)
+    assert plan.tolist() == [[colour(white), colour(black)], [colour(white), colour(white)]]
+
+
+def test_with_a_plan_the_codes_read_it_and_each_place_draws_its_own_kind():
+    model = tiny(plan_cell=2)
+    V, plan = model.config.vq.codebook_size, model.plan_tokens
+    assert (plan, model.tokens) == (4, 20)   # 16 px: a 4 x 4 code grid, a 2 x 2 plan before it
+    ids = torch.randint(3, 50, (2, 8))
+    start = torch.full((2, 1), model.mask_id)
+    inputs = torch.cat([start, torch.randint(V, V + 27, (2, plan)), torch.randint(0, V, (2, 15))], 1)
+    changed = inputs.clone()
+    changed[:, 2] = V + (changed[:, 2] - V + 1) % 27          # another colour in the plan's second cell
+    with torch.no_grad():
+        a, b = model.logits(ids, inputs), model.logits(ids, changed)
+    assert torch.allclose(a[:, :2], b[:, :2], atol=1e-5)      # causal: outputs 0 and 1 read inputs 0 and 1 only
+    assert not torch.allclose(a[:, plan:], b[:, plan:], atol=1e-5)   # every code reads the plan
+    kinds = model.only_their_kind(a)
+    assert torch.isinf(kinds[:, :plan, :V]).all() and torch.isfinite(kinds[:, :plan, V:]).all()
+    assert torch.isinf(kinds[:, plan:, V:]).all() and torch.isfinite(kinds[:, plan:, :V]).all()
+    uniform = torch.rand(2, 3 * 16 * 16)
+    drawn = model.decode_autoregressive(torch.cat([ids, ids]), uniform, 2.0, use_cache=True)
+    assert ((drawn[:, :plan] >= V) & (drawn[:, :plan] < V + 27)).all() and (drawn[:, plan:] < V).all()
+    with pytest.raises(ValueError, match="plan_cell"):
+        tiny(plan_cell=3)

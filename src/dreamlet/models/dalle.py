@@ -43,6 +43,10 @@ class DalleConfig:
     depth: int = 4
     heads: int = 6
     mlp_ratio: float = 4.0
+    plan_cell: int = 2               # > 0: before its codes, the prior draws a colour plan, one token per cell of
+                                     # plan_cell x plan_cell codes (colour_plan), so it commits to where each
+                                     # colour goes before it draws any shape (docs/dalle.md); 0: codes alone
+    plan_levels: int = 3             # the plan's palette: this many levels per channel (levels ** 3 colours)
     prefix_conv: int = 0             # decoder: > 0, a convolution of this width over neighbouring caption tokens, so
                                      # "red" and "square" meet before attention (the diffusion text encoder's `conv`)
     cond_drop: float = 0.1           # share of captions replaced by the empty one in training (for guidance)
@@ -135,6 +139,20 @@ def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tenso
     return logits
 
 
+def colour_plan(images: torch.Tensor, grid: int, levels: int) -> torch.Tensor:
+    """Where each colour goes, as grid x grid tokens (B, grid * grid) in [0, levels ** 3), from pictures (B, 3, S, S)
+    in [-1, 1]. Pixels are rounded to `levels` per channel; the picture's commonest colour is its background, and a
+    cell takes its commonest other colour, or the background where it has none: a small red circle on black is red in
+    its cells, however little of them it covers."""
+    level = ((images.float().clamp(-1, 1) + 1) / 2 * (levels - 1)).round().long()
+    colour = (level[:, 0] * levels + level[:, 1]) * levels + level[:, 2]                       # (B, S, S)
+    counts = F.one_hot(colour, levels ** 3).permute(0, 3, 1, 2).float()                       # (B, colours, S, S)
+    background = counts.sum((2, 3)).argmax(1)                                                  # (B,)
+    cells = F.adaptive_avg_pool2d(counts, grid)
+    others = cells.scatter(1, background[:, None, None, None].expand(-1, 1, grid, grid), 0.0).max(1)
+    return torch.where(others.values > 0, others.indices, background[:, None, None]).flatten(1)
+
+
 def pick(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     """Sample each row of probs (..., V) by inverting its CDF at uniform (...): one number per draw."""
     cdf = probs.float().cumsum(-1)
@@ -151,19 +169,28 @@ class DalleModel(nn.Module):
             raise ValueError(f"unknown decoder {config.decoder!r}; expected autoregressive or maskgit")
         if config.prefix_conv and (config.prefix_conv < 0 or config.prefix_conv % 2 == 0):
             raise ValueError(f"prefix_conv must be 0 or an odd width, not {config.prefix_conv}")
+        if config.plan_cell < 0 or (config.plan_cell and config.vq.image_size // config.vq.downsample % config.plan_cell):
+            raise ValueError(f"plan_cell must be 0 or divide the code grid's side, not {config.plan_cell}")
         if config.vq.image_size != config.image_size:
             raise ValueError(f"the image tokenizer works at {config.vq.image_size} px, not {config.image_size}")
         self.config = c = config
         self.vq = VQModel(c.vq).requires_grad_(False)       # frozen: trained first, by `--model vqvae`
-        self.tokens = self.vq.grid ** 2                      # codes per picture, in raster order
-        self.mask_id = c.vq.codebook_size                    # maskgit's [MASK]; autoregressive's start code
+        self.plan_grid = self.vq.grid // c.plan_cell if c.plan_cell else 0
+        self.plan_tokens = self.plan_grid ** 2               # the colour plan's tokens, drawn first
+        self.tokens = self.plan_tokens + self.vq.grid ** 2   # tokens per picture: the plan, then codes in raster order
+        # Token ids: the codebook's codes, then the plan's colours (code i is id i, colour k is codebook_size + k),
+        # then maskgit's [MASK], which is also the autoregressive start token.
+        self.vocabulary = c.vq.codebook_size + (c.plan_levels ** 3 if c.plan_cell else 0)
+        self.mask_id = self.vocabulary
         # Embeddings start at the positions' scale (GPT-2's 0.02), not nn.Embedding's 1: at 1 the
         # position is 2 % of each input and the network starts out blind to where it is drawing.
         # Positions are a row part plus a column part, so "at the right" is one column signal in every row.
-        self.code = nn.Embedding(c.vq.codebook_size + 1, c.width)
+        self.code = nn.Embedding(self.vocabulary + 1, c.width)
         nn.init.normal_(self.code.weight, std=0.02)
         self.code_row = nn.Parameter(torch.randn(self.vq.grid, 1, c.width) * 0.02)
         self.code_column = nn.Parameter(torch.randn(1, self.vq.grid, c.width) * 0.02)
+        if c.plan_cell:
+            self.plan_mark = nn.Parameter(torch.randn(c.width) * 0.02)
         text_width = 0
         if c.arch == "decoder":
             self.word = nn.Embedding(c.text.vocab_size, c.width)
@@ -176,7 +203,7 @@ class DalleModel(nn.Module):
             text_width = c.text.width
         self.blocks = nn.ModuleList(Block(c.width, c.heads, c.mlp_ratio, text_width) for _ in range(c.depth))
         self.norm = nn.LayerNorm(c.width)
-        self.head = nn.Linear(c.width, c.vq.codebook_size)
+        self.head = nn.Linear(c.width, self.vocabulary)
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -205,10 +232,38 @@ class DalleModel(nn.Module):
         text, keep, _ = self.text_encoder(ids)
         return None, text, keep
 
+    def positions(self) -> torch.Tensor:
+        """Where each token of a picture stands (tokens, D): a code's row and column; a plan token stands where its
+        cell's codes stand (the mean of their rows and of their columns), plus a mark that it is the plan."""
+        codes = (self.code_row + self.code_column).flatten(0, 1)
+        if not self.plan_tokens:
+            return codes
+        cell = self.config.plan_cell
+        rows = self.code_row.view(self.plan_grid, cell, 1, -1).mean(1)
+        columns = self.code_column.view(1, self.plan_grid, cell, -1).mean(2)
+        return torch.cat([(rows + columns).flatten(0, 1) + self.plan_mark, codes])
+
     def code_input(self, codes: torch.Tensor, start: int = 0) -> torch.Tensor:
-        """Codes (B, N) at raster positions start.. -> embeddings (B, N, D)."""
-        position = (self.code_row + self.code_column).flatten(0, 1)
-        return self.code(codes) + position[start:start + codes.shape[1]]
+        """Token ids (B, N) at places start.. of the picture's sequence -> embeddings (B, N, D)."""
+        return self.code(codes) + self.positions()[start:start + codes.shape[1]]
+
+    def sequence(self, images: torch.Tensor) -> torch.Tensor:
+        """Pictures (B, 3, S, S) in [-1, 1] -> the token ids the prior learns (B, tokens): the colour plan, then the
+        tokenizer's codes."""
+        codes = self.vq.encode(images).flatten(1)
+        if not self.plan_tokens:
+            return codes
+        plan = colour_plan(images, self.plan_grid, self.config.plan_levels) + self.config.vq.codebook_size
+        return torch.cat([plan, codes], 1)
+
+    def only_their_kind(self, logits: torch.Tensor, start: int = 0) -> torch.Tensor:
+        """Logits (B, n, vocabulary) for the tokens at places start.. with every other kind cut (-inf): a plan place
+        draws a colour, a code place a code."""
+        if not self.plan_tokens:
+            return logits
+        place = torch.arange(start, start + logits.shape[1], device=logits.device)[:, None]
+        is_colour = torch.arange(logits.shape[-1], device=logits.device) >= self.config.vq.codebook_size
+        return logits.masked_fill((place < self.plan_tokens) != is_colour, float("-inf"))
 
     def run(self, x, mask, text, keep, cache=None):
         text_mask = None if text is None else keep[:, None, None, :]
@@ -240,19 +295,19 @@ class DalleModel(nn.Module):
         """Cross-entropy of the picture's codes given its caption (dropped to the empty one at cond_drop)."""
         B, device = images.shape[0], images.device
         with torch.no_grad():
-            codes = self.vq.encode(images).flatten(1)                                   # (B, N)
+            codes = self.sequence(images)                                               # (B, N)
         drop = torch.rand(B, generator=generator).to(device) < self.config.cond_drop
         ids = torch.where(drop[:, None], empty_ids.expand_as(ids), ids)
         if self.config.decoder == "autoregressive":
             start = torch.full((B, 1), self.mask_id, device=device, dtype=codes.dtype)
-            logits = self.logits(ids, torch.cat([start, codes[:, :-1]], 1))
+            logits = self.only_their_kind(self.logits(ids, torch.cat([start, codes[:, :-1]], 1)))
             return F.cross_entropy(logits.flatten(0, 1), codes.flatten())
         # maskgit: mask a cosine-distributed share of the codes (at least one) and predict them
         ratio = torch.cos(0.5 * math.pi * torch.rand(B, 1, generator=generator)).to(device)
         scores = torch.rand(B, self.tokens, generator=generator).to(device)
         masked = scores < ratio
         masked |= scores == scores.min(1, keepdim=True).values
-        logits = self.logits(ids, codes.masked_fill(masked, self.mask_id))
+        logits = self.only_their_kind(self.logits(ids, codes.masked_fill(masked, self.mask_id)))
         return F.cross_entropy(logits[masked], codes[masked])
 
     # -- judging its own pictures ------------------------------------------------------------------
@@ -269,16 +324,17 @@ class DalleModel(nn.Module):
         empty caption, their pointwise mutual information. The likelihood alone prefers plain, predictable
         pictures whatever the caption; the difference counts what the caption explains (docs/dalle.md).
         `noise` is not used (a diffusion model's match needs it)."""
-        codes = self.vq.encode(images).flatten(1)                                               # (B, N)
+        codes = self.sequence(images)                                                           # (B, N)
         return self.log_likelihood(codes, ids) - self.log_likelihood(codes, empty_ids.expand(len(ids), -1))
 
     @torch.no_grad()
     def log_likelihood(self, codes: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
-        """log p(codes | caption) (B,) of raster-order codes (B, N) under caption ids (B, L), in one pass."""
+        """log p(codes | caption) (B,) of a picture's token ids (B, N) (sequence()) under caption ids (B, L), in one
+        pass."""
         if not self.judges_itself:
             raise ValueError("a maskgit prior cannot judge its own pictures: it gives no likelihood")
         codes_in = torch.cat([torch.full_like(codes[:, :1], self.mask_id), codes[:, :-1]], 1)
-        logits = self.logits(ids, codes_in).float()
+        logits = self.only_their_kind(self.logits(ids, codes_in).float())
         return F.log_softmax(logits, -1).gather(-1, codes[..., None]).squeeze(-1).sum(1)
 
     # -- sampling ---------------------------------------------------------------------------------
@@ -304,7 +360,8 @@ class DalleModel(nn.Module):
             codes = self.decode_maskgit(both, uniform, steps or c.steps, guidance)
         else:
             codes = self.decode_autoregressive(both, uniform, guidance, use_cache)
-        return self.vq.decode(codes.view(-1, self.vq.grid, self.vq.grid)).clamp(-1, 1)
+        codes = codes[:, self.plan_tokens:]   # the plan has done its work: the codes followed it
+        return self.vq.decode(codes.reshape(-1, self.vq.grid, self.vq.grid)).clamp(-1, 1)
 
     def next_code(self, guided: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
         """Sample from guided logits (..., V) after temperature and top-k / top-p filtering."""
@@ -318,7 +375,8 @@ class DalleModel(nn.Module):
         codes = torch.full((len(ids), 1), self.mask_id, dtype=torch.long, device=ids.device)   # start code
         if not use_cache:
             for i in range(self.tokens):
-                new = self.next_code(self.guided(self.logits(ids, codes)[:, -1], guidance), uniform[:, i])
+                logits = self.only_their_kind(self.guided(self.logits(ids, codes)[:, -1:], guidance), i)[:, 0]
+                new = self.next_code(logits, uniform[:, i])
                 codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
             return codes[:B, 1:]
         cache: dict = {}
@@ -331,8 +389,8 @@ class DalleModel(nn.Module):
             # a new code reads the caption's real tokens and every code before it (all cached)
             mask = None if prefix is None else torch.cat([keep, torch.ones(len(ids), i + 1, dtype=torch.bool,
                                                                            device=ids.device)], 1)[:, None, None, :]
-            logits = self.run(x, mask, text, keep, cache)[:, -1]
-            new = self.next_code(self.guided(logits, guidance), uniform[:, i])
+            logits = self.only_their_kind(self.guided(self.run(x, mask, text, keep, cache)[:, -1:], guidance), i)
+            new = self.next_code(logits[:, 0], uniform[:, i])
             codes = torch.cat([codes, new.repeat(len(ids) // B)[:, None]], 1)
         return codes[:B, 1:]
 
@@ -345,7 +403,7 @@ class DalleModel(nn.Module):
         codes = torch.full((B, N), self.mask_id, dtype=torch.long, device=ids.device)
         for step in range(steps):
             masked = codes == self.mask_id
-            guided = self.guided(self.logits(ids, codes.repeat(len(ids) // B, 1)), guidance)   # (B, N, V)
+            guided = self.only_their_kind(self.guided(self.logits(ids, codes.repeat(len(ids) // B, 1)), guidance))
             sampled = self.next_code(guided, uniform[:, 2 * step * N:(2 * step + 1) * N])      # (B, N)
             probs = filter_logits(guided, self.config.top_k, self.config.top_p).softmax(-1)
             confidence = probs.gather(-1, sampled[..., None]).squeeze(-1).log()
@@ -412,6 +470,7 @@ FAMILY = Family(
            Flag("decode", "decoder", choices=("autoregressive", "maskgit"),
                 help="codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of "
                      "steps")),
-    image_tokenizer=lambda model: model.vq, version=3,
+    image_tokenizer=lambda model: model.vq, version=4,
     migrations={1: lambda config: removed(config, "text.token_std", "vq.text.token_std"),
-                2: lambda config: removed(config, "vq.text")})  # its tokenizer's config has no text (vqvae 3)
+                2: lambda config: removed(config, "vq.text"),   # its tokenizer's config has no text (vqvae 3)
+                3: lambda config: config | {"plan_cell": 0}})   # saved before the colour plan: codes alone
