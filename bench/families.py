@@ -42,6 +42,7 @@ VARIANTS = {
     "gan-no-layout": ("gan", NO_LAYOUT, "the GAN of config version 4: noise code, no layout stem"),
     "gan-hash": ("gan-hash", {}, "the seed's DCGAN, prompt hashed into the noise"),
     "dalle": ("dalle", {}, "DALL-E: VQ tokens + decoder-only transformer, raster order"),
+    "dalle-plan": ("dalle", {"plan_cell": 2}, "DALL-E with a colour plan drawn before the codes (`plan_cell=2`)"),
     "dalle-encdec": ("dalle", {"arch": "encdec"}, "dalle-mini style: text encoder + code decoder"),
     "dalle-maskgit": ("dalle", {"decoder": "maskgit"}, "DALL-E tokens, MaskGIT parallel decoding"),
 }

@@ -1,7 +1,7 @@
 """Where a model's pair pictures fail: the right two objects, their relation, extra objects.
 
     .venv/bin/python bench/pair_diagnosis.py runs/demo/model [--prompts 64] [--guidance 3] [--prompt-set evaluation]
-        [--rerank 4]
+        [--rerank 4] [--grid docs/images/NAME.png]
 
 Draws the judge's prompts (`prompts` of each kind x 2 seeds, as `dreamlet eval`; the validation set unless told,
 as designs are chosen there; each picture alone, or the best of `--rerank` K) for any family that draws shapes,
@@ -13,7 +13,9 @@ on the asked side of the second's (0.5: the caption's relation does not reach th
 only). Last, `by_pair`: pair accuracy where the two asked objects share their colour, share their shape, or
 differ in both; and `failures`: how the failing pair pictures fail (an asked object drawn twice as the two
 largest, the colours right and a shape wrong, both asked objects in the wrong relation, other).
-docs/benchmarks.md (seventh and eighteenth rounds) reads these figures.
+`--grid FILE` also saves six pair prompts whose objects differ in colour and shape, 6 seeds each, every picture
+captioned with the two largest objects the judge found. docs/benchmarks.md (seventh, eighteenth and twenty-second
+rounds) reads these figures.
 """
 from __future__ import annotations
 
@@ -28,6 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from dreamlet.data.shapes import COLORS, benchmark_jobs  # noqa: E402
+from dreamlet.images import captioned_grid  # noqa: E402
 from dreamlet.judge import find_objects, judge, summarize  # noqa: E402
 from dreamlet.models.diffusion.schedule import alpha_sigma  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
@@ -80,6 +83,16 @@ def failure_kind(prompt, objects, result: dict) -> str:
     return "other"
 
 
+def failure_grid(pipeline: Pipeline, pairs, path: str, prompts: int = 6, seeds: int = 6) -> None:
+    """`prompts` pair prompts whose objects differ in colour and shape x `seeds` pictures, each captioned with
+    the prompt and the two largest objects found, saved to `path`."""
+    chosen = [p.text for p in pairs if pair_kind(p) == "different"][:prompts]
+    images = pipeline.pictures([text for text in chosen for _ in range(seeds)], list(range(seeds)) * len(chosen))
+    captions = [f"{text} -> " + ", ".join(f"{o.color} {o.shape}" for o in find_objects(image)[:2])
+                for text, image in zip([text for text in chosen for _ in range(seeds)], images)]
+    captioned_grid(images, captions, columns=seeds).save(path)
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
@@ -88,6 +101,7 @@ def main():
     parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
     parser.add_argument("--rerank", type=int, default=1,
                         help="the best of K candidates by the model's own judgement (default 1: each picture alone)")
+    parser.add_argument("--grid", help="also save a captioned grid of pair pictures to this file")
     args = parser.parse_args()
     pipeline = Pipeline.load(args.model)
     jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)  # as `dreamlet eval --prompt-set ...`
@@ -118,6 +132,8 @@ def main():
                         "correct": by_pair[kind, True] / max(by_pair[kind, True] + by_pair[kind, False], 1)}
                  for kind in ("same colour", "same shape", "different")},
         failures={kind: count / max(sum(failures.values()), 1) for kind, count in failures.most_common()})))
+    if args.grid:
+        failure_grid(pipeline, pair_prompts, args.grid)
 
 
 if __name__ == "__main__":

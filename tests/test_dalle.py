@@ -218,8 +218,9 @@ def test_a_prior_saved_before_the_colour_plan_loads_without_one():
     saved = to_dict(config)
     for field in ("plan_cell", "plan_levels"):
         del saved[field]
-    assert get_family("dalle").load_config(saved, 3) == config
-    assert DalleConfig().plan_cell == 2 and DalleModel(config).tokens == 16   # today: a plan first; then: codes alone
+    assert get_family("dalle").load_config(saved, 3) == config and DalleModel(config).tokens == 16   # codes alone
+    with_plan = get_family("dalle").load_config(saved | {"plan_cell": 2}, 3)
+    assert DalleModel(with_plan).tokens == 20   # a 2 x 2 plan before the 4 x 4 codes
 
 
 def picture(size, background, objects):

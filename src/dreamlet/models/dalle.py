@@ -13,6 +13,9 @@ Two ways to decode (`decoder`):
 - `maskgit`: codes are predicted all at once from a partly masked grid (trained by masked-token
   prediction with a cosine mask ratio) and decoded in a fixed number of parallel steps, keeping the
   most confident ones each step (Chang et al. 2022).
+With `plan_cell` (off by default), the prior first draws a colour plan: one token per cell of 2 x 2 codes, the cell's
+commonest colour other than the picture's background, read from the picture itself (`colour_plan`). It decides
+where each colour goes before any shape is drawn; plan and codes are one sequence, drawn the same way.
 Both use classifier-free guidance ("super-conditioning" in dalle-mini): 10 % of captions are dropped
 in training, and sampling mixes the conditional and unconditional logits.
 
@@ -43,9 +46,10 @@ class DalleConfig:
     depth: int = 4
     heads: int = 6
     mlp_ratio: float = 4.0
-    plan_cell: int = 2               # > 0: before its codes, the prior draws a colour plan, one token per cell of
-                                     # plan_cell x plan_cell codes (colour_plan), so it commits to where each
-                                     # colour goes before it draws any shape (docs/dalle.md); 0: codes alone
+    plan_cell: int = 0               # > 0: before its codes, the prior draws a colour plan, one token per cell of
+                                     # plan_cell x plan_cell codes (colour_plan), so it commits to where each colour
+                                     # goes before it draws any shape. 2 lifted held-out shapes, not pairs, and cost
+                                     # emoji's FID at 4 minutes, so it is off by default (docs/dalle.md)
     plan_levels: int = 3             # the plan's palette: this many levels per channel (levels ** 3 colours)
     prefix_conv: int = 0             # decoder: > 0, a convolution of this width over neighbouring caption tokens, so
                                      # "red" and "square" meet before attention (the diffusion text encoder's `conv`)
@@ -169,7 +173,8 @@ class DalleModel(nn.Module):
             raise ValueError(f"unknown decoder {config.decoder!r}; expected autoregressive or maskgit")
         if config.prefix_conv and (config.prefix_conv < 0 or config.prefix_conv % 2 == 0):
             raise ValueError(f"prefix_conv must be 0 or an odd width, not {config.prefix_conv}")
-        if config.plan_cell < 0 or (config.plan_cell and config.vq.image_size // config.vq.downsample % config.plan_cell):
+        grid = config.vq.image_size // config.vq.downsample
+        if config.plan_cell < 0 or (config.plan_cell and grid % config.plan_cell):
             raise ValueError(f"plan_cell must be 0 or divide the code grid's side, not {config.plan_cell}")
         if config.vq.image_size != config.image_size:
             raise ValueError(f"the image tokenizer works at {config.vq.image_size} px, not {config.image_size}")
@@ -470,7 +475,6 @@ FAMILY = Family(
            Flag("decode", "decoder", choices=("autoregressive", "maskgit"),
                 help="codes one at a time in raster order, or MaskGIT's parallel decoding in a fixed number of "
                      "steps")),
-    image_tokenizer=lambda model: model.vq, version=4,
+    image_tokenizer=lambda model: model.vq, version=3,
     migrations={1: lambda config: removed(config, "text.token_std", "vq.text.token_std"),
-                2: lambda config: removed(config, "vq.text"),   # its tokenizer's config has no text (vqvae 3)
-                3: lambda config: config | {"plan_cell": 0}})   # saved before the colour plan: codes alone
+                2: lambda config: removed(config, "vq.text")})  # its tokenizer's config has no text (vqvae 3)
