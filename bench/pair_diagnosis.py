@@ -87,9 +87,10 @@ def failure_grid(pipeline: Pipeline, pairs, path: str, prompts: int = 6, seeds: 
     """`prompts` pair prompts whose objects differ in colour and shape x `seeds` pictures, each captioned with
     the prompt and the two largest objects found, saved to `path`."""
     chosen = [p.text for p in pairs if pair_kind(p) == "different"][:prompts]
-    images = pipeline.pictures([text for text in chosen for _ in range(seeds)], list(range(seeds)) * len(chosen))
+    texts = [text for text in chosen for _ in range(seeds)]
+    images = pipeline.pictures(texts, list(range(seeds)) * len(chosen))
     captions = [f"{text} -> " + ", ".join(f"{o.color} {o.shape}" for o in find_objects(image)[:2])
-                for text, image in zip([text for text in chosen for _ in range(seeds)], images)]
+                for text, image in zip(texts, images)]
     captioned_grid(images, captions, columns=seeds).save(path)
 
 

@@ -174,13 +174,12 @@ class DalleModel(nn.Module):
             raise ValueError(f"unknown decoder {config.decoder!r}; expected autoregressive or maskgit")
         if config.prefix_conv and (config.prefix_conv < 0 or config.prefix_conv % 2 == 0):
             raise ValueError(f"prefix_conv must be 0 or an odd width, not {config.prefix_conv}")
-        grid = config.vq.image_size // config.vq.downsample
-        if config.plan_cell < 0 or (config.plan_cell and grid % config.plan_cell):
-            raise ValueError(f"plan_cell must be 0 or divide the code grid's side, not {config.plan_cell}")
         if config.vq.image_size != config.image_size:
             raise ValueError(f"the image tokenizer works at {config.vq.image_size} px, not {config.image_size}")
         self.config = c = config
         self.vq = VQModel(c.vq).requires_grad_(False)       # frozen: trained first, by `--model vqvae`
+        if c.plan_cell < 0 or (c.plan_cell and self.vq.grid % c.plan_cell):
+            raise ValueError(f"plan_cell must be 0 or divide the code grid's side, not {c.plan_cell}")
         self.plan_grid = self.vq.grid // c.plan_cell if c.plan_cell else 0
         self.plan_tokens = self.plan_grid ** 2               # the colour plan's tokens, drawn first
         self.tokens = self.plan_tokens + self.vq.grid ** 2   # tokens per picture: the plan, then codes in raster order
