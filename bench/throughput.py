@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/throughput.py '{"dit": {"width": 128}}' '{"dit": {"depth": 6}}' [--batch 32]
     .venv/bin/python bench/throughput.py '{}' --steps 40 --optimizer muon    # the optimizer's cost
+    .venv/bin/python bench/throughput.py '{}' --steps 40 --optimizer muon-torch    # torch.optim.Muon itself
 
 Prints one JSON line per design: parameters, images/s, and the steps 10 minutes buy at that batch.
 With OMP_NUM_THREADS=1 it measures the one-thread speed that bench/sweep.py's side-by-side runs get.
@@ -50,10 +51,13 @@ def main():
     parser.add_argument("designs", nargs="*", default=["{}"])
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--steps", type=int, default=8, help="timed steps per design")
-    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS)
+    parser.add_argument("--optimizer", default="adamw", choices=OPTIMIZERS + ("muon-torch",))
     args = parser.parse_args()
+    if args.optimizer == "muon-torch":  # torch's own Muon (bfloat16 Newton-Schulz), to see what dreamlet's saves
+        import dreamlet.optimizer
+        dreamlet.optimizer.Muon = lambda params, lr: torch.optim.Muon(params, lr=lr, adjust_lr_fn="match_rms_adamw")
     for design in args.designs:
-        params, rate = images_per_second(json.loads(design), args.batch, args.steps, args.optimizer)
+        params, rate = images_per_second(json.loads(design), args.batch, args.steps, args.optimizer.split("-")[0])
         print(json.dumps(dict(design=json.loads(design), optimizer=args.optimizer, params_m=round(params, 2),
                               images_per_s=round(rate, 1),
                               steps_in_10_min=int(600 * rate / args.batch))), flush=True)
