@@ -38,8 +38,8 @@ def orthogonalise(update: torch.Tensor, coefficients: tuple[float, float, float]
 class Muon(torch.optim.Muon):
     """torch.optim.Muon, orthogonalising in float32 off a GPU. torch runs the Newton-Schulz iteration in bfloat16,
     which a CPU without bfloat16 matrix instructions (AVX2 only) multiplies about 35 times slower than float32:
-    on such a machine (2026-12-07) it took three quarters of a diffusion training step, 16 pictures/s on 2 cores
-    against 150 with float32. Same settings, state (`momentum_buffer`) and update otherwise; the learning rate
+    on such a machine (2026-12-07) it took three quarters of a diffusion training step: 16 pictures/s on 2 cores,
+    against 59 with float32. Same settings, state (`momentum_buffer`) and update otherwise; the learning rate
     is matched to AdamW's update size (torch's `adjust_lr_fn="match_rms_adamw"`, the only one dreamlet uses)."""
 
     def __init__(self, params, lr: float):
