@@ -118,6 +118,8 @@ def main():
         R = len(misses["replace"])
         for rivals_name, rivals in (("all", err[1:]), ("replace", err[1:1 + R]), ("swap", err[1 + R:])):
             for name, score in scores(err[0], rivals, match).items():
+                if name in ("match", "own error") and rivals_name != "all":
+                    continue  # no rivals in them: counted once, with the first set
                 key = name if name in ("match", "own error") else f"{name} [{rivals_name}]"
                 picked.setdefault(key, {}).setdefault(prompt.kind, []).append(bool(correct[j, score.argmax()]))
         picked.setdefault("oracle", {}).setdefault(prompt.kind, []).append(bool(correct[j].any()))

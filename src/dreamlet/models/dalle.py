@@ -49,8 +49,8 @@ class DalleConfig:
     plan_cell: int = 0               # > 0: before its codes, the prior draws a colour plan, one token per cell of
                                      # plan_cell x plan_cell codes (colour_plan), so it commits to where each colour
                                      # goes before it draws any shape. 2 lifted held-out shapes, not pairs; on emoji
-                                     # it cost FID in 4 minutes and helped in 8 (one seed): off until confirmed
-                                     # (docs/dalle.md)
+                                     # it cost FID in 4 minutes and helped in 8 (two seeds each): off, as realism
+                                     # at the short budget must not fall (docs/dalle.md)
     plan_levels: int = 3             # the plan's palette: this many levels per channel (levels ** 3 colours)
     prefix_conv: int = 0             # decoder: > 0, a convolution of this width over neighbouring caption tokens, so
                                      # "red" and "square" meet before attention (the diffusion text encoder's `conv`)
