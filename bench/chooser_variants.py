@@ -39,7 +39,6 @@ from self_rerank import draw_candidates  # noqa: E402
 
 from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor  # noqa: E402
-from dreamlet.models.diffusion.model import alpha_sigma  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
 
 KINDS = ("seen", "heldout", "pair")
@@ -70,9 +69,7 @@ def errors(pipeline: Pipeline, images: np.ndarray, texts: list[str], seeds: list
         for c, captions in enumerate([texts[i:i + 128], [""] * len(x)]):
             cond = model.condition(pipeline.tokenizer(captions))
             for j, t in enumerate(TIMES):
-                a, s = alpha_sigma(torch.tensor(float(t)))
-                v = model.denoiser.velocity(a * x + s * noise, torch.full((len(x),), float(t)), cond).float()
-                residual = v - (a * noise - s * x)
+                residual = model.velocity_error(x, noise, float(t), cond)
                 out[i:i + len(x), j, c, 0] = residual.pow(2).flatten(1).mean(1).numpy()
                 out[i:i + len(x), j, c, 1] = F.avg_pool2d(residual, 4).pow(2).flatten(1).mean(1).numpy()
     np.save(path, out)

@@ -39,7 +39,6 @@ from docs_section import add_row  # noqa: E402
 
 from dreamlet.data.shapes import benchmark_jobs  # noqa: E402
 from dreamlet.images import to_tensor  # noqa: E402
-from dreamlet.models.diffusion.model import alpha_sigma  # noqa: E402
 from dreamlet.pipeline import Pipeline  # noqa: E402
 
 KINDS = ("seen", "heldout", "pair")
@@ -68,11 +67,8 @@ def caption_errors(pipeline: Pipeline, pictures: np.ndarray, captions: list[str]
     expanded = type(cond)(**{k: (v[index] if torch.is_tensor(v) else v) for k, v in vars(cond).items()})
     out = np.zeros((C, K, len(LEVELS)), np.float32)
     for j, t in enumerate(LEVELS):
-        a, s = alpha_sigma(torch.tensor(t))
-        noisy = (a * x + s * noise).repeat(C, 1, 1, 1)
-        v = model.denoiser.velocity(noisy, torch.full((C * K,), t), expanded).float()
-        target = (a * noise - s * x).repeat(C, 1, 1, 1)
-        out[:, :, j] = (v - target).pow(2).flatten(1).mean(1).reshape(C, K).numpy()
+        residual = model.velocity_error(x.repeat(C, 1, 1, 1), noise.expand_as(x).repeat(C, 1, 1, 1), t, expanded)
+        out[:, :, j] = residual.pow(2).flatten(1).mean(1).reshape(C, K).numpy()
     return out
 
 

@@ -60,6 +60,15 @@ def test_find_objects_reads_size_and_centre():
     assert abs(f.cx - obj.cx) < 0.02 and abs(f.cy - obj.cy) < 0.02
 
 
+def test_the_judge_describes_only_the_largest_objects_it_needs():
+    """A noisy picture (an early model's, a poor reconstruction) has a hundred specks or more; the judge reads
+    the three largest, and they are the same as when every speck is described."""
+    noisy = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    every = find_objects(noisy)
+    assert len(every) > 50 and find_objects(noisy, most=3) == every[:3]
+    assert [o.area for o in every] == sorted((o.area for o in every), reverse=True)
+
+
 def test_the_validation_prompts_are_another_draw_of_the_same_spec():
     from collections import Counter
     from dreamlet.data.shapes import benchmark_jobs

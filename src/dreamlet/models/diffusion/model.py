@@ -109,13 +109,14 @@ class TextToImageDiffusion(nn.Module):
         (B, C, S, S): their errors then differ by the pictures, not the draw. `empty_ids` is not used (a
         DALL-E prior's match needs it)."""
         cond = self.condition(ids)
-        error = torch.zeros(len(images), device=images.device)
-        for t in MATCH_TIMES:
-            a, s = alpha_sigma(torch.tensor(t))
-            times = torch.full((len(images),), t, device=images.device)
-            v = self.denoiser.velocity(a * images + s * noise, times, cond).float()
-            error += (v - (a * noise - s * images)).pow(2).flatten(1).mean(1)
-        return -error
+        return -sum(self.velocity_error(images, noise, t, cond).pow(2).flatten(1).mean(1) for t in MATCH_TIMES)
+
+    def velocity_error(self, images: torch.Tensor, noise: torch.Tensor, t: float, cond: Condition) -> torch.Tensor:
+        """The denoiser's velocity minus the true one (B, C, S, S) for pictures noised to level `t` with `noise`
+        under `cond`: its mean square is the denoising error match() and the bench choosers compare."""
+        a, s = alpha_sigma(torch.tensor(t))
+        times = torch.full((len(images),), t, device=images.device)
+        return self.denoiser.velocity(a * images + s * noise, times, cond).float() - (a * noise - s * images)
 
     @torch.no_grad()
     def generate(self, ids: torch.Tensor, empty_ids: torch.Tensor, noise: torch.Tensor,
