@@ -100,7 +100,7 @@ def test_resume_from_a_checkpoint_that_does_not_fit_is_one_line_and_keeps_it(tmp
     (["compare", "{tmp}/bad.json"], "is not a JSON report"),
 ])
 def test_errors_are_one_line_with_exit_2(argv, message, tiny_run, tmp_path, capsys):
-    """In this process, so that 26 refusals do not each pay a fresh `import torch` (4 s on an AVX2 CPU): any
+    """In this process, so that 25 refusals do not each pay a fresh `import torch` (4 s on an AVX2 CPU): any
     exception main() lets through, which a user would see as a traceback, fails the test here."""
     argv = [a.format(tmp=tmp_path, model=tiny_run / "model") for a in argv]
     (tmp_path / "bad.json").write_text("{not json")
