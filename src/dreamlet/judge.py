@@ -44,6 +44,11 @@ def find_objects(image: np.ndarray, min_area: float = 1.0, most: int | None = No
     residual = np.linalg.norm(pix[:, :, None, :] - alpha[..., None] * _PALETTE, axis=-1)
     best = residual.argmin(-1)                                            # (S, S)
     best_alpha = np.take_along_axis(alpha, best[..., None], -1)[..., 0]
+    def whole(near, patch):  # a region's coverage on the whole canvas
+        soft = np.zeros_like(best_alpha)
+        soft[near] = patch
+        return soft
+
     regions = []
     for k, name in enumerate(_NAMES):
         mine = best == k
@@ -52,13 +57,12 @@ def find_objects(image: np.ndarray, min_area: float = 1.0, most: int | None = No
             # The soft edge: neighbouring pixels of the same colour with partial coverage, one pixel around the core.
             near = tuple(slice(max(side.start - 1, 0), side.stop + 1) for side in box)
             region = ndimage.binary_dilation(labels[near] == index) & mine[near] & (best_alpha[near] > 0.05)
-            soft = np.zeros_like(best_alpha)
-            soft[near] = np.where(region, best_alpha[near], 0.0)
-            area = float(soft.sum())
+            patch = np.where(region, best_alpha[near], 0.0)
+            area = float(whole(near, patch).sum())  # summed over the whole canvas, as it always was: the same floats
             if area >= min_area:
-                regions.append((area, name, soft))
+                regions.append((area, name, near, patch))
     regions.sort(key=lambda region: -region[0])
-    return [_describe(name, soft, area, size) for area, name, soft in regions[:most]]
+    return [_describe(name, whole(near, patch), area, size) for area, name, near, patch in regions[:most]]
 
 
 def _describe(color: str, soft: np.ndarray, area: float, size: int) -> Found:
