@@ -63,10 +63,10 @@ def main():
         seeds = candidate_seeds(seed, K)
         drawn = pipeline.draw([prompt.text] * K, seeds, steps=args.candidate_steps)
         correct = [judge(image, prompt)["correct"] for image in drawn]
+        score, _ = choose(drawn, prompt.text, seed)  # each candidate's own score: the first K' share theirs
         redrawn = {}  # candidate -> its verdict drawn again with --steps
         for among in args.choose_among:
-            score, _ = choose(drawn[:among], prompt.text, seed)
-            best = int(score.argmax())
+            best = int(score[:among].argmax())
             if best not in redrawn:
                 again = pipeline.draw([prompt.text], [seeds[best]], steps=args.steps)[0]
                 redrawn[best] = judge(again, prompt)["correct"]

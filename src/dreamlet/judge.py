@@ -44,6 +44,7 @@ def find_objects(image: np.ndarray, min_area: float = 1.0, most: int | None = No
     residual = np.linalg.norm(pix[:, :, None, :] - alpha[..., None] * _PALETTE, axis=-1)
     best = residual.argmin(-1)                                            # (S, S)
     best_alpha = np.take_along_axis(alpha, best[..., None], -1)[..., 0]
+
     def whole(near, patch):  # a region's coverage on the whole canvas
         soft = np.zeros_like(best_alpha)
         soft[near] = patch
