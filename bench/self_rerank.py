@@ -4,6 +4,7 @@ with the model's own judgement, and print what keeping the best of k (k = 1, 2, 
 
     .venv/bin/python bench/self_rerank.py MODEL [--candidates 8] [--scorer match] [--prompt-set validation]
     .venv/bin/python bench/self_rerank.py MODEL ... --results bench/results/tenth_round.json   # add its row there
+    .venv/bin/python bench/self_rerank.py PRIOR --candidates 16 --scorer pmi clip --clip CLIP   # one draw, two rows
 
 Scorers (higher is better):
 - match: a diffusion model's own `match()` (minus its denoising error under the caption at t >= 0.5),
@@ -13,7 +14,10 @@ Scorers (higher is better):
 - discriminator: a GAN's discriminator on (picture, caption);
 - pmi: a DALL-E prior's own `match()` (the log-likelihood of the picture's codes, re-encoded, under the
   caption minus under the empty caption), what `Pipeline.best_of` uses without a CLIP (`--rerank K`);
-- likelihood: the first half of that alone (`DalleModel.log_likelihood`).
+- likelihood: the first half of that alone (`DalleModel.log_likelihood`);
+- clip: a CLIP model's cosine similarity of picture and caption (`--clip DIR`), what `--rerank K --clip DIR` uses
+  (DALL-E's own recipe: Ramesh et al. 2021 kept the best of 512 by CLIP).
+Several scorers judge the same candidates, one row each.
 classifier, discriminator and likelihood are experiments kept here, not in the families. Each row: the first
 candidate alone, the mean over candidates (what one picture gets on average, the steadier "alone" figure), the
 scorer's pick among the first k, and the oracle (any of the first k right: a perfect judge's ceiling).
@@ -43,9 +47,13 @@ KINDS = ("seen", "heldout", "pair")
 
 
 @torch.no_grad()
-def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str], job_seeds: list[int]) -> np.ndarray:
+def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str], job_seeds: list[int],
+           clip: str | None = None) -> np.ndarray:
     """One score per candidate (its caption in `texts`); candidates of one job share the noise of its seed."""
     model, out = pipeline.model, []
+    if scorer == "clip":
+        from dreamlet.scoring import ClipScorer
+        return ClipScorer(clip).cosine(images, texts).numpy()
     for i in range(0, len(images), 128):
         x, ids = to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128])
         if scorer in ("match", "classifier"):
@@ -77,8 +85,10 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--candidates", type=int, default=8)
-    parser.add_argument("--scorer", default="match", choices=["match", "classifier", "discriminator", "likelihood",
-                                                               "pmi"])
+    parser.add_argument("--scorer", nargs="+", default=["match"],
+                        choices=["match", "classifier", "discriminator", "likelihood", "pmi", "clip"])
+    parser.add_argument("--clip", help="the CLIP model directory of --scorer clip")
+    parser.add_argument("--save", help="an .npz for every candidate's verdict and scores (to combine scorers later)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
     parser.add_argument("--name", help="the row's name (default: the model directory)")
@@ -89,21 +99,28 @@ def main():
     texts = [p.text for p, _ in jobs for _ in range(K)]
     started = time.perf_counter()
     images, correct = draw_candidates(pipeline, jobs, K)
-    score = scores(pipeline, args.scorer, images, texts, [s for _, s in jobs for _ in range(K)]).reshape(len(jobs), K)
     kinds = np.array([p.kind for p, _ in jobs])
 
     def by_kind(values):
         return {kind: round(float(values[kinds == kind].mean()), 3) for kind in KINDS}
-    best_of = {}
-    for k in [2 ** i for i in range(1, 8) if 2 ** i <= K]:
-        picked = correct[np.arange(len(jobs)), score[:, :k].argmax(1)]
-        best_of[k] = dict(picked=by_kind(picked), oracle=by_kind(correct[:, :k].any(1)))
-    row = dict(name=args.name or args.model, model=args.model, scorer=args.scorer, candidates=K,
-               prompt_set=args.prompt_set, first=by_kind(correct[:, 0]), mean=by_kind(correct.mean(1)),
-               best_of=best_of, seconds=round(time.perf_counter() - started, 1))
-    print(json.dumps(row))
-    if args.results:
-        add_row(args.results, row, "self_rerank.py", sys.argv[1:])
+    saved = dict(correct=correct, kinds=kinds)
+    for scorer in args.scorer:
+        score = scores(pipeline, scorer, images, texts, [s for _, s in jobs for _ in range(K)], args.clip)
+        score = saved[scorer] = score.reshape(len(jobs), K)
+        best_of = {}
+        for k in [2 ** i for i in range(1, 8) if 2 ** i <= K]:
+            picked = correct[np.arange(len(jobs)), score[:, :k].argmax(1)]
+            best_of[k] = dict(picked=by_kind(picked), oracle=by_kind(correct[:, :k].any(1)))
+        row = dict(name=args.name or args.model, model=args.model, scorer=scorer, candidates=K,
+                   prompt_set=args.prompt_set, first=by_kind(correct[:, 0]), mean=by_kind(correct.mean(1)),
+                   best_of=best_of, seconds=round(time.perf_counter() - started, 1))
+        if scorer == "clip":
+            row["clip"] = args.clip
+        print(json.dumps(row))
+        if args.results:
+            add_row(args.results, row, "self_rerank.py", sys.argv[1:])
+    if args.save:
+        np.savez(args.save, **saved)
 
 
 if __name__ == "__main__":
