@@ -16,7 +16,9 @@ Scorers (higher is better):
   caption minus under the empty caption), what `Pipeline.best_of` uses without a CLIP (`--rerank K`);
 - likelihood: the first half of that alone (`DalleModel.log_likelihood`);
 - clip: a CLIP model's cosine similarity of picture and caption (`--clip DIR`), what `--rerank K --clip DIR` uses
-  (DALL-E's own recipe: Ramesh et al. 2021 kept the best of 512 by CLIP).
+  (DALL-E's own recipe: Ramesh et al. 2021 kept the best of 512 by CLIP);
+- captioner: log p(caption | picture) under a small captioner trained from scratch on shapes first
+  (`--captioner-steps`; bench/captioner_chooser.py's), a generative score that has to account for every word in order.
 Several scorers judge the same candidates, one row each.
 classifier, discriminator and likelihood are experiments kept here, not in the families. Each row: the first
 candidate alone, the mean over candidates (what one picture gets on average, the steadier "alone" figure), the
@@ -48,12 +50,21 @@ KINDS = ("seen", "heldout", "pair")
 
 @torch.no_grad()
 def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str], job_seeds: list[int],
-           clip: str | None = None) -> np.ndarray:
+           clip: str | None = None, captioner_steps: int = 1500) -> np.ndarray:
     """One score per candidate (its caption in `texts`); candidates of one job share the noise of its seed."""
     model, out = pipeline.model, []
     if scorer == "clip":
         from dreamlet.scoring import ClipScorer
         return ClipScorer(clip).cosine(images, texts).numpy()
+    if scorer == "captioner":
+        from captioner_chooser import train_captioner
+        with torch.enable_grad():  # scores() runs without gradients; training needs them
+            captioner, seconds = train_captioner(pipeline.tokenizer, captioner_steps)
+        print(f"captioner: {captioner_steps} steps in {seconds:.0f} s", flush=True)
+        ids = pipeline.tokenizer(texts)
+        return torch.cat([captioner.log_likelihood(to_tensor(images[i:i + 256]).float(), ids[i:i + 256],
+                                                   pipeline.tokenizer.pad_id)
+                          for i in range(0, len(images), 256)]).numpy()
     for i in range(0, len(images), 128):
         x, ids = to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128])
         if scorer in ("match", "classifier"):
@@ -86,8 +97,9 @@ def main():
     parser.add_argument("model")
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--scorer", nargs="+", default=["match"],
-                        choices=["match", "classifier", "discriminator", "likelihood", "pmi", "clip"])
+                        choices=["match", "classifier", "discriminator", "likelihood", "pmi", "clip", "captioner"])
     parser.add_argument("--clip", help="the CLIP model directory of --scorer clip")
+    parser.add_argument("--captioner-steps", type=int, default=1500, help="training steps of --scorer captioner")
     parser.add_argument("--save", help="an .npz for every candidate's verdict and scores (to combine scorers later)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
@@ -105,7 +117,8 @@ def main():
         return {kind: round(float(values[kinds == kind].mean()), 3) for kind in KINDS}
     saved = dict(correct=correct, kinds=kinds)
     for scorer in args.scorer:
-        score = scores(pipeline, scorer, images, texts, [s for _, s in jobs for _ in range(K)], args.clip)
+        score = scores(pipeline, scorer, images, texts, [s for _, s in jobs for _ in range(K)], args.clip,
+                       args.captioner_steps)
         score = saved[scorer] = score.reshape(len(jobs), K)
         best_of = {}
         for k in [2 ** i for i in range(1, 8) if 2 ** i <= K]:
@@ -116,6 +129,8 @@ def main():
                    best_of=best_of, seconds=round(time.perf_counter() - started, 1))
         if scorer == "clip":
             row["clip"] = args.clip
+        if scorer == "captioner":
+            row["captioner_steps"] = args.captioner_steps
         print(json.dumps(row))
         if args.results:
             add_row(args.results, row, "self_rerank.py", sys.argv[1:])
