@@ -124,9 +124,10 @@ def main():
         for k in [2 ** i for i in range(1, 8) if 2 ** i <= K]:
             picked = correct[np.arange(len(jobs)), score[:, :k].argmax(1)]
             best_of[k] = dict(picked=by_kind(picked), oracle=by_kind(correct[:, :k].any(1)))
-        row = dict(name=args.name or args.model, model=args.model, scorer=scorer, candidates=K,
-                   prompt_set=args.prompt_set, first=by_kind(correct[:, 0]), mean=by_kind(correct.mean(1)),
-                   best_of=best_of, seconds=round(time.perf_counter() - started, 1))
+        name = args.name or args.model  # one row per scorer: each its own name in a results file
+        row = dict(name=f"{name}, {scorer}" if len(args.scorer) > 1 else name, model=args.model, scorer=scorer,
+                   candidates=K, prompt_set=args.prompt_set, first=by_kind(correct[:, 0]),
+                   mean=by_kind(correct.mean(1)), best_of=best_of, seconds=round(time.perf_counter() - started, 1))
         if scorer == "clip":
             row["clip"] = args.clip
         if scorer == "captioner":
