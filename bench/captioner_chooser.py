@@ -90,6 +90,12 @@ def train_captioner(tokenizer, steps: int, batch: int = 64, lr: float = 1e-3, se
     return model.eval(), time.time() - start
 
 
+def caption_scores(captioner: Captioner, tokenizer, images: np.ndarray, ids: torch.Tensor) -> np.ndarray:
+    """log p(caption | picture) of each picture (N, S, S, 3) uint8 with its caption's ids (N, L): (N,)."""
+    return torch.cat([captioner.log_likelihood(to_tensor(images[i:i + 256]).float(), ids[i:i + 256], tokenizer.pad_id)
+                      for i in range(0, len(images), 256)]).numpy()
+
+
 def zscore(score: np.ndarray, k: int) -> np.ndarray:
     first = score[:, :k]
     return (first - first.mean(1, keepdims=True)) / (first.std(1, keepdims=True) + 1e-9)
@@ -113,9 +119,7 @@ def main():
         images, correct = candidates(pipeline, jobs, K, Path(cache))
         err = errors(pipeline, images, texts, seeds, Path(cache)).reshape(len(jobs), K, -1, 2, 2)
         match = scorers(err)["match t>=0.5"]
-        caption = torch.cat([captioner.log_likelihood(to_tensor(images[i:i + 256]).float(), ids[i:i + 256],
-                                                      pipeline.tokenizer.pad_id)
-                             for i in range(0, len(images), 256)]).numpy().reshape(len(jobs), K)
+        caption = caption_scores(captioner, pipeline.tokenizer, images, ids).reshape(len(jobs), K)
         best = {}
         for k in (4, 8):
             scores = {"match (the default)": match[:, :k], "captioner": caption[:, :k]}

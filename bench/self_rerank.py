@@ -57,14 +57,11 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
         from dreamlet.scoring import ClipScorer
         return ClipScorer(clip).cosine(images, texts).numpy()
     if scorer == "captioner":
-        from captioner_chooser import train_captioner
+        from captioner_chooser import caption_scores, train_captioner
         with torch.enable_grad():  # scores() runs without gradients; training needs them
             captioner, seconds = train_captioner(pipeline.tokenizer, captioner_steps)
         print(f"captioner: {captioner_steps} steps in {seconds:.0f} s", flush=True)
-        ids = pipeline.tokenizer(texts)
-        return torch.cat([captioner.log_likelihood(to_tensor(images[i:i + 256]).float(), ids[i:i + 256],
-                                                   pipeline.tokenizer.pad_id)
-                          for i in range(0, len(images), 256)]).numpy()
+        return caption_scores(captioner, pipeline.tokenizer, images, pipeline.tokenizer(texts))
     for i in range(0, len(images), 128):
         x, ids = to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128])
         if scorer in ("match", "classifier"):
