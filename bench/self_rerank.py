@@ -18,15 +18,19 @@ Scorers (higher is better):
 - clip: a CLIP model's cosine similarity of picture and caption (`--clip DIR`), what `--rerank K --clip DIR` uses
   (DALL-E's own recipe: Ramesh et al. 2021 kept the best of 512 by CLIP);
 - captioner: log p(caption | picture) under a small captioner trained from scratch on shapes first
-  (`--captioner-steps`; bench/captioner_chooser.py's), a generative score that has to account for every word in order.
+  (`--captioner-steps`; bench/captioner_chooser.py's), a generative score that has to account for every word in order;
+- captioner-contrast: the same captioner's log p(caption | picture) against the caption's swapped-word alternatives
+  (`captioner_chooser.contrast_scores`): which order of its words the picture supports.
 Several scorers judge the same candidates, one row each.
 classifier, discriminator and likelihood are experiments kept here, not in the families. Each row: the first
 candidate alone, the mean over candidates (what one picture gets on average, the steadier "alone" figure), the
-scorer's pick among the first k, and the oracle (any of the first k right: a perfect judge's ceiling).
+scorer's pick among the first k, and the oracle (any of the first k right: a perfect judge's ceiling); for pair
+prompts also where the picks fail (`pairs`: the share with both asked objects, and the relation right among those).
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 import time
@@ -50,17 +54,17 @@ KINDS = ("seen", "heldout", "pair")
 
 @torch.no_grad()
 def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str], job_seeds: list[int],
-           clip: str | None = None, captioner_steps: int = 1500) -> np.ndarray:
+           clip: str | None = None, captioner_steps: int = 1500, captioner_file: str | None = None) -> np.ndarray:
     """One score per candidate (its caption in `texts`); candidates of one job share the noise of its seed."""
     model, out = pipeline.model, []
     if scorer == "clip":
         from dreamlet.scoring import ClipScorer
         return ClipScorer(clip).cosine(images, texts).numpy()
-    if scorer == "captioner":
-        from captioner_chooser import caption_scores, train_captioner
-        with torch.enable_grad():  # scores() runs without gradients; training needs them
-            captioner, seconds = train_captioner(pipeline.tokenizer, captioner_steps)
-        print(f"captioner: {captioner_steps} steps in {seconds:.0f} s", flush=True)
+    if scorer.startswith("captioner"):
+        from captioner_chooser import caption_scores, contrast_scores
+        captioner = trained_captioner(pipeline.tokenizer, captioner_steps, captioner_file)
+        if scorer == "captioner-contrast":
+            return contrast_scores(captioner, pipeline.tokenizer, images, texts)
         return caption_scores(captioner, pipeline.tokenizer, images, pipeline.tokenizer(texts))
     for i in range(0, len(images), 128):
         x, ids = to_tensor(images[i:i + 128]).float(), pipeline.tokenizer(texts[i:i + 128])
@@ -79,6 +83,25 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
     return np.concatenate(out)
 
 
+@functools.cache
+def trained_captioner(tokenizer, steps: int, file: str | None = None):
+    """bench/captioner_chooser.py's captioner, trained once for every captioner scorer of a run; read from `file`
+    (safetensors) where an earlier run saved it there."""
+    from safetensors.torch import load_file, save_file
+
+    from captioner_chooser import Captioner, train_captioner
+    if file and Path(file).is_file():
+        captioner = Captioner(tokenizer.vocab_size, tokenizer.max_length)
+        captioner.load_state_dict(load_file(file))
+        return captioner.eval()
+    with torch.enable_grad():  # scores() runs without gradients; training needs them
+        captioner, seconds = train_captioner(tokenizer, steps)
+    print(f"captioner: {steps} steps in {seconds:.0f} s", flush=True)
+    if file:
+        save_file(captioner.state_dict(), file)
+    return captioner
+
+
 def draw_candidates(pipeline: Pipeline, jobs: list, K: int) -> tuple[np.ndarray, np.ndarray]:
     """K candidates per (prompt, seed) job, drawn as best_of draws them (seeds candidate_seeds(seed, K)), and
     whether the judge finds each right (J, K)."""
@@ -89,15 +112,27 @@ def draw_candidates(pipeline: Pipeline, jobs: list, K: int) -> tuple[np.ndarray,
     return images, correct.reshape(len(jobs), K)
 
 
+def both_objects(images: np.ndarray, jobs: list, K: int) -> np.ndarray:
+    """Whether each pair job's candidate has the two asked objects as its two largest, whatever their relation (J, K);
+    False for single jobs."""
+    both = np.zeros((len(jobs), K), bool)
+    for j, (prompt, _) in enumerate(jobs):
+        if prompt.kind == "pair":
+            both[j] = [judge(image, prompt)["both_objects"] for image in images[j * K:(j + 1) * K]]
+    return both
+
+
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("model")
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--scorer", nargs="+", default=["match"],
-                        choices=["match", "classifier", "discriminator", "likelihood", "pmi", "clip", "captioner"])
+                        choices=["match", "classifier", "discriminator", "likelihood", "pmi", "clip", "captioner",
+                                 "captioner-contrast"])
     parser.add_argument("--clip", help="the CLIP model directory of --scorer clip")
     parser.add_argument("--captioner-steps", type=int, default=1500, help="training steps of --scorer captioner")
-    parser.add_argument("--save", help="an .npz for every candidate's verdict and scores (to combine scorers later)")
+    parser.add_argument("--captioner-file", help="a .safetensors the captioner is read from (or saved to, trained)")
+    parser.add_argument("--save", help="an .npz of every candidate, its verdict and its scores (to score it later)")
     parser.add_argument("--prompts", type=int, default=64)
     parser.add_argument("--prompt-set", choices=["validation", "evaluation"], default="validation")
     parser.add_argument("--name", help="the row's name (default: the model directory)")
@@ -112,22 +147,29 @@ def main():
 
     def by_kind(values):
         return {kind: round(float(values[kinds == kind].mean()), 3) for kind in KINDS}
-    saved = dict(correct=correct, kinds=kinds)
+    saved = dict(images=images, correct=correct, kinds=kinds, both=both_objects(images, jobs, K))
+    pairs = kinds == "pair"
+
+    def pair_detail(picked, both):  # where a pick's pairs fail: the objects, or their relation
+        return dict(both_objects=round(float(both[pairs].mean()), 3),
+                    relation_given_both=round(float(picked[pairs].sum() / max(both[pairs].sum(), 1)), 3))
     for scorer in args.scorer:
         score = scores(pipeline, scorer, images, texts, [s for _, s in jobs for _ in range(K)], args.clip,
-                       args.captioner_steps)
+                       args.captioner_steps, args.captioner_file)
         score = saved[scorer] = score.reshape(len(jobs), K)
         best_of = {}
         for k in [2 ** i for i in range(1, 8) if 2 ** i <= K]:
-            picked = correct[np.arange(len(jobs)), score[:, :k].argmax(1)]
-            best_of[k] = dict(picked=by_kind(picked), oracle=by_kind(correct[:, :k].any(1)))
+            choice = (np.arange(len(jobs)), score[:, :k].argmax(1))
+            best_of[k] = dict(picked=by_kind(correct[choice]), oracle=by_kind(correct[:, :k].any(1)),
+                              pairs=pair_detail(correct[choice], saved["both"][choice]))
         name = args.name or args.model  # one row per scorer: each its own name in a results file
         row = dict(name=f"{name}, {scorer}" if len(args.scorer) > 1 else name, model=args.model, scorer=scorer,
                    candidates=K, prompt_set=args.prompt_set, first=by_kind(correct[:, 0]),
-                   mean=by_kind(correct.mean(1)), best_of=best_of, seconds=round(time.perf_counter() - started, 1))
+                   mean=by_kind(correct.mean(1)), pairs=pair_detail(correct, saved["both"]), best_of=best_of,
+                   seconds=round(time.perf_counter() - started, 1))
         if scorer == "clip":
             row["clip"] = args.clip
-        if scorer == "captioner":
+        if scorer.startswith("captioner"):
             row["captioner_steps"] = args.captioner_steps
         print(json.dumps(row))
         if args.results:
