@@ -100,6 +100,14 @@ def train_captioner(tokenizer, steps: int, batch: int = 64, lr: float = 1e-3, se
     return model.eval(), time.time() - start
 
 
+def load_captioner(tokenizer, file: str) -> Captioner:
+    """A captioner saved (safetensors) by bench/self_rerank.py's --captioner-file, for pictures and `tokenizer`."""
+    from safetensors.torch import load_file
+    captioner = Captioner(tokenizer.vocab_size, tokenizer.max_length)
+    captioner.load_state_dict(load_file(file))
+    return captioner.eval()
+
+
 def caption_scores(captioner: Captioner, tokenizer, images: np.ndarray, ids: torch.Tensor) -> np.ndarray:
     """log p(caption | picture) of each picture (N, S, S, 3) uint8 with its caption's ids (N, L): (N,)."""
     return torch.cat([captioner.log_likelihood(to_tensor(images[i:i + 256]).float(), ids[i:i + 256], tokenizer.pad_id)

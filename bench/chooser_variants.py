@@ -50,7 +50,7 @@ def candidates(pipeline: Pipeline, jobs, K: int, cache: Path) -> tuple[np.ndarra
     if cache.with_suffix(".npz").exists():
         saved = np.load(cache.with_suffix(".npz"))
         return saved["images"], saved["correct"].reshape(len(jobs), K)
-    images, correct = draw_candidates(pipeline, jobs, K)
+    images, correct, _ = draw_candidates(pipeline, jobs, K)
     np.savez(cache.with_suffix(".npz"), images=images, correct=correct)
     return images, correct
 

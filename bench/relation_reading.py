@@ -16,7 +16,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -24,7 +23,6 @@ sys.path.insert(0, str(ROOT / "src"))
 from docs_section import add_row  # noqa: E402
 
 from dreamlet.data.shapes import ShapesDataset, canonical_caption, render  # noqa: E402
-from dreamlet.images import to_tensor  # noqa: E402
 
 
 def pair_scenes(count: int, seed: int = 999) -> tuple[np.ndarray, list[str], list[str]]:
@@ -43,18 +41,6 @@ def pair_scenes(count: int, seed: int = 999) -> tuple[np.ndarray, list[str], lis
     return np.stack(images), true, swapped
 
 
-@torch.no_grad()
-def captioner_scores(file: str, tokenizer_model: str, images: np.ndarray, captions: list[str]) -> np.ndarray:
-    from safetensors.torch import load_file
-
-    from captioner_chooser import Captioner
-    from dreamlet.pipeline import Pipeline
-    tokenizer = Pipeline.load(tokenizer_model).tokenizer
-    captioner = Captioner(tokenizer.vocab_size, tokenizer.max_length)
-    captioner.load_state_dict(load_file(file))
-    return captioner.eval().log_likelihood(to_tensor(images).float(), tokenizer(captions), tokenizer.pad_id).numpy()
-
-
 def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--clip", nargs="*", default=[], help="CLIP model directories")
@@ -65,13 +51,18 @@ def main():
     args = parser.parse_args()
     images, true, swapped = pair_scenes(args.pairs)
     judges = [("clip", path) for path in args.clip] + [("captioner", path) for path in args.captioner]
+    if args.captioner:
+        from captioner_chooser import caption_scores, load_captioner
+        from dreamlet.pipeline import Pipeline
+        tokenizer = Pipeline.load(args.tokenizer).tokenizer
     for kind, path in judges:
         if kind == "clip":
             from dreamlet.scoring import ClipScorer
             clip = ClipScorer(path)
             right, wrong = clip.cosine(images, true).numpy(), clip.cosine(images, swapped).numpy()
         else:
-            right, wrong = (captioner_scores(path, args.tokenizer, images, c) for c in (true, swapped))
+            captioner = load_captioner(tokenizer, path)
+            right, wrong = (caption_scores(captioner, tokenizer, images, tokenizer(c)) for c in (true, swapped))
         row = dict(name=f"{kind} {path}", judge=kind, path=path, pairs=args.pairs,
                    prefers_true=round(float((right > wrong).mean()), 3))
         print(json.dumps(row))

@@ -87,13 +87,11 @@ def scores(pipeline: Pipeline, scorer: str, images: np.ndarray, texts: list[str]
 def trained_captioner(tokenizer, steps: int, file: str | None = None):
     """bench/captioner_chooser.py's captioner, trained once for every captioner scorer of a run; read from `file`
     (safetensors) where an earlier run saved it there."""
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import save_file
 
-    from captioner_chooser import Captioner, train_captioner
+    from captioner_chooser import load_captioner, train_captioner
     if file and Path(file).is_file():
-        captioner = Captioner(tokenizer.vocab_size, tokenizer.max_length)
-        captioner.load_state_dict(load_file(file))
-        return captioner.eval()
+        return load_captioner(tokenizer, file)
     with torch.enable_grad():  # scores() runs without gradients; training needs them
         captioner, seconds = train_captioner(tokenizer, steps)
     print(f"captioner: {steps} steps in {seconds:.0f} s", flush=True)
@@ -102,24 +100,17 @@ def trained_captioner(tokenizer, steps: int, file: str | None = None):
     return captioner
 
 
-def draw_candidates(pipeline: Pipeline, jobs: list, K: int) -> tuple[np.ndarray, np.ndarray]:
-    """K candidates per (prompt, seed) job, drawn as best_of draws them (seeds candidate_seeds(seed, K)), and
-    whether the judge finds each right (J, K)."""
+def draw_candidates(pipeline: Pipeline, jobs: list, K: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """K candidates per (prompt, seed) job, drawn as best_of draws them (seeds candidate_seeds(seed, K)); whether
+    the judge finds each right (J, K); and, for pair jobs, whether its two largest objects are the two asked for,
+    whatever their relation (J, K; False for single jobs)."""
     images = pipeline.draw([p.text for p, _ in jobs for _ in range(K)],
                            [c for _, s in jobs for c in candidate_seeds(s, K)])
     prompts = [p for p, _ in jobs for _ in range(K)]
-    correct = np.array([judge(image, prompt)["correct"] for image, prompt in zip(images, prompts)])
-    return images, correct.reshape(len(jobs), K)
-
-
-def both_objects(images: np.ndarray, jobs: list, K: int) -> np.ndarray:
-    """Whether each pair job's candidate has the two asked objects as its two largest, whatever their relation (J, K);
-    False for single jobs."""
-    both = np.zeros((len(jobs), K), bool)
-    for j, (prompt, _) in enumerate(jobs):
-        if prompt.kind == "pair":
-            both[j] = [judge(image, prompt)["both_objects"] for image in images[j * K:(j + 1) * K]]
-    return both
+    verdicts = [judge(image, prompt) for image, prompt in zip(images, prompts)]
+    correct = np.array([v["correct"] for v in verdicts]).reshape(len(jobs), K)
+    both = np.array([v.get("both_objects", False) for v in verdicts]).reshape(len(jobs), K)
+    return images, correct, both
 
 
 def main():
@@ -142,12 +133,12 @@ def main():
     jobs = benchmark_jobs(args.prompts, 2, args.prompt_set)
     texts = [p.text for p, _ in jobs for _ in range(K)]
     started = time.perf_counter()
-    images, correct = draw_candidates(pipeline, jobs, K)
+    images, correct, both = draw_candidates(pipeline, jobs, K)
     kinds = np.array([p.kind for p, _ in jobs])
 
     def by_kind(values):
         return {kind: round(float(values[kinds == kind].mean()), 3) for kind in KINDS}
-    saved = dict(images=images, correct=correct, kinds=kinds, both=both_objects(images, jobs, K))
+    saved = dict(images=images, correct=correct, kinds=kinds, both=both)
     pairs = kinds == "pair"
 
     def pair_detail(picked, both):  # where a pick's pairs fail: the objects, or their relation
@@ -161,11 +152,11 @@ def main():
         for k in [2 ** i for i in range(1, 8) if 2 ** i <= K]:
             choice = (np.arange(len(jobs)), score[:, :k].argmax(1))
             best_of[k] = dict(picked=by_kind(correct[choice]), oracle=by_kind(correct[:, :k].any(1)),
-                              pairs=pair_detail(correct[choice], saved["both"][choice]))
+                              pairs=pair_detail(correct[choice], both[choice]))
         name = args.name or args.model  # one row per scorer: each its own name in a results file
         row = dict(name=f"{name}, {scorer}" if len(args.scorer) > 1 else name, model=args.model, scorer=scorer,
                    candidates=K, prompt_set=args.prompt_set, first=by_kind(correct[:, 0]),
-                   mean=by_kind(correct.mean(1)), pairs=pair_detail(correct, saved["both"]), best_of=best_of,
+                   mean=by_kind(correct.mean(1)), pairs=pair_detail(correct, both), best_of=best_of,
                    seconds=round(time.perf_counter() - started, 1))
         if scorer == "clip":
             row["clip"] = args.clip
